@@ -1,0 +1,46 @@
+"""The Builder protocol every backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    layer: str
+    context: Path
+    dockerfile: Path
+    args: Mapping[str, str]  # BASE_IMAGE included, pinned by digest
+    labels: Mapping[str, str]
+    tags: tuple[str, ...]  # full references; the build-key tag comes last
+    push: bool  # push every tag, the build-key tag last (it marks the image complete)
+    log_path: Path
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class BuildOutput:
+    digest: str  # manifest digest in the registry when pushed, else the local image's
+
+
+class Builder(Protocol):
+    name: str
+
+    async def build(self, request: BuildRequest) -> BuildOutput:
+        """Build (and push); raise BuildFailed with the log's tail on failure."""
+        ...
+
+    async def local_digest(self, ref: str) -> str | None:
+        """Digest of an image in the local store, None when it is not there."""
+        ...
+
+    def base_reference(self, repository: str, digest: str, key_tag_ref: str) -> str:
+        """How a child's BASE_IMAGE names a parent only held locally."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise BackendError when the engine cannot build."""
+        ...

@@ -1,0 +1,109 @@
+"""Running builder processes: own process group, output to a per-build log file,
+a deadline, and a clean stop (SIGTERM, then SIGKILL) when cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+# systemd hands these to the daemon only; a builder that inherited them could
+# answer the service manager or grab the activation socket.
+_PRIVATE_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
+                "WATCHDOG_USEC", "WATCHDOG_PID")
+STOP_GRACE_S = 10.0
+
+
+def builder_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+    env.update(extra or {})
+    return env
+
+
+@dataclass(frozen=True)
+class Captured:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class CommandRunner(Protocol):
+    async def run(self, argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None,
+                  timeout_s: float | None = None) -> int | None:
+        """Run to completion with output appended to ``log``; None on timeout."""
+        ...
+
+    async def capture(self, argv: Sequence[str], *,
+                      env: Mapping[str, str] | None = None) -> Captured:
+        """Run a short query and return its output."""
+        ...
+
+
+class SubprocessRunner:
+    async def run(self, argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None,
+                  timeout_s: float | None = None) -> int | None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            out.write(("$ " + " ".join(argv) + "\n").encode())
+            out.flush()
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out,
+                stderr=asyncio.subprocess.STDOUT, env=builder_env(env), start_new_session=True,
+            )
+        try:
+            return await asyncio.wait_for(proc.wait(), timeout_s)
+        except TimeoutError:
+            await stop_process_group(proc)
+            return None
+        except asyncio.CancelledError:
+            # Shield the stop so a second cancel cannot leave the group running.
+            await asyncio.shield(stop_process_group(proc))
+            raise
+
+    async def capture(self, argv: Sequence[str], *,
+                      env: Mapping[str, str] | None = None) -> Captured:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=builder_env(env), start_new_session=True,
+        )
+        try:
+            out, err = await proc.communicate()
+        except asyncio.CancelledError:
+            await asyncio.shield(stop_process_group(proc))
+            raise
+        assert proc.returncode is not None
+        return Captured(proc.returncode, out.decode(errors="replace"),
+                        err.decode(errors="replace"))
+
+
+async def stop_process_group(proc: asyncio.subprocess.Process,
+                             grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM the whole group (the builder and what it started), SIGKILL after grace."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), grace_s)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+def log_tail(log: Path, lines: int = 20) -> str:
+    """The last lines of a build log, for the failure message."""
+    try:
+        with log.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            data = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])

@@ -1,0 +1,114 @@
+"""The ``orchestrator`` command: argument parsing, output and exit codes.
+
+Exit codes (DESIGN §3): 0 success; 1 a build failed; 2 bad input; 3 no daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from orchestrator import __version__, logs, render
+from orchestrator.errors import BackendError, InputError, OrchestratorError
+from orchestrator.runs import execute, load
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="orchestrator",
+                                  description="Keep a hierarchy of container images built.")
+    top.add_argument("-c", "--config", type=Path, default=Path("config.toml"),
+                     help="config file (default: ./config.toml)")
+    top.add_argument("--version", action="version", version=f"orchestrator {__version__}")
+    top.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    plan = sub.add_parser("plan", help="say what would build and why")
+    plan.add_argument("layers", nargs="*", metavar="LAYER")
+    plan.add_argument("--force", action="store_true", help="plan as if forced")
+    plan.add_argument("--json", action="store_true")
+
+    build = sub.add_parser("build", help="build what is stale (or LAYER… and below)")
+    build.add_argument("layers", nargs="*", metavar="LAYER")
+    build.add_argument("--force", action="store_true",
+                       help="rebuild the named layers (or all) and their descendants")
+    build.add_argument("--jobs", "-j", type=int, help="builds at once (default: [build] jobs)")
+    build.add_argument("--json", action="store_true")
+
+    gr = sub.add_parser("graph", help="print the hierarchy")
+    gr.add_argument("--format", choices=["tree", "dot", "json"], default="tree")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    # Progress events go to stderr so stdout stays the command's answer.
+    logs.configure(sys.stderr, logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return _dispatch(args)
+    except InputError as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except BackendError as exc:
+        print(f"orchestrator: backend: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OrchestratorError as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("orchestrator: interrupted; running builders were stopped", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    config, catalog = load(args.config)
+    if args.command == "graph":
+        out = {"tree": render.graph_tree, "dot": render.graph_dot,
+               "json": render.graph_json}[args.format](catalog)
+        print(out)
+        return EXIT_OK
+    if args.command == "build" and args.jobs is not None and args.jobs < 1:
+        raise InputError("--jobs", "must be at least 1")
+
+    log = structlog.get_logger("orchestrator")
+
+    def on_event(event: str, fields: dict[str, Any]) -> None:
+        if event != "layer_up_to_date":
+            log.info(event, **fields)
+
+    dry_run = args.command == "plan"
+    report = _run_interruptible(execute(
+        config, catalog, names=args.layers, force=args.force, dry_run=dry_run,
+        jobs=getattr(args, "jobs", None), on_event=None if dry_run else on_event,
+    ))
+    if args.json:
+        print(render.report_json(report))
+    else:
+        print(render.plan_text(report) if dry_run else render.build_text(report))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _run_interruptible(coro: Any) -> Any:
+    """Run ``coro``; SIGTERM cancels it like Ctrl-C does, so builders are stopped."""
+    async def runner() -> Any:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            raise KeyboardInterrupt from None
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    return asyncio.run(runner())

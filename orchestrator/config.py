@@ -1,0 +1,138 @@
+"""``config.toml``: the build host's settings (DESIGN §1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, cast
+
+from orchestrator.model import (
+    BuildahConfig,
+    BuildConfig,
+    BuildKitConfig,
+    Config,
+    RegistryConfig,
+    UpstreamSpec,
+)
+from orchestrator.tomlfile import Table, display, read_toml
+from orchestrator.versions import check_track
+
+DEFAULT_STATE_DIR = "/var/lib/orchestrator"
+DEFAULT_SOCKET = "/run/orchestrator/control.sock"
+
+
+def load_config(path: Path) -> Config:
+    root = Table(read_toml(path), display(path))
+    root.check_keys(["catalog", "registry", "build", "state", "control", "upstream"])
+    base = path.resolve().parent
+
+    def resolve(p: str) -> Path:
+        return (base / p).resolve() if not Path(p).is_absolute() else Path(p)
+
+    catalog = root.table("catalog")
+    catalog.check_keys(["layers"])
+    layers_dir = resolve(catalog.get("layers", str, "layers"))
+
+    registry: RegistryConfig | None = None
+    auth_file: Path | None = None
+    if "registry" in root.data:
+        reg = root.table("registry")
+        reg.check_keys(["url", "tls_verify", "auth_file"])
+        url = reg.require("url", str).strip().rstrip("/")
+        if "://" in url or not url:
+            raise reg.error("url", "give host[:port]/namespace without a scheme, e.g. "
+                            "registry.example:5000/base")
+        registry = RegistryConfig(url=url, tls_verify=reg.get("tls_verify", bool, True))
+        if "auth_file" in reg.data:
+            auth_file = resolve(reg.require("auth_file", str))
+
+    state = root.table("state")
+    state.check_keys(["dir"])
+    control = root.table("control")
+    control.check_keys(["socket"])
+
+    return Config(
+        path=path.resolve(),
+        layers_dir=layers_dir,
+        state_dir=resolve(state.get("dir", str, DEFAULT_STATE_DIR)),
+        control_socket=resolve(control.get("socket", str, DEFAULT_SOCKET)),
+        build=_build(root.table("build")),
+        registry=registry,
+        auth_file=auth_file,
+        upstreams=_upstreams(root.table("upstream")),
+    )
+
+
+def _build(table: Table) -> BuildConfig:
+    table.check_keys(["backend", "jobs", "timeout", "label_prefix", "source", "buildah",
+                      "buildkit"])
+    backend = table.get("backend", str, "buildah")
+    if backend not in ("buildah", "buildkit"):
+        raise table.error("backend", f"unknown backend {backend!r} (use \"buildah\" or "
+                          "\"buildkit\")")
+    jobs = table.get("jobs", int, 2)
+    if jobs < 1:
+        raise table.error("jobs", "must be at least 1")
+    timeout = table.duration("timeout", 3600.0)
+    assert timeout is not None
+
+    ba = table.table("buildah")
+    ba.check_keys(["command", "isolation", "storage_driver", "root", "runroot"])
+    bk = table.table("buildkit")
+    bk.check_keys(["buildctl", "addr", "docker", "docker_host"])
+    return BuildConfig(
+        backend=cast(Literal["buildah", "buildkit"], backend),
+        jobs=jobs,
+        timeout_s=timeout,
+        label_prefix=table.get("label_prefix", str, "dev.orchestrator"),
+        source=table.optional_str("source"),
+        buildah=BuildahConfig(
+            command=ba.get("command", str, "buildah"),
+            isolation=ba.get("isolation", str, "chroot"),
+            storage_driver=ba.optional_str("storage_driver"),
+            root=ba.optional_str("root"),
+            runroot=ba.optional_str("runroot"),
+        ),
+        buildkit=BuildKitConfig(
+            buildctl=bk.get("buildctl", str, "buildctl"),
+            addr=bk.optional_str("addr"),
+            docker=bk.get("docker", str, "/usr/bin/docker"),
+            docker_host=bk.optional_str("docker_host"),
+        ),
+    )
+
+
+def _upstreams(table: Table) -> dict[str, UpstreamSpec]:
+    out: dict[str, UpstreamSpec] = {}
+    for name in table.data:
+        up = table.table(name)
+        if not isinstance(table.data[name], dict):
+            raise table.error(name, "expected a table [upstream.NAME]")
+        up.check_keys(["image", "git", "tag", "track", "poll", "tls_verify"])
+        image, git = up.optional_str("image"), up.optional_str("git")
+        if (image is None) == (git is None):
+            raise up.error("image", "give exactly one of image = \"repo\" (a registry "
+                           "upstream) or git = \"url\" (a git upstream)")
+        tag, track = up.optional_str("tag"), up.optional_str("track")
+        if image is not None and (tag is None) == (track is None):
+            raise up.error("tag", "a registry upstream follows one tag = \"…\" or a "
+                           "track = \"semver:RANGE\" policy; give exactly one")
+        if git is not None and tag is not None:
+            raise up.error("tag", "a git upstream takes track = \"semver\" (or "
+                           "\"semver:RANGE\", \"regex:…\"), not tag")
+        if track is not None:
+            problem = check_track(track)
+            if problem:
+                raise up.error("track", problem)
+        poll = up.duration("poll", 900.0)
+        assert poll is not None
+        out[name] = UpstreamSpec(
+            name=name,
+            kind="registry" if image is not None else "git",
+            image=image,
+            tag=tag,
+            track=track if track is not None or git is None else "semver",
+            git=git,
+            poll_s=poll,
+            tls_verify=up.get("tls_verify", bool, True),
+        )
+    return out

@@ -1,0 +1,69 @@
+"""Exceptions. Each carries the context an operator needs to act on it.
+
+This module imports nothing from the package so every layer may raise these.
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Base class for every error the orchestrator raises on purpose."""
+
+
+class InputError(OrchestratorError):
+    """Bad user input (config, layer files, command line): exit code 2.
+
+    ``where`` names the file (and line when known) so the message is one
+    actionable line: ``layers/pyenv/layer.toml:3: unknown parent 'alpne'``.
+    """
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        self.problem = problem
+        super().__init__(f"{where}: {problem}" if where else problem)
+
+
+class CycleError(InputError):
+    def __init__(self, where: str, cycle: list[str]) -> None:
+        self.cycle = cycle
+        super().__init__(where, "dependency cycle: " + " -> ".join(cycle))
+
+
+class TemplateError(OrchestratorError):
+    """A ``{name}`` placeholder that no matrix value or upstream provides."""
+
+    def __init__(self, template: str, name: str) -> None:
+        self.template = template
+        self.name = name
+        super().__init__(f"unknown placeholder {{{name}}} in {template!r}")
+
+
+class RegistryError(OrchestratorError):
+    """A registry answered with an error or could not be reached."""
+
+    def __init__(self, registry: str, problem: str, status: int | None = None) -> None:
+        self.registry = registry
+        self.status = status
+        super().__init__(f"registry {registry}: {problem}")
+
+
+class UpstreamError(OrchestratorError):
+    def __init__(self, upstream: str, problem: str) -> None:
+        self.upstream = upstream
+        super().__init__(f"upstream {upstream}: {problem}")
+
+
+class BuildFailed(OrchestratorError):
+    """A builder process failed; ``log_tail`` holds its last lines."""
+
+    def __init__(self, layer: str, returncode: int | None, log_tail: str, log_path: str) -> None:
+        self.layer = layer
+        self.returncode = returncode
+        self.log_tail = log_tail
+        self.log_path = log_path
+        what = "timed out" if returncode is None else f"exited {returncode}"
+        super().__init__(f"build of {layer} failed: builder {what} (log: {log_path})")
+
+
+class BackendError(OrchestratorError):
+    """The backend tool is missing or misconfigured."""

@@ -1,0 +1,175 @@
+"""The data the orchestrator works on: frozen, plain, and free of I/O."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+UPSTREAM_PREFIX = "upstream:"
+
+
+@dataclass(frozen=True)
+class UpstreamSpec:
+    """An input the hierarchy stands on but does not build (``[upstream.NAME]``)."""
+
+    name: str
+    kind: Literal["registry", "git"]
+    image: str | None = None  # registry upstreams: repository reference
+    tag: str | None = None  # follow this tag's digest …
+    track: str | None = None  # … or the newest tag matching "semver[:RANGE]" / "regex:…"
+    git: str | None = None  # git upstreams: remote URL
+    poll_s: float = 900.0
+    tls_verify: bool = True
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One graph node: a layer folder, or one matrix variant of it.
+
+    ``tags`` and ``args`` have matrix values substituted already; placeholders
+    naming upstream values (``{upstream.pyenv.tag}``) stay until resolution.
+    """
+
+    id: str  # "pyenv" or, for a matrix variant, "python:3.12.7"
+    name: str  # folder name
+    folder: Path
+    dockerfile: Path
+    image: str  # repository name under the registry url
+    parent: str | None  # id of the parent layer
+    upstream: str | None  # name of the upstream root, when from = "upstream:NAME"
+    tags: tuple[str, ...] = ()
+    args: tuple[tuple[str, str], ...] = ()
+    variant: tuple[tuple[str, str], ...] = ()  # this node's matrix values
+    rebuild_every_s: float | None = None
+    allow_root: bool = False
+
+
+@dataclass(frozen=True)
+class Catalog:
+    layers: Mapping[str, Layer]  # by id, in folder order
+    upstreams: Mapping[str, UpstreamSpec]
+
+    def children(self, layer_id: str) -> list[str]:
+        return [lid for lid, layer in self.layers.items() if layer.parent == layer_id]
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    url: str  # "host[:port]/namespace"; images go to <url>/<image>:<tag>
+    tls_verify: bool = True
+
+    @property
+    def host(self) -> str:
+        return self.url.split("/", 1)[0]
+
+    def repository(self, image: str) -> str:
+        return f"{self.url.rstrip('/')}/{image}"
+
+
+@dataclass(frozen=True)
+class BuildahConfig:
+    command: str = "buildah"
+    isolation: str = "chroot"
+    storage_driver: str | None = None
+    root: str | None = None  # containers-storage graph root (--root)
+    runroot: str | None = None
+
+
+@dataclass(frozen=True)
+class BuildKitConfig:
+    # With an address, BuildKit is driven through buildctl; otherwise through a
+    # Docker CLI that still speaks BuildKit without the buildx plugin.
+    buildctl: str = "buildctl"
+    addr: str | None = None
+    docker: str = "/usr/bin/docker"
+    docker_host: str | None = None
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    backend: Literal["buildah", "buildkit"] = "buildah"
+    jobs: int = 2
+    timeout_s: float = 3600.0
+    label_prefix: str = "dev.orchestrator"
+    source: str | None = None  # org.opencontainers.image.source; default: the layer folder
+    buildah: BuildahConfig = field(default_factory=BuildahConfig)
+    buildkit: BuildKitConfig = field(default_factory=BuildKitConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    layers_dir: Path
+    state_dir: Path
+    control_socket: Path
+    build: BuildConfig
+    registry: RegistryConfig | None
+    auth_file: Path | None
+    upstreams: Mapping[str, UpstreamSpec]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a build context as the build key sees it."""
+
+    path: str  # relative, "/"-separated
+    mode: int  # permission bits and file type (S_IFMT)
+    digest: str  # sha256 of the content, or of the link target for symlinks
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything that goes into a layer's build key."""
+
+    dockerfile: str  # sha256 of the Dockerfile
+    files: tuple[FileEntry, ...]
+    args: tuple[tuple[str, str], ...]
+    parent_digest: str
+
+
+@dataclass(frozen=True)
+class ResolvedUpstream:
+    name: str
+    ref: str  # what a child's BASE_IMAGE names, pinned: repo@sha256:… (registry)
+    digest: str  # image digest (registry) or commit (git)
+    tag: str | None
+
+
+class Reason(enum.Enum):
+    """Why a layer builds; ``value`` is the human wording."""
+
+    NEVER_BUILT = "never built"
+    CONTEXT_CHANGED = "context changed"
+    ARGS_CHANGED = "build args changed"
+    PARENT_REBUILT = "parent rebuilt"
+    UPSTREAM_CHANGED = "upstream changed"
+    FORCED = "forced"
+    SCHEDULED = "scheduled"
+    IMAGE_MISSING = "image missing"
+
+
+class Outcome(enum.Enum):
+    BUILT = "built"
+    REUSED = "reused"  # an image with the build key already existed
+    FAILED = "failed"
+    SKIPPED = "skipped"  # an ancestor failed
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A plan step: does the layer build, and why (``detail`` adds the path, value…)."""
+
+    layer: str
+    build: bool
+    reason: Reason | None = None
+    detail: str = ""
+
+    def describe(self) -> str:
+        if not self.build:
+            return "up to date"
+        assert self.reason is not None
+        return f"{self.reason.value}: {self.detail}" if self.detail else self.reason.value

@@ -1,0 +1,76 @@
+"""Wiring one ``plan`` or ``build`` run: config, catalog, upstreams, backend, state."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from orchestrator import graph
+from orchestrator.auth import AuthStore
+from orchestrator.backends.factory import docker_config_dir, insecure_hosts, make_builder
+from orchestrator.backends.runner import CommandRunner
+from orchestrator.catalog import load_catalog, select
+from orchestrator.config import load_config
+from orchestrator.model import Catalog, Config
+from orchestrator.pipeline import Pipeline, RunReport, targets, upstreams_used
+from orchestrator.registry import RegistryClient
+from orchestrator.state import StateStore
+from orchestrator.upstream import resolve_all
+
+STATE_DB = "state.db"
+
+
+def load(config_path: Path) -> tuple[Config, Catalog]:
+    config = load_config(config_path)
+    return config, load_catalog(config.layers_dir, config.upstreams)
+
+
+def catalog_revision(layers_dir: Path) -> str | None:
+    """The git commit the catalog is checked out at, for the revision label."""
+    try:
+        out = subprocess.run(["git", "-C", str(layers_dir), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+async def execute(
+    config: Config,
+    catalog: Catalog,
+    *,
+    names: list[str] | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    jobs: int | None = None,
+    runner: CommandRunner | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+) -> RunReport:
+    selected = select(catalog, names) if names else None
+    order = targets(catalog, selected)
+    parents = {lid: layer.parent for lid, layer in catalog.layers.items()}
+    forced = frozenset(graph.descendants(parents, selected or list(catalog.layers))) \
+        if force else frozenset()
+    needed = set().union(*(upstreams_used(catalog.layers[lid]) for lid in order))
+
+    auth = AuthStore.load(config.auth_file)
+    async with RegistryClient(auth, insecure=frozenset(insecure_hosts(config))) as client:
+        resolved, failed = await resolve_all(config.upstreams, needed, client)
+        with docker_config_dir(config.auth_file) as docker_config:
+            builder = make_builder(config, runner, docker_config)
+            if not dry_run:
+                await builder.ping()
+            state = StateStore(config.state_dir / STATE_DB)
+            try:
+                pipeline = Pipeline(
+                    config, catalog, builder, state,
+                    client if config.registry is not None else None,
+                    resolved, upstream_errors=failed, jobs=jobs, forced=forced,
+                    dry_run=dry_run, revision=catalog_revision(config.layers_dir),
+                    on_event=on_event,
+                )
+                return await pipeline.run(order)
+            finally:
+                state.close()
