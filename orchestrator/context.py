@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.dockerignore import DockerIgnore
 from orchestrator.errors import InputError
-from orchestrator.model import FileEntry
+from orchestrator.model import FileEntry, Layer
 from orchestrator.tomlfile import display
 
 # layer.toml is the orchestrator's metadata about the layer, not build input:
@@ -84,3 +86,29 @@ def _entry(root: Path, full: Path, rel: str) -> FileEntry:
     if stat.S_ISREG(info.st_mode):
         return FileEntry(rel, mode, file_digest(full))
     return FileEntry(rel, mode, "")  # fifo, socket, device: only the mode matters
+
+
+@dataclass(frozen=True)
+class Context:
+    """A layer's build input as read from disk: the Dockerfile and context files."""
+
+    dockerfile: str
+    files: tuple[FileEntry, ...]
+
+
+def read_context(layer: Layer) -> Context:
+    return Context(file_digest(layer.dockerfile), scan_context(layer.folder))
+
+
+def read_contexts(layers: Iterable[Layer]) -> dict[str, Context]:
+    """Contexts by layer id; matrix variants share their folder's single scan.
+    Run before any build so a bad context (an escaping symlink) stops the run
+    as bad input instead of failing halfway through it."""
+    by_folder: dict[tuple[Path, Path], Context] = {}
+    out: dict[str, Context] = {}
+    for layer in layers:
+        key = (layer.folder, layer.dockerfile)
+        if key not in by_folder:
+            by_folder[key] = read_context(layer)
+        out[layer.id] = by_folder[key]
+    return out

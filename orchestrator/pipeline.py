@@ -22,7 +22,7 @@ import structlog
 from orchestrator import graph
 from orchestrator.backends.base import Builder, BuildRequest
 from orchestrator.buildkey import build_key, key_tag
-from orchestrator.context import file_digest, scan_context
+from orchestrator.context import Context, read_context
 from orchestrator.errors import BuildFailed
 from orchestrator.imageref import ImageRef, parse_repository
 from orchestrator.model import (
@@ -112,6 +112,7 @@ class Pipeline:
         dry_run: bool = False,
         revision: str | None = None,
         upstream_errors: Mapping[str, Exception] | None = None,
+        contexts: Mapping[str, Context] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.config = config
@@ -121,6 +122,7 @@ class Pipeline:
         self.registry = registry
         self.upstreams = dict(upstreams)
         self.upstream_errors = dict(upstream_errors or {})
+        self.contexts = dict(contexts or {})
         self.forced = forced
         self.dry_run = dry_run
         self.revision = revision
@@ -213,12 +215,8 @@ class Pipeline:
 
     def _inputs(self, layer: Layer, args: tuple[tuple[str, str], ...],
                 parent_digest: str) -> Inputs:
-        return Inputs(
-            dockerfile=file_digest(layer.dockerfile),
-            files=scan_context(layer.folder),
-            args=args,
-            parent_digest=parent_digest,
-        )
+        context = self.contexts.get(layer.id) or read_context(layer)
+        return Inputs(context.dockerfile, context.files, args, parent_digest)
 
     async def _lookup(self, repo: ImageRef, key_ref: str, key: str) -> str | None:
         if self.registry is not None and self.config.registry is not None:

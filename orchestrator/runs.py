@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from orchestrator.backends.factory import docker_config_dir, insecure_hosts, mak
 from orchestrator.backends.runner import CommandRunner
 from orchestrator.catalog import load_catalog, select
 from orchestrator.config import load_config
+from orchestrator.context import read_contexts
 from orchestrator.model import Catalog, Config
 from orchestrator.pipeline import Pipeline, RunReport, targets, upstreams_used
 from orchestrator.registry import RegistryClient
@@ -54,6 +56,7 @@ async def execute(
     forced = frozenset(graph.descendants(parents, selected or list(catalog.layers))) \
         if force else frozenset()
     needed = set().union(*(upstreams_used(catalog.layers[lid]) for lid in order))
+    contexts = await asyncio.to_thread(read_contexts, (catalog.layers[lid] for lid in order))
 
     auth = AuthStore.load(config.auth_file)
     async with RegistryClient(auth, insecure=frozenset(insecure_hosts(config))) as client:
@@ -69,6 +72,7 @@ async def execute(
                     client if config.registry is not None else None,
                     resolved, upstream_errors=failed, jobs=jobs, forced=forced,
                     dry_run=dry_run, revision=catalog_revision(config.layers_dir),
+                    contexts=contexts,
                     on_event=on_event,
                 )
                 return await pipeline.run(order)

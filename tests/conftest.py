@@ -76,7 +76,8 @@ class Project:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "layer.toml").write_text(textwrap.dedent(layer_toml))
         if dockerfile is None:
-            dockerfile = f"ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\nRUN echo {name} > /tmp/{name}.txt\n"
+            dockerfile = ("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n"
+                          f"RUN echo {name} > /tmp/{name}.txt\n")
         (folder / "Dockerfile").write_text(textwrap.dedent(dockerfile))
         for rel, content in (files or {}).items():
             path = folder / rel

@@ -1,0 +1,156 @@
+"""Acceptance: failure isolation, overlap of independent branches, credentials, Ctrl-C."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import (
+    Project,
+    Testbed,
+    built,
+    manifest_digest,
+    outcomes,
+    unique_namespace,
+)
+from tests.integration.hierarchy import BRANCH_A, BRANCH_B, write_config, write_layers
+
+pytestmark = pytest.mark.integration
+
+
+def test_failed_layer_skips_its_descendants_and_the_other_branch_builds(
+    project: Project, testbed: Testbed
+) -> None:
+    write_config(project, testbed, unique_namespace())
+    write_layers(project, fail_tools=True)
+
+    proc = project.cli("build")
+
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("FAILED   tools") for line in lines)
+    # The failure's log tail is shown: the builder's own error line.
+    assert any("| " in line and "exit 3" in line for line in lines), proc.stdout
+    for layer in BRANCH_A - {"tools"}:
+        assert any(line.startswith("skipped") and f" {layer} " in line and "parent" in line
+                   for line in lines), layer
+    rc, report, _ = project.cli_json("build")
+    assert rc == 1
+    states = outcomes(report)
+    assert states["tools"] == "failed"
+    assert {states[layer] for layer in BRANCH_A - {"tools"}} == {"skipped"}
+    assert {states[layer] for layer in BRANCH_B} == {"reused"}  # built by the first run
+
+
+def test_independent_branches_overlap_with_two_jobs(project: Project, testbed: Testbed) -> None:
+    write_config(project, testbed, unique_namespace(), jobs=2)
+    write_layers(project, sleep_s=2)
+
+    rc, report, err = project.cli_json("build", "tools", "other")
+
+    assert rc == 0, err
+    span = {e["layer"]: (e["started"], e["finished"]) for e in report["layers"]
+            if e["outcome"] == "built"}
+    (a_start, a_end), (b_start, b_end) = span["tools"], span["other"]
+    assert a_start < b_end and b_start < a_end, span  # the two builds ran at the same time
+
+
+def test_one_job_serialises_builds(project: Project, testbed: Testbed) -> None:
+    write_config(project, testbed, unique_namespace(), jobs=1)
+    write_layers(project, sleep_s=1)
+
+    rc, report, err = project.cli_json("build", "tools", "other")
+
+    assert rc == 0, err
+    spans = sorted((e["started"], e["finished"]) for e in report["layers"]
+                   if e["outcome"] == "built")
+    assert all(prev_end <= start for (_, prev_end), (start, _) in itertools.pairwise(spans))
+
+
+@pytest.mark.parametrize("backend", ["buildah", "buildkit"])
+def test_credentials_are_used_and_never_written_anywhere(
+    project: Project, testbed: Testbed, backend: str
+) -> None:
+    namespace = unique_namespace()
+    project.write_config(f"""
+        [catalog]
+        layers = "layers"
+        [registry]
+        url = "{testbed.auth_registry}/{namespace}"
+        tls_verify = false
+        auth_file = "{testbed.auth_file}"
+        [build]
+        backend = "{backend}"
+        [build.buildkit]
+        docker_host = "{testbed.docker_host}"
+        [state]
+        dir = "state"
+        [upstream.seed]
+        image = "{testbed.seed_image}"
+        tag = "{testbed.seed_tag}"
+        tls_verify = false
+    """)
+    project.layer("base", 'from = "upstream:seed"\n')
+    project.layer("child", 'from = "base"\n')
+
+    rc, report, err = project.cli_json("build")
+    assert rc == 0, err
+    assert built(report) == {"base", "child"}
+    rc, report, err = project.cli_json("build")  # lookups authenticate too
+    assert rc == 0 and built(report) == set(), err
+
+    secret = testbed.auth_password
+    assert secret not in err
+    for path in (project.root / "state").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    db = sqlite3.connect(project.root / "state" / "state.db")
+    assert secret not in repr(db.execute("SELECT * FROM builds").fetchall())
+    # Without the auth file the registry refuses us: the credentials were really used.
+    proc = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                           f"http://{testbed.auth_registry}/v2/"], capture_output=True, text=True)
+    assert proc.stdout == "401"
+
+
+def _buildah_processes() -> list[str]:
+    out = subprocess.run(["pgrep", "-a", "buildah"], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if "bud" in line]
+
+
+def test_interrupt_stops_the_builder_and_tags_nothing(
+    project: Project, testbed: Testbed
+) -> None:
+    namespace = unique_namespace()
+    write_config(project, testbed, namespace)
+    project.layer("slow", 'from = "upstream:seed"\ntags = ["1"]\n',
+                  "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo started; sleep 60\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "-c", str(project.config), "build"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=project.root,
+    )
+    logs = project.root / "state" / "logs"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if any("started" in p.read_text() for p in logs.glob("*.log")) if logs.exists() else False:
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("the build never started")
+
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 130, err
+    assert not [p for p in _buildah_processes() if str(project.root) in p]
+    assert manifest_digest(testbed.registry, f"{namespace}/slow", "1") is None
+    db = sqlite3.connect(project.root / "state" / "state.db")
+    assert db.execute("SELECT outcome FROM builds").fetchall() == [("cancelled",)]
+    assert db.execute("SELECT count(*) FROM layers").fetchone() == (0,)

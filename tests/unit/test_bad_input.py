@@ -1,0 +1,154 @@
+"""Every kind of bad input: exit 2 and one line naming the file and the problem."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from orchestrator.cli import main
+from tests.conftest import Project
+
+CONFIG = """
+    [catalog]
+    layers = "layers"
+    [state]
+    dir = "state"
+    [upstream.seed]
+    image = "127.0.0.1:9/seed/busybox"
+    tag = "1"
+    tls_verify = false
+"""
+
+
+@pytest.fixture
+def ok_project(project: Project) -> Project:
+    project.write_config(CONFIG)
+    project.layer("base", 'from = "upstream:seed"\n')
+    project.layer("child", 'from = "base"\n')
+    return project
+
+
+def run(project: Project, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(["-c", str(project.config), *args])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def test_valid_project_loads(ok_project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(ok_project, capsys, "graph") == (0, "")
+
+
+def test_unreadable_toml_names_file_and_line(
+    ok_project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (ok_project.layers / "child" / "layer.toml").write_text('from = "base"\ntags = [oops\n')
+    code, err = run(ok_project, capsys, "plan")
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    assert "layers/child/layer.toml:2: invalid TOML" in err
+
+
+def test_unknown_parent(ok_project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    (ok_project.layers / "child" / "layer.toml").write_text('from = "bsae"\n')
+    code, err = run(ok_project, capsys, "plan")
+    assert code == 2
+    assert "layers/child/layer.toml: from: unknown parent 'bsae'" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_cycle_is_printed(ok_project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    ok_project.layer("a", 'from = "b"\n')
+    ok_project.layer("b", 'from = "c"\n')
+    ok_project.layer("c", 'from = "a"\n')
+    code, err = run(ok_project, capsys, "graph")
+    assert code == 2
+    assert "dependency cycle: a -> b -> c -> a" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_unknown_layer_on_command_line(
+    ok_project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = run(ok_project, capsys, "build", "nope")
+    assert code == 2
+    assert "unknown layer 'nope'" in err and "base, child" in err
+
+
+def test_dockerfile_must_take_base_image(
+    ok_project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (ok_project.layers / "child" / "Dockerfile").write_text("FROM alpine:3.20\nRUN true\n")
+    code, err = run(ok_project, capsys, "plan")
+    assert code == 2
+    assert "layers/child/Dockerfile: line 1: the first FROM must be FROM ${BASE_IMAGE}" in err
+
+
+def test_dockerfile_must_declare_base_image_arg(
+    ok_project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (ok_project.layers / "child" / "Dockerfile").write_text("FROM ${BASE_IMAGE}\n")
+    code, err = run(ok_project, capsys, "plan")
+    assert code == 2
+    assert "declare ARG BASE_IMAGE before the first FROM" in err
+
+
+def test_symlink_escaping_the_context(
+    ok_project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.symlink("/etc/passwd", ok_project.layers / "child" / "passwd")
+    code, err = run(ok_project, capsys, "plan")
+    assert code == 2
+    assert "layers/child/passwd: symlink escapes the build context (-> /etc/passwd)" in err
+
+
+def test_symlink_inside_the_context_is_fine(
+    ok_project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (ok_project.layers / "child" / "real.txt").write_text("x")
+    os.symlink("real.txt", ok_project.layers / "child" / "link.txt")
+    assert run(ok_project, capsys, "graph")[0] == 0
+
+
+def test_bad_duration(ok_project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    ok_project.write_config(CONFIG.replace('tag = "1"', 'tag = "1"\n    poll = "15 minutes"'))
+    code, err = run(ok_project, capsys, "graph")
+    assert code == 2
+    assert "config.toml: upstream.seed.poll: bad duration '15 minutes'" in err
+
+
+def test_unknown_upstream(ok_project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    (ok_project.layers / "base" / "layer.toml").write_text('from = "upstream:alpine"\n')
+    code, err = run(ok_project, capsys, "graph")
+    assert code == 2
+    assert "unknown upstream 'alpine': add [upstream.alpine] to config.toml" in err
+
+
+def test_matrix_parent_needs_a_variant(
+    ok_project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ok_project.layer("py", 'from = "base"\n[matrix]\nv = ["3.12", "3.13"]\n')
+    ok_project.layer("app", 'from = "py"\n')
+    code, err = run(ok_project, capsys, "graph")
+    assert code == 2
+    assert "'py' is a matrix layer; name one variant (one of: py:3.12, py:3.13)" in err
+
+
+def test_misspelt_key(ok_project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    (ok_project.layers / "child" / "layer.toml").write_text('from = "base"\ntgas = ["1"]\n')
+    code, err = run(ok_project, capsys, "graph")
+    assert code == 2
+    assert "layers/child/layer.toml: tgas: unknown key" in err
+
+
+def test_unknown_placeholder(ok_project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    (ok_project.layers / "child" / "layer.toml").write_text('from = "base"\ntags = ["{pyton}"]\n')
+    code, err = run(ok_project, capsys, "graph")
+    assert code == 2
+    assert "unknown placeholder {pyton}" in err
+
+
+def test_missing_config(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(project, capsys, "graph")
+    assert code == 2
+    assert "config.toml: file not found" in err
