@@ -9,6 +9,7 @@ schemes registries ask for (Basic, and Bearer tokens from the realm named in
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -29,6 +30,11 @@ MANIFEST_TYPES = ", ".join([
 ])
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 _NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+
+
+def basic_auth(creds: Credentials) -> str:
+    raw = f"{creds.username}:{creds.password}".encode()
+    return "Basic " + base64.b64encode(raw).decode()
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -135,8 +141,7 @@ class RegistryClient:
                 token = await self._fetch_token(ref, params, scope, creds)
                 self._tokens[token_key] = f"Bearer {token}"
             elif scheme == "basic" and creds is not None:
-                self._tokens[token_key] = aiohttp.BasicAuth(
-                    creds.username, creds.password).encode()
+                self._tokens[token_key] = basic_auth(creds)
             else:
                 return status, resp_headers, body
         raise AssertionError("unreachable")
@@ -146,10 +151,10 @@ class RegistryClient:
         query = {"scope": params.get("scope", scope)}
         if "service" in params:
             query["service"] = params["service"]
-        auth = aiohttp.BasicAuth(creds.username, creds.password) if creds else None
+        headers = {"Authorization": basic_auth(creds)} if creds else {}
         self.requests += 1
         try:
-            async with self._http().get(params["realm"], params=query, auth=auth) as resp:
+            async with self._http().get(params["realm"], params=query, headers=headers) as resp:
                 body = await resp.read()
                 if resp.status >= 400:
                     raise RegistryError(ref.registry, f"token request failed: HTTP {resp.status}",

@@ -1,0 +1,107 @@
+"""Backends build the right command lines (recorded, not run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator.backends.base import BuildRequest
+from orchestrator.backends.buildah import BuildahBuilder
+from orchestrator.backends.buildkit import BuildctlBuilder, DockerBuildKitBuilder
+from orchestrator.backends.runner import Captured, builder_env
+from orchestrator.errors import BuildFailed
+from orchestrator.model import BuildahConfig, BuildKitConfig
+from tests.fakes import RecordingRunner
+
+
+def request(tmp_path: Path, push: bool = True) -> BuildRequest:
+    return BuildRequest(
+        layer="py:3.12", context=tmp_path / "ctx", dockerfile=tmp_path / "ctx" / "Dockerfile",
+        args={"BASE_IMAGE": "reg:5000/base/os@sha256:abc", "V": "3.12"},
+        labels={"org.opencontainers.image.title": "py"},
+        tags=("reg:5000/base/py:3.12", "reg:5000/base/py:bk-k"), push=push,
+        log_path=tmp_path / "log", timeout_s=60,
+    )
+
+
+def _write_digest(argv: list[str]) -> int:
+    if "--digestfile" in argv:
+        Path(argv[argv.index("--digestfile") + 1]).write_text("sha256:pushed")
+    return 0
+
+
+def _buildah_images(argv: list[str]) -> Captured:
+    return Captured(0, json.dumps([{"digest": "sha256:local"}]), "")
+
+
+async def test_buildah_build_then_push_each_tag_key_tag_last(tmp_path: Path) -> None:
+    runner = RecordingRunner(_write_digest, _buildah_images)
+    builder = BuildahBuilder(BuildahConfig(root="/srv/storage"), runner,
+                             authfile=Path("/etc/auth.json"), insecure_hosts={"reg:5000"})
+
+    output = await builder.build(request(tmp_path))
+
+    bud = runner.calls[0]
+    assert bud[:4] == ["buildah", "--root", "/srv/storage", "bud"]
+    assert bud[4:6] == ["--isolation", "chroot"] and "--layers" in bud
+    assert "--tls-verify=false" in bud
+    at = bud.index("--authfile")
+    assert bud[at:at + 2] == ["--authfile", "/etc/auth.json"]
+    assert "BASE_IMAGE=reg:5000/base/os@sha256:abc" in bud and "V=3.12" in bud
+    assert bud[-1] == str(tmp_path / "ctx")
+    pushes = [c for c in runner.calls if "push" in c]
+    assert [c[-1] for c in pushes] == ["reg:5000/base/py:3.12", "reg:5000/base/py:bk-k"]
+    assert output.digest == "sha256:pushed"
+
+
+async def test_buildah_failure_raises_with_log_tail(tmp_path: Path) -> None:
+    runner = RecordingRunner(lambda argv: 1)
+    builder = BuildahBuilder(BuildahConfig(), runner)
+    with pytest.raises(BuildFailed) as info:
+        await builder.build(request(tmp_path))
+    assert info.value.returncode == 1 and "buildah" in info.value.log_tail
+    assert not [c for c in runner.calls if "push" in c]  # nothing pushed after a failure
+
+
+async def test_docker_buildkit_env_and_argv(tmp_path: Path) -> None:
+    def on_run(argv: list[str]) -> int:
+        if "--iidfile" in argv:
+            Path(argv[argv.index("--iidfile") + 1]).write_text("sha256:iid")
+        return 0
+
+    def capture(argv: list[str]) -> Captured:
+        return Captured(0, json.dumps(["reg:5000/base/py@sha256:pushed"]), "")
+
+    runner = RecordingRunner(on_run, capture)
+    config = BuildKitConfig(docker_host="unix:///run/d.sock")
+    builder = DockerBuildKitBuilder(config, runner, docker_config_dir=Path("/tmp/dc"))
+
+    output = await builder.build(request(tmp_path))
+
+    assert runner.calls[0][:3] == ["/usr/bin/docker", "build", "--progress=plain"]
+    env = runner.envs[0]
+    assert env is not None and env["DOCKER_BUILDKIT"] == "1"
+    assert env["DOCKER_HOST"] == "unix:///run/d.sock" and env["DOCKER_CONFIG"] == "/tmp/dc"
+    assert [c[-1] for c in runner.calls if c[1] == "push"] == [
+        "reg:5000/base/py:3.12", "reg:5000/base/py:bk-k"]
+    assert output.digest == "sha256:pushed"
+
+
+def test_buildctl_argv_pushes_all_names_in_one_output(tmp_path: Path) -> None:
+    builder = BuildctlBuilder(BuildKitConfig(addr="tcp://bk:1234"), RecordingRunner(),
+                              insecure_hosts={"reg:5000"})
+    argv = builder.build_argv(request(tmp_path), tmp_path / "meta.json")
+    assert argv[:4] == ["buildctl", "--addr", "tcp://bk:1234", "build"]
+    assert "build-arg:BASE_IMAGE=reg:5000/base/os@sha256:abc" in argv
+    output = argv[argv.index("--output") + 1]
+    assert output == ('type=image,"name=reg:5000/base/py:3.12,reg:5000/base/py:bk-k",'
+                      'push=true,registry.insecure=true')
+
+
+def test_builders_never_inherit_systemd_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    monkeypatch.setenv("LISTEN_FDS", "1")
+    env = builder_env({"X": "1"})
+    assert "NOTIFY_SOCKET" not in env and "LISTEN_FDS" not in env and env["X"] == "1"

@@ -1,0 +1,131 @@
+"""The registry client against a scripted registry: token auth, digest fallback, paging."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from orchestrator.auth import AuthStore
+from orchestrator.errors import RegistryError
+from orchestrator.imageref import parse_repository
+from orchestrator.registry import RegistryClient
+
+MANIFEST = b'{"schemaVersion": 2}'
+DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+TAGS = [f"3.{i}" for i in range(25)]
+
+
+class ScriptedRegistry:
+    def __init__(self) -> None:
+        self.token_requests: list[dict[str, str]] = []
+        self.seen_auth: list[str] = []
+        self.base = ""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/token", self.token)
+        app.router.add_route("*", "/v2/{repo:.+}/manifests/{ref}", self.manifest)
+        app.router.add_get("/v2/{repo:.+}/tags/list", self.tags)
+        return app
+
+    async def token(self, request: web.Request) -> web.Response:
+        self.token_requests.append({**request.query,
+                                    "auth": request.headers.get("Authorization", "")})
+        return web.json_response({"token": "tok-123"})
+
+    def _challenge(self, request: web.Request) -> web.Response | None:
+        auth = request.headers.get("Authorization", "")
+        self.seen_auth.append(auth)
+        if auth != "Bearer tok-123":
+            return web.Response(status=401, headers={"WWW-Authenticate": (
+                f'Bearer realm="{self.base}/token",service="scripted",'
+                f'scope="repository:{request.match_info["repo"]}:pull"')})
+        return None
+
+    async def manifest(self, request: web.Request) -> web.Response:
+        if (denied := self._challenge(request)) is not None:
+            return denied
+        if request.match_info["ref"] == "missing":
+            return web.Response(status=404)
+        # No Docker-Content-Digest on purpose: the client must hash the body.
+        return web.Response(body=MANIFEST if request.method == "GET" else None,
+                            content_type="application/vnd.oci.image.manifest.v1+json")
+
+    async def tags(self, request: web.Request) -> web.Response:
+        if (denied := self._challenge(request)) is not None:
+            return denied
+        start = int(request.query.get("last", "-1")) + 1
+        page = TAGS[start:start + 10]
+        headers = {}
+        if start + 10 < len(TAGS):
+            repo = request.match_info["repo"]
+            headers["Link"] = f'</v2/{repo}/tags/list?n=10&last={start + 9}>; rel="next"'
+        return web.json_response({"tags": page}, headers=headers)
+
+
+@pytest.fixture
+async def registry() -> AsyncIterator[tuple[ScriptedRegistry, str]]:
+    scripted = ScriptedRegistry()
+    server = TestServer(scripted.app(), host="127.0.0.1")
+    await server.start_server()
+    host = f"127.0.0.1:{server.port}"
+    scripted.base = f"http://{host}"
+    yield scripted, host
+    await server.close()
+
+
+def auth_file(tmp_path: Path, host: str) -> AuthStore:
+    path = tmp_path / "auth.json"
+    token = base64.b64encode(b"alice:s3cret").decode()
+    path.write_text(json.dumps({"auths": {host: {"auth": token}}}))
+    return AuthStore.load(path)
+
+
+async def test_token_auth_and_digest_from_body(
+    registry: tuple[ScriptedRegistry, str], tmp_path: Path
+) -> None:
+    scripted, host = registry
+    async with RegistryClient(auth_file(tmp_path, host), insecure=frozenset({host})) as client:
+        ref = parse_repository(f"{host}/library/alpine")
+        assert await client.manifest_digest(ref, "3.20") == DIGEST
+        assert await client.manifest_digest(ref, "missing") is None
+    request = scripted.token_requests[0]
+    assert request["scope"] == "repository:library/alpine:pull"
+    assert request["service"] == "scripted"
+    assert request["auth"] == "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    assert len(scripted.token_requests) == 1  # the token is cached for later requests
+
+
+async def test_tag_list_follows_pagination(registry: tuple[ScriptedRegistry, str]) -> None:
+    _, host = registry
+    async with RegistryClient(insecure=frozenset({host})) as client:
+        tags = await client.tags(parse_repository(f"{host}/library/alpine"), page_size=10)
+    assert tags == TAGS
+
+
+async def test_unreachable_registry_is_a_clear_error() -> None:
+    async with RegistryClient(insecure=frozenset({"127.0.0.1:9"}), timeout_s=5) as client:
+        with pytest.raises(RegistryError, match=r"registry 127\.0\.0\.1:9: HEAD"):
+            await client.manifest_digest(parse_repository("127.0.0.1:9/x"), "1")
+
+
+def test_auth_store_lookup_and_secrecy(tmp_path: Path) -> None:
+    store = auth_file(tmp_path, "reg.example:5000")
+    creds = store.lookup("reg.example:5000", "base/python")
+    assert creds is not None and creds.username == "alice"
+    assert "s3cret" not in repr(creds)
+    assert store.lookup("other.example") is None
+
+
+def test_docker_hub_names() -> None:
+    ref = parse_repository("alpine")
+    assert (ref.registry, ref.repository, ref.api_host) == (
+        "docker.io", "library/alpine", "registry-1.docker.io")
+    assert parse_repository("localhost:5000/a/b").repository == "a/b"
