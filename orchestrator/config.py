@@ -76,7 +76,7 @@ def _build(table: Table) -> BuildConfig:
     assert timeout is not None
 
     ba = table.table("buildah")
-    ba.check_keys(["command", "isolation", "storage_driver", "root", "runroot"])
+    ba.check_keys(["command", "isolation", "storage_driver", "root", "runroot", "layers"])
     bk = table.table("buildkit")
     bk.check_keys(["buildctl", "addr", "docker", "docker_host"])
     return BuildConfig(
@@ -91,6 +91,7 @@ def _build(table: Table) -> BuildConfig:
             storage_driver=ba.optional_str("storage_driver"),
             root=ba.optional_str("root"),
             runroot=ba.optional_str("runroot"),
+            layers=ba.get("layers", bool, False),
         ),
         buildkit=BuildKitConfig(
             buildctl=bk.get("buildctl", str, "buildctl"),

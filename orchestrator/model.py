@@ -76,6 +76,10 @@ class BuildahConfig:
     storage_driver: str | None = None
     root: str | None = None  # containers-storage graph root (--root)
     runroot: str | None = None
+    # buildah's step cache. Off by default: the build key already decides
+    # whether a layer builds, and buildah turns every --label into a cached
+    # step, which costs more than it saves.
+    layers: bool = False
 
 
 @dataclass(frozen=True)

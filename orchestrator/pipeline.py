@@ -32,6 +32,7 @@ from orchestrator.model import (
     Inputs,
     Layer,
     Outcome,
+    Reason,
     ResolvedUpstream,
 )
 from orchestrator.plan import decide, is_due
@@ -264,6 +265,7 @@ class Pipeline:
             push=self.config.registry is not None,
             log_path=log_path,
             timeout_s=self.config.build.timeout_s,
+            no_cache=decision.reason in (Reason.FORCED, Reason.SCHEDULED),
         )
         async with self.slots:
             self.state.start_build(build_id, layer.id, key, decision.describe(), str(log_path))

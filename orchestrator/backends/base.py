@@ -19,6 +19,9 @@ class BuildRequest:
     push: bool  # push every tag, the build-key tag last (it marks the image complete)
     log_path: Path
     timeout_s: float
+    # Forced and scheduled rebuilds exist to pick up what a step cache would
+    # hide (a new `apk upgrade`): they never reuse cached steps.
+    no_cache: bool = False
 
 
 @dataclass(frozen=True)

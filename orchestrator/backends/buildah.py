@@ -45,10 +45,12 @@ class BuildahBuilder:
         return ["--authfile", str(self.authfile)] if self.authfile else []
 
     def build_argv(self, req: BuildRequest, iidfile: Path) -> list[str]:
-        # --layers keeps buildah's step cache; the parent is pinned by digest, so
-        # the default pull policy ("missing") never fetches a moving tag.
-        argv = [*self._global(), "bud", "--isolation", self.config.isolation, "--layers",
+        # The parent is pinned by digest, so the default pull policy ("missing")
+        # never fetches a moving tag.
+        argv = [*self._global(), "bud", "--isolation", self.config.isolation,
                 *self._tls(req.args.get("BASE_IMAGE", "")), *self._auth()]
+        if self.config.layers and not req.no_cache:
+            argv.append("--layers")
         for name, value in req.args.items():
             argv += ["--build-arg", f"{name}={value}"]
         for name, value in req.labels.items():

@@ -40,6 +40,8 @@ class DockerBuildKitBuilder:
 
     def build_argv(self, req: BuildRequest, iidfile: Path) -> list[str]:
         argv = [self.config.docker, "build", "--progress=plain"]
+        if req.no_cache:
+            argv.append("--no-cache")
         for name, value in req.args.items():
             argv += ["--build-arg", f"{name}={value}"]
         for name, value in req.labels.items():
@@ -128,6 +130,8 @@ class BuildctlBuilder:
                 "--local", f"context={req.context}",
                 "--local", f"dockerfile={req.dockerfile.parent}",
                 "--opt", f"filename={req.dockerfile.name}"]
+        if req.no_cache:
+            argv.append("--no-cache")
         for name, value in req.args.items():
             argv += ["--opt", f"build-arg:{name}={value}"]
         for name, value in req.labels.items():

@@ -38,7 +38,7 @@ def _buildah_images(argv: list[str]) -> Captured:
 
 async def test_buildah_build_then_push_each_tag_key_tag_last(tmp_path: Path) -> None:
     runner = RecordingRunner(_write_digest, _buildah_images)
-    builder = BuildahBuilder(BuildahConfig(root="/srv/storage"), runner,
+    builder = BuildahBuilder(BuildahConfig(root="/srv/storage", layers=True), runner,
                              authfile=Path("/etc/auth.json"), insecure_hosts={"reg:5000"})
 
     output = await builder.build(request(tmp_path))
@@ -54,6 +54,18 @@ async def test_buildah_build_then_push_each_tag_key_tag_last(tmp_path: Path) -> 
     pushes = [c for c in runner.calls if "push" in c]
     assert [c[-1] for c in pushes] == ["reg:5000/base/py:3.12", "reg:5000/base/py:bk-k"]
     assert output.digest == "sha256:pushed"
+
+
+def test_forced_builds_skip_step_caches(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    forced = replace(request(tmp_path), no_cache=True)
+    buildah = BuildahBuilder(BuildahConfig(layers=True), RecordingRunner())
+    assert "--layers" in buildah.build_argv(request(tmp_path), tmp_path / "iid")
+    assert "--layers" not in buildah.build_argv(forced, tmp_path / "iid")
+    docker = DockerBuildKitBuilder(BuildKitConfig(), RecordingRunner())
+    assert "--no-cache" in docker.build_argv(forced, tmp_path / "iid")
+    assert "--no-cache" not in docker.build_argv(request(tmp_path), tmp_path / "iid")
 
 
 async def test_buildah_failure_raises_with_log_tail(tmp_path: Path) -> None:

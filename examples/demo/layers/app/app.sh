@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "app on runtime $(cat /home/app/runtime-version)"
