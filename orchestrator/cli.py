@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -17,6 +18,16 @@ from typing import Any
 import structlog
 
 from orchestrator import __version__, logs, render
+from orchestrator.client import (
+    EXIT_NO_DAEMON,
+    Client,
+    NoDaemon,
+    exit_for,
+    render_history,
+    render_status,
+)
+from orchestrator.config import DEFAULT_SOCKET, load_config
+from orchestrator.daemon import Daemon
 from orchestrator.errors import BackendError, InputError, OrchestratorError
 from orchestrator.runs import execute, load
 
@@ -46,6 +57,30 @@ def parser() -> argparse.ArgumentParser:
 
     gr = sub.add_parser("graph", help="print the hierarchy")
     gr.add_argument("--format", choices=["tree", "dot", "json"], default="tree")
+
+    run = sub.add_parser("run", help="the daemon: reconcile, then watch and take triggers")
+    run.add_argument("--once", action="store_true",
+                     help="reconcile, build what is queued, then exit (for CI)")
+
+    def client(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--socket", type=Path, help="control socket (default: from config)")
+        p.add_argument("--json", action="store_true")
+        return p
+
+    client("status", "what a running daemon is doing")
+    trig = client("trigger", "queue layers for a build")
+    trig.add_argument("layers", nargs="+", metavar="LAYER")
+    trig.add_argument("--force", action="store_true")
+    cancel = client("cancel", "stop a running build")
+    cancel.add_argument("id")
+    hist = client("history", "past builds")
+    hist.add_argument("layer", nargs="?")
+    hist.add_argument("--limit", type=int, default=30)
+    logs_ = client("logs", "a build's output")
+    logs_.add_argument("id")
+    logs_.add_argument("-f", "--follow", action="store_true")
+    client("reload", "re-read config and layers")
     return top
 
 
@@ -69,7 +104,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+CLIENT_VERBS = ("status", "trigger", "cancel", "history", "logs", "reload")
+
+
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in CLIENT_VERBS:
+        return _client(args)
+    if args.command == "run":
+        # Logs go to stdout (the journal), one JSON object a line off a TTY.
+        logs.configure(sys.stdout, logging.DEBUG if args.verbose else logging.INFO)
+        from orchestrator.api import ControlServer
+
+        daemon = Daemon(args.config, ControlServer, once=args.once)
+        return asyncio.run(daemon.run())
     config, catalog = load(args.config)
     if args.command == "graph":
         out = {"tree": render.graph_tree, "dot": render.graph_dot,
@@ -112,3 +159,56 @@ def _run_interruptible(coro: Any) -> Any:
             loop.remove_signal_handler(signal.SIGTERM)
 
     return asyncio.run(runner())
+
+
+def _socket_path(args: argparse.Namespace) -> Path:
+    if args.socket is not None:
+        return Path(args.socket)
+    try:
+        return load_config(args.config).control_socket
+    except InputError:
+        return Path(DEFAULT_SOCKET)
+
+
+def _client(args: argparse.Namespace) -> int:
+    client = Client(_socket_path(args))
+    try:
+        return asyncio.run(_client_call(client, args))
+    except NoDaemon as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return EXIT_NO_DAEMON
+
+
+async def _client_call(client: Client, args: argparse.Namespace) -> int:
+    if args.command == "logs":
+        return await client.stream(f"/v1/builds/{args.id}/log"
+                                   + ("?follow=1" if args.follow else ""))
+    calls: dict[str, tuple[str, str, dict[str, Any] | None]] = {
+        "status": ("GET", "/v1/status", None),
+        "trigger": ("POST", "/v1/builds", {"layers": getattr(args, "layers", None),
+                                           "force": getattr(args, "force", False)}),
+        "cancel": ("POST", f"/v1/builds/{getattr(args, 'id', '')}/cancel", None),
+        "history": ("GET", "/v1/builds?limit=" + str(getattr(args, "limit", 30))
+                    + (f"&layer={args.layer}" if getattr(args, "layer", None) else ""), None),
+        "reload": ("POST", "/v1/reload", None),
+    }
+    method, path, body = calls[args.command]
+    status, data = await client.call(method, path, body)
+    code = exit_for(status)
+    if code != EXIT_OK:
+        message = data.get("message", data) if isinstance(data, dict) else data
+        print(f"orchestrator: {message}", file=sys.stderr)
+        return code
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif args.command == "status":
+        print(render_status(data))
+    elif args.command == "history":
+        print(render_history(data["builds"]))
+    elif args.command == "trigger":
+        print(f"queued {', '.join(data['layers'])} as {data['id']}")
+    elif args.command == "cancel":
+        print(f"cancelling {args.id}")
+    elif args.command == "reload":
+        print(f"reloaded: {data['layers']} layers")
+    return EXIT_OK

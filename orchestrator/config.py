@@ -10,6 +10,7 @@ from orchestrator.model import (
     BuildConfig,
     BuildKitConfig,
     Config,
+    DaemonConfig,
     RegistryConfig,
     UpstreamSpec,
 )
@@ -22,7 +23,7 @@ DEFAULT_SOCKET = "/run/orchestrator/control.sock"
 
 def load_config(path: Path) -> Config:
     root = Table(read_toml(path), display(path))
-    root.check_keys(["catalog", "registry", "build", "state", "control", "upstream"])
+    root.check_keys(["catalog", "registry", "build", "state", "control", "daemon", "upstream"])
     base = path.resolve().parent
 
     def resolve(p: str) -> Path:
@@ -48,7 +49,9 @@ def load_config(path: Path) -> Config:
     state = root.table("state")
     state.check_keys(["dir"])
     control = root.table("control")
-    control.check_keys(["socket"])
+    control.check_keys(["socket", "group"])
+    daemon = root.table("daemon")
+    daemon.check_keys(["debounce", "drain_timeout", "schedule_check"])
 
     return Config(
         path=path.resolve(),
@@ -59,6 +62,12 @@ def load_config(path: Path) -> Config:
         registry=registry,
         auth_file=auth_file,
         upstreams=_upstreams(root.table("upstream")),
+        daemon=DaemonConfig(
+            socket_group=control.optional_str("group"),
+            debounce_s=daemon.duration("debounce", 0.5) or 0.0,
+            drain_s=daemon.duration("drain_timeout", 300.0) or 0.0,
+            schedule_check_s=daemon.duration("schedule_check", 60.0) or 60.0,
+        ),
     )
 
 

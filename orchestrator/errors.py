@@ -41,15 +41,18 @@ class TemplateError(OrchestratorError):
 class RegistryError(OrchestratorError):
     """A registry answered with an error or could not be reached."""
 
-    def __init__(self, registry: str, problem: str, status: int | None = None) -> None:
+    def __init__(self, registry: str, problem: str, status: int | None = None,
+                 retry_after_s: float | None = None) -> None:
         self.registry = registry
         self.status = status
+        self.retry_after_s = retry_after_s  # from a 429/503 Retry-After header
         super().__init__(f"registry {registry}: {problem}")
 
 
 class UpstreamError(OrchestratorError):
-    def __init__(self, upstream: str, problem: str) -> None:
+    def __init__(self, upstream: str, problem: str, retry_after_s: float | None = None) -> None:
         self.upstream = upstream
+        self.retry_after_s = retry_after_s
         super().__init__(f"upstream {upstream}: {problem}")
 
 

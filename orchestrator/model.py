@@ -104,6 +104,15 @@ class BuildConfig:
 
 
 @dataclass(frozen=True)
+class DaemonConfig:
+    socket_group: str | None = None  # group owning the control socket (mode 0660)
+    debounce_s: float = 0.5  # quiet time after the last save before a build
+    drain_s: float = 300.0  # on stop: how long running builds may finish
+    # Poll interval for rebuild.every checks.
+    schedule_check_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     layers_dir: Path
@@ -113,6 +122,7 @@ class Config:
     registry: RegistryConfig | None
     auth_file: Path | None
     upstreams: Mapping[str, UpstreamSpec]
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
 
 @dataclass(frozen=True)
@@ -161,6 +171,9 @@ class Outcome(enum.Enum):
     FAILED = "failed"
     SKIPPED = "skipped"  # an ancestor failed
     CANCELLED = "cancelled"
+    # A newer change to the layer or an ancestor is queued: building now would
+    # stand on a digest about to be replaced, so the follow-up run does it.
+    SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,8 @@ class RunReport:
 
     @property
     def ok(self) -> bool:
-        return all(r.outcome in (Outcome.BUILT, Outcome.REUSED) for r in self.results.values())
+        return all(r.outcome in (Outcome.BUILT, Outcome.REUSED, Outcome.SUPERSEDED)
+                   for r in self.results.values())
 
 
 def targets(catalog: Catalog, selected: list[str] | None) -> list[str]:
@@ -115,6 +116,8 @@ class Pipeline:
         upstream_errors: Mapping[str, Exception] | None = None,
         contexts: Mapping[str, Context] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        cause_of: Callable[[str], tuple[str | None, str | None]] | None = None,
+        superseded: Callable[[str], bool] | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -124,6 +127,11 @@ class Pipeline:
         self.upstreams = dict(upstreams)
         self.upstream_errors = dict(upstream_errors or {})
         self.contexts = dict(contexts or {})
+        # layer -> (cause, request id) for the build history; daemon-provided
+        self.cause_of = cause_of or (lambda layer: (None, None))
+        self.superseded = superseded or (lambda layer: False)
+        self.running: dict[str, tuple[str, asyncio.Task[Any]]] = {}  # build id -> (layer, task)
+        self.cancelled: set[str] = set()  # layers whose build was cancelled on request
         self.forced = forced
         self.dry_run = dry_run
         self.revision = revision
@@ -136,9 +144,20 @@ class Pipeline:
         if config.registry and not config.registry.tls_verify and registry is not None:
             registry.allow_insecure(config.registry.host)
 
+    def cancel(self, build_id: str) -> bool:
+        """Stop one running build (its process group); its descendants are skipped."""
+        entry = self.running.get(build_id)
+        if entry is None:
+            return False
+        layer, task = entry
+        self.cancelled.add(layer)
+        task.cancel()
+        return True
+
     async def run(self, order: list[str]) -> RunReport:
         parents = {lid: self.catalog.layers[lid].parent for lid in order}
-        results = await run_graph(order, parents, self.step, lambda r: r.outcome)
+        results = await run_graph(order, parents, self.step, lambda r: r.outcome,
+                                  self.cancelled)
         # Report in graph order, not in the order builds happened to finish.
         return RunReport({lid: results[lid] for lid in order}, self.upstreams)
 
@@ -187,6 +206,9 @@ class Pipeline:
                                display_ref, key)
         if self.dry_run:
             return LayerResult(layer_id, decision, Outcome.BUILT, None, None, display_ref, key)
+        if self.superseded(layer_id):
+            return LayerResult(layer_id, decision, Outcome.SUPERSEDED, None, None, display_ref,
+                               key)
 
         assert base_ref is not None
         tags = (*(repo.tagged(t) for t in layer.tags if t != key_tag(key)), key_ref)
@@ -268,7 +290,16 @@ class Pipeline:
             no_cache=decision.reason in (Reason.FORCED, Reason.SCHEDULED),
         )
         async with self.slots:
-            self.state.start_build(build_id, layer.id, key, decision.describe(), str(log_path))
+            if self.superseded(layer.id):  # a change arrived while this waited for a slot
+                return LayerResult(layer.id, decision, Outcome.SUPERSEDED, None, None,
+                                   display_ref, key)
+            cause, request_id = self.cause_of(layer.id)
+            self.state.start_build(build_id, layer.id, key, decision.describe(), str(log_path),
+                                   cause=cause, request_id=request_id,
+                                   builder=self.builder.name)
+            task = asyncio.current_task()
+            assert task is not None
+            self.running[build_id] = (layer.id, task)
             started = time.time()
             bound = {"layer": layer.id, "build_id": build_id}
             self.on_event("build_started", {**bound, "reason": decision.describe(),
@@ -276,17 +307,20 @@ class Pipeline:
             try:
                 output = await self.builder.build(request)
             except asyncio.CancelledError:
+                self.running.pop(build_id, None)
                 self.state.finish_build(build_id, Outcome.CANCELLED.value)
                 self.on_event("build_finished", {**bound, "outcome": "cancelled",
                                                  "duration_s": round(time.time() - started, 3)})
                 raise
             except BuildFailed as exc:
+                self.running.pop(build_id, None)
                 self.state.finish_build(build_id, Outcome.FAILED.value, error=str(exc))
                 self.on_event("build_finished", {**bound, "outcome": "failed",
                                                  "duration_s": round(time.time() - started, 3),
                                                  "error": str(exc)})
                 raise
             finished = time.time()
+            self.running.pop(build_id, None)
         child_ref = self._child_ref(repo, output.digest, key_ref)
         self.state.finish_build(build_id, Outcome.BUILT.value, digest=output.digest)
         self.state.save_layer(LayerRecord(layer.id, key, output.digest, child_ref, inputs,

@@ -10,9 +10,11 @@ schemes registries ask for (Basic, and Bearer tokens from the realm named in
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import json
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,15 +86,15 @@ class RegistryClient:
         status, resp_headers, _ = await self._request("HEAD", ref, url, headers)
         if status == 404:
             return None
-        self._raise_for(ref, status, "HEAD manifest")
+        self._raise_for(ref, status, "HEAD manifest", resp_headers)
         digest = resp_headers.get("Docker-Content-Digest")
         if digest:
             return digest
         # Some registries omit the header on HEAD: the digest is the body's sha256.
-        status, _, body = await self._request("GET", ref, url, headers)
+        status, resp_headers, body = await self._request("GET", ref, url, headers)
         if status == 404:
             return None
-        self._raise_for(ref, status, "GET manifest")
+        self._raise_for(ref, status, "GET manifest", resp_headers)
         return "sha256:" + hashlib.sha256(body).hexdigest()
 
     async def tags(self, ref: ImageRef, page_size: int = 1000) -> list[str]:
@@ -102,7 +104,7 @@ class RegistryClient:
             status, headers, body = await self._request("GET", ref, url, {})
             if status == 404:
                 return out
-            self._raise_for(ref, status, "GET tags/list")
+            self._raise_for(ref, status, "GET tags/list", headers)
             data: dict[str, Any] = _json(body)
             out.extend(data.get("tags") or [])
             match = _NEXT_LINK.search(headers.get("Link", ""))
@@ -113,15 +115,17 @@ class RegistryClient:
                 url = nxt if "://" in nxt else f"{scheme}://{ref.api_host}{nxt}"
         return out
 
-    def _raise_for(self, ref: ImageRef, status: int, what: str) -> None:
+    def _raise_for(self, ref: ImageRef, status: int, what: str,
+                   headers: Mapping[str, str] | None = None) -> None:
         if status >= 400:
+            retry_after = _retry_after((headers or {}).get("Retry-After"))
             hint = ""
             if status == 401:
                 hint = " (unauthorized: check [registry] auth_file)"
             elif status == 429:
                 hint = " (rate limited)"
             raise RegistryError(ref.registry, f"{what} for {ref.repository}: HTTP {status}{hint}",
-                                status)
+                                status, retry_after)
 
     async def _request(self, method: str, ref: ImageRef, url: str,
                        headers: Mapping[str, str]) -> tuple[int, Mapping[str, str], bytes]:
@@ -178,6 +182,21 @@ class RegistryClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RegistryError(ref.registry, f"{method} {url.split('?')[0]}: "
                                 f"{type(exc).__name__}: {exc}") from exc
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _json(body: bytes) -> dict[str, Any]:

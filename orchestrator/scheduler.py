@@ -29,18 +29,25 @@ class NodeResult(Generic[V]):
 Step = Callable[[str, V | None], Awaitable[V]]
 
 
+STOPPED = (Outcome.FAILED, Outcome.SKIPPED, Outcome.CANCELLED, Outcome.SUPERSEDED)
+
+
 async def run_graph(
     order: Sequence[str],
     parents: Mapping[str, str | None],
     step: Step[V],
     outcome_of: Callable[[V], Outcome],
+    cancelled: set[str] | None = None,
 ) -> dict[str, NodeResult[V]]:
     """Run ``step(node, parent_value)`` for every node of ``order`` (parents first).
 
     A parent outside ``order`` counts as done with no value. Concurrency is the
     step's business (it holds a semaphore around the expensive part), so cheap
-    work such as lookups never waits behind builds.
+    work such as lookups never waits behind builds. A node named in
+    ``cancelled`` whose task is then cancelled ends as CANCELLED alone (its
+    descendants are skipped) instead of cancelling the whole run.
     """
+    node_cancels = cancelled if cancelled is not None else set()
     results: dict[str, NodeResult[V]] = {}
     done = {node: asyncio.Event() for node in order}
 
@@ -51,7 +58,7 @@ async def run_graph(
             if parent is not None and parent in done:
                 await done[parent].wait()
                 parent_result = results[parent]
-                if parent_result.outcome in (Outcome.FAILED, Outcome.SKIPPED, Outcome.CANCELLED):
+                if parent_result.outcome in STOPPED:
                     results[node] = NodeResult(
                         Outcome.SKIPPED, skipped_because=f"parent {parent} "
                         f"{parent_result.outcome.value}")
@@ -61,6 +68,9 @@ async def run_graph(
                 value = await step(node, parent_value)
             except asyncio.CancelledError:
                 results[node] = NodeResult(Outcome.CANCELLED)
+                task = asyncio.current_task()
+                if node in node_cancels and task is not None and task.uncancel() == 0:
+                    return  # only this node was cancelled; the run goes on
                 raise
             except Exception as exc:  # a step's failure is this node's outcome
                 results[node] = NodeResult(Outcome.FAILED, error=exc)

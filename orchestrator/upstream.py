@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
 
 from orchestrator.errors import RegistryError, UpstreamError
 from orchestrator.imageref import parse_repository
@@ -31,7 +33,7 @@ async def resolve(spec: UpstreamSpec, client: RegistryClient) -> ResolvedUpstrea
                                     f"({len(tags)} tags seen)")
         digest = await client.manifest_digest(ref, tag)
     except RegistryError as exc:
-        raise UpstreamError(spec.name, str(exc)) from exc
+        raise UpstreamError(spec.name, str(exc), exc.retry_after_s) from exc
     if digest is None:
         raise UpstreamError(spec.name, f"{spec.image}:{tag} not found")
     return ResolvedUpstream(spec.name, ref.at(digest), digest, tag)
@@ -88,3 +90,83 @@ async def resolve_all(
         else:
             resolved[name] = result
     return resolved, failed
+
+
+class Backoff:
+    """Exponential backoff with a cap, for polls that fail (429, 5xx, network)."""
+
+    def __init__(self, base_s: float = 5.0, cap_s: float = 1800.0) -> None:
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.failures = 0
+
+    def success(self) -> None:
+        self.failures = 0
+
+    def failure(self, retry_after_s: float | None = None) -> float:
+        self.failures += 1
+        delay: float = min(self.cap_s, self.base_s * 2.0 ** (self.failures - 1))
+        if retry_after_s is not None:  # the registry said when: never ask earlier
+            delay = max(delay, min(retry_after_s, self.cap_s))
+        return delay
+
+
+def jittered(interval_s: float, rng: random.Random, spread: float = 0.1) -> float:
+    """Spread polls of many daemons (and upstreams) so they do not arrive in step."""
+    return interval_s * (1 + rng.uniform(-spread, spread))
+
+
+Resolver = Callable[[UpstreamSpec], Awaitable[ResolvedUpstream]]
+
+
+class UpstreamPoller:
+    """Polls one upstream forever; reports each resolved value and each failure."""
+
+    def __init__(
+        self,
+        spec: UpstreamSpec,
+        resolver: Resolver,
+        on_value: Callable[[ResolvedUpstream], Awaitable[None]],
+        on_error: Callable[[UpstreamError, float], None],
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.spec = spec
+        self.resolver = resolver
+        self.on_value = on_value
+        self.on_error = on_error
+        self.rng = rng or random.Random()
+        self.backoff = Backoff(base_s=min(5.0, spec.poll_s), cap_s=max(spec.poll_s, 60.0))
+        self.last_check: float | None = None
+        self.next_check: float | None = None
+        self.last_error: str | None = None
+        self.next_delay_s = spec.poll_s  # after the last check: backoff or the poll interval
+
+    async def check(self) -> float:
+        """One poll; returns the delay before the next."""
+        self.last_check = time.time()
+        try:
+            value = await self.resolver(self.spec)
+        except UpstreamError as exc:
+            delay = self.backoff.failure(exc.retry_after_s)
+            self.last_error = str(exc)
+            self.next_delay_s = delay
+            self.on_error(exc, delay)
+            return delay
+        self.backoff.success()
+        self.last_error = None
+        await self.on_value(value)
+        self.next_delay_s = jittered(self.spec.poll_s, self.rng)
+        return self.next_delay_s
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop``; the first poll waits out the delay the last check chose."""
+        delay = self.next_delay_s
+        while not stop.is_set():
+            self.next_check = time.time() + delay
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+                return
+            except TimeoutError:
+                pass
+            delay = await self.check()

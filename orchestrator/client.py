@@ -1,0 +1,120 @@
+"""CLI verbs that talk to a running daemon over its control socket."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+EXIT_OK, EXIT_REFUSED, EXIT_INPUT, EXIT_NO_DAEMON = 0, 1, 2, 3
+
+
+class NoDaemon(Exception):
+    def __init__(self, socket_path: Path, why: str) -> None:
+        self.socket_path = socket_path
+        super().__init__(f"no daemon answers on {socket_path}: {why}")
+
+
+class Client:
+    def __init__(self, socket_path: Path, timeout_s: float | None = 30.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    def _session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.socket_path)),
+                                     timeout=self.timeout)
+
+    async def call(self, method: str, path: str,
+                   body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        try:
+            async with self._session() as session, session.request(
+                    method, f"http://orchestrator{path}", json=body) as resp:
+                text = await resp.text()
+                try:
+                    return resp.status, json.loads(text)
+                except ValueError:
+                    return resp.status, text
+        except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionError) as exc:
+            raise NoDaemon(self.socket_path, str(exc)) from None
+
+    async def stream(self, path: str) -> int:
+        """Copy a streamed answer (logs, events) to stdout as it arrives."""
+        try:
+            async with aiohttp.ClientSession(
+                    connector=aiohttp.UnixConnector(path=str(self.socket_path)),
+                    timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as session, \
+                    session.get(f"http://orchestrator{path}") as resp:
+                if resp.status != 200:
+                    body = await resp.text()
+                    print(f"orchestrator: {_message(body)}", file=sys.stderr)
+                    return EXIT_INPUT if resp.status in (400, 404) else EXIT_REFUSED
+                async for chunk in resp.content.iter_any():
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+        except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionError) as exc:
+            raise NoDaemon(self.socket_path, str(exc)) from None
+        return EXIT_OK
+
+
+def _message(body: Any) -> str:
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return str(body).strip()
+    return str(body.get("message", body)) if isinstance(body, dict) else str(body)
+
+
+def exit_for(status: int) -> int:
+    if status < 300:
+        return EXIT_OK
+    if status in (400, 404, 413):
+        return EXIT_INPUT
+    return EXIT_REFUSED
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    delta = time.time() - ts
+    return f"{delta:.0f}s ago" if delta >= 0 else f"in {-delta:.0f}s"
+
+
+def render_status(data: dict[str, Any]) -> str:
+    lines = [f"daemon   {data['phase']}, pid {data['pid']}, up {data['uptime_s']:.0f}s, "
+             f"backend {data['backend']['name']}"
+             + (f" (error: {data['backend']['error']})" if data["backend"]["error"] else "")]
+    running = data.get("running") or []
+    lines.append(f"building {len(running)}")
+    for build in running:
+        lines.append(f"  {build['layer']:<24} {build['build_id']}  for "
+                     f"{time.time() - (build['started'] or time.time()):.0f}s on "
+                     f"{build['builder']}  ({build['reason']})")
+    queue = data.get("queue") or []
+    lines.append(f"queued   {len(queue)}")
+    for entry in queue:
+        lines.append(f"  {entry['layer']:<24} {'forced, ' if entry['force'] else ''}"
+                     f"{entry['cause']}")
+    ups = data.get("upstreams") or {}
+    if ups:
+        lines.append("upstreams")
+        for name, up in ups.items():
+            state = f"error: {up['error']}" if up.get("error") else \
+                f"{up.get('tag')} {str(up.get('digest'))[:19]}"
+            lines.append(f"  {name:<12} {state}; checked {_ago(up.get('last_check'))}, "
+                         f"next {_ago(up.get('next_check'))}")
+    return "\n".join(lines)
+
+
+def render_history(builds: list[dict[str, Any]]) -> str:
+    lines = [f"{'ID':<12}  {'LAYER':<20} {'OUTCOME':<11} {'STARTED':<19} {'TOOK':>7}  CAUSE"]
+    for b in builds:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b["started_at"]))
+        took = f"{b['finished_at'] - b['started_at']:.1f}s" if b.get("finished_at") else "-"
+        lines.append(f"{b['id']:<12}  {b['layer']:<20} {b['outcome']:<11} {started:<19} "
+                     f"{took:>7}  {b.get('cause') or b.get('reason') or ''}")
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""One stream of events: written to the structured log and fanned out to
+``GET /v1/events`` subscribers, so both always carry the same facts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+
+SUBSCRIBER_BACKLOG = 1000
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._log = structlog.get_logger("orchestrator")
+        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+
+    def publish(self, event: str, fields: dict[str, Any], level: str = "info") -> None:
+        getattr(self._log, level)(event, **fields)
+        record = {"event": event, "timestamp": time.time(), "level": level, **fields}
+        for queue in list(self._subscribers):
+            try:
+                queue.put_nowait(record)
+            except asyncio.QueueFull:
+                # A reader that stopped reading loses its stream, not our memory.
+                self._subscribers.discard(queue)
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(None)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any] | None]]:
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(SUBSCRIBER_BACKLOG)
+        self._subscribers.add(queue)
+        try:
+            yield queue
+        finally:
+            self._subscribers.discard(queue)
+
+    def close(self) -> None:
+        for queue in list(self._subscribers):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+        self._subscribers.clear()

@@ -1,0 +1,36 @@
+"""Prometheus metrics for dashboards. Labels are layers, outcomes and
+upstreams: bounded sets, never build ids."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+from orchestrator import __version__
+
+# Builds take seconds to an hour.
+DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.builds = Counter("orchestrator_builds", "Layer builds by outcome",
+                              ["layer", "outcome"], registry=self.registry)
+        self.duration = Histogram("orchestrator_build_duration_seconds",
+                                  "Builder time per layer build", ["layer"],
+                                  buckets=DURATION_BUCKETS, registry=self.registry)
+        self.running = Gauge("orchestrator_builds_running", "Builds running now",
+                             registry=self.registry)
+        self.queue_depth = Gauge("orchestrator_queue_depth", "Layers waiting to be built",
+                                 registry=self.registry)
+        self.upstream_checks = Counter("orchestrator_upstream_checks",
+                                       "Upstream polls by result", ["upstream", "result"],
+                                       registry=self.registry)
+        self.last_success = Gauge("orchestrator_last_success_timestamp_seconds",
+                                  "When each layer last built or was confirmed up to date",
+                                  ["layer"], registry=self.registry)
+        info = Info("orchestrator_build", "Version of the orchestrator", registry=self.registry)
+        info.info({"version": __version__})
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
