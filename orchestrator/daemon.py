@@ -152,12 +152,13 @@ class Daemon:
         for build in interrupted:
             self.bus.publish("build_interrupted", {"layer": build["layer"],
                                                    "build_id": build["id"]}, "warning")
-        requeued = self.state.requeue_taken()
         for build in interrupted:
             if build["layer"] in self.catalog.layers:
                 self.state.enqueue(build["layer"], force=False,
                                    cause=f"re-run after interrupted build {build['id']}",
                                    request_id=_new_id("r"))
+        # What the dead run was serving waits again, merged into the entries above.
+        requeued = self.state.requeue_taken()
         if interrupted or requeued:
             self.bus.publish("state_recovered", {"interrupted": len(interrupted),
                                                  "requeued": requeued})

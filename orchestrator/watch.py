@@ -68,21 +68,37 @@ async def watch_layers(
     stop: asyncio.Event,
     debounce_s: float,
 ) -> None:
-    """Call ``on_change`` once per burst of saves (watchfiles debounces)."""
+    """Call ``on_change`` once per burst of saves: after ``debounce_s`` with no
+    further change (watchfiles' own debounce caps a batch's length instead, so
+    a long burst would otherwise come out as several builds)."""
     path_filter = LayerFilter(layers_dir)
-    async for changes in watchfiles.awatch(
-        layers_dir, watch_filter=path_filter, debounce=max(1, int(debounce_s * 1000)),
-        step=50, stop_event=stop, rust_timeout=1000, yield_on_timeout=False,
-    ):
-        folders: dict[str, str] = {}
-        catalog_changed = False
-        for _, path in sorted(changes, key=lambda c: c[1]):
-            hit = path_filter.relevant(path)
-            if hit is None:
-                continue
-            folder, inner = hit
-            folders.setdefault(folder, f"{folder}/{inner}" if inner else folder)
-            if inner in ("", LAYER_FILE):
-                catalog_changed = True
-        if folders:
-            await on_change(LayerChange(folders, catalog_changed))
+    pending: dict[str, str] = {}
+    catalog_changed = False
+    timer: asyncio.Task[None] | None = None
+
+    async def fire_after_quiet() -> None:
+        nonlocal pending, catalog_changed
+        await asyncio.sleep(debounce_s)
+        change = LayerChange(pending, catalog_changed)
+        pending, catalog_changed = {}, False
+        await on_change(change)
+
+    try:
+        async for changes in watchfiles.awatch(
+            layers_dir, watch_filter=path_filter, debounce=50, step=20, stop_event=stop,
+            rust_timeout=1000, yield_on_timeout=False,
+        ):
+            for _, path in sorted(changes, key=lambda c: c[1]):
+                hit = path_filter.relevant(path)
+                if hit is None:
+                    continue
+                folder, inner = hit
+                pending.setdefault(folder, f"{folder}/{inner}" if inner else folder)
+                catalog_changed = catalog_changed or inner in ("", LAYER_FILE)
+            if pending:
+                if timer is not None and not timer.done():
+                    timer.cancel()
+                timer = asyncio.create_task(fire_after_quiet())
+    finally:
+        if timer is not None and not timer.done():
+            timer.cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,15 @@ from typing import Protocol
 _PRIVATE_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
                 "WATCHDOG_USEC", "WATCHDOG_PID")
 STOP_GRACE_S = 10.0
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if the daemon dies (even by kill -9), the
+    kernel sends the builder SIGTERM instead of leaving it orphaned and
+    pushing behind the next daemon's back."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def builder_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -54,6 +64,7 @@ class SubprocessRunner:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out,
                 stderr=asyncio.subprocess.STDOUT, env=builder_env(env), start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         try:
             return await asyncio.wait_for(proc.wait(), timeout_s)
