@@ -47,7 +47,7 @@ def write_catalog(root: Path, layers: int) -> None:
     base = root / "layers" / "base"
     base.mkdir()
     (base / "layer.toml").write_text('from = "upstream:seed"\n')
-    (base / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n")
+    (base / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nUSER 1000\n")
 
 
 def post(sock: Path, path: str, body: dict[str, object]) -> None:

@@ -39,7 +39,7 @@ def write_layer(root: Path, name: str, parent: str, body: str) -> None:
     folder = root / "layers" / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "layer.toml").write_text(f'from = "{parent}"\n')
-    (folder / "Dockerfile").write_text(f"ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\n{body}")
+    (folder / "Dockerfile").write_text(f"ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\n{body}USER 1000\n")
 
 
 def orchestrator(root: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,20 @@ LAYER_FILE = "layer.toml"
 LAYER_KEYS = ["from", "image", "tags", "args", "matrix", "rebuild", "allow_root", "dockerfile"]
 
 
+def dockerfile_texts(catalog: Catalog) -> dict[str, str]:
+    """Each layer's Dockerfile text, read once per file (variants share one)."""
+    by_path: dict[Path, str] = {}
+    out: dict[str, str] = {}
+    for lid, layer in catalog.layers.items():
+        if layer.dockerfile not in by_path:
+            try:
+                by_path[layer.dockerfile] = layer.dockerfile.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InputError(display(layer.dockerfile), f"cannot read: {exc}") from exc
+        out[lid] = by_path[layer.dockerfile]
+    return out
+
+
 def load_catalog(layers_dir: Path, upstreams: Mapping[str, UpstreamSpec]) -> Catalog:
     if not layers_dir.is_dir():
         raise InputError(display(layers_dir), "layers folder not found ([catalog] layers)")

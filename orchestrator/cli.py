@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from orchestrator import __version__, logs, render
+from orchestrator.catalog import select
 from orchestrator.client import (
     EXIT_NO_DAEMON,
     Client,
@@ -28,8 +29,8 @@ from orchestrator.client import (
 )
 from orchestrator.config import DEFAULT_SOCKET, load_config
 from orchestrator.daemon import Daemon
-from orchestrator.errors import BackendError, InputError, OrchestratorError
-from orchestrator.runs import execute, load
+from orchestrator.errors import BackendError, InputError, OrchestratorError, PolicyError
+from orchestrator.runs import enforce_policy, execute, load, policy
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
 
@@ -54,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
                        help="rebuild the named layers (or all) and their descendants")
     build.add_argument("--jobs", "-j", type=int, help="builds at once (default: [build] jobs)")
     build.add_argument("--json", action="store_true")
+
+    sub.add_parser("lint", help="check the image policy (also run before every build)")
 
     gr = sub.add_parser("graph", help="print the hierarchy")
     gr.add_argument("--format", choices=["tree", "dot", "json"], default="tree")
@@ -90,6 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(sys.stderr, logging.DEBUG if args.verbose else logging.INFO)
     try:
         return _dispatch(args)
+    except PolicyError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        print(f"orchestrator: {len(exc.lines)} policy errors; nothing was built",
+              file=sys.stderr)
+        return EXIT_INPUT
     except InputError as exc:
         print(f"orchestrator: {exc}", file=sys.stderr)
         return EXIT_INPUT
@@ -118,6 +127,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         daemon = Daemon(args.config, ControlServer, once=args.once)
         return asyncio.run(daemon.run())
     config, catalog = load(args.config)
+    if args.command == "lint":
+        errors, warnings = policy(catalog)
+        for line in [*errors, *warnings]:
+            print(line)
+        print(f"{len(errors)} errors, {len(warnings)} warnings")
+        return EXIT_INPUT if errors else EXIT_OK
+    if args.command == "build":
+        select(catalog, args.layers)  # unknown names first: the plainer mistake
+        enforce_policy(catalog, lambda line: print(line, file=sys.stderr))
     if args.command == "graph":
         out = {"tree": render.graph_tree, "dot": render.graph_dot,
                "json": render.graph_json}[args.format](catalog)

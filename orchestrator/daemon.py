@@ -37,7 +37,7 @@ from orchestrator.model import Catalog, Config, Outcome, ResolvedUpstream
 from orchestrator.pipeline import LayerResult, Pipeline, RunReport, targets, upstreams_used
 from orchestrator.plan import is_due, short_digest
 from orchestrator.registry import RegistryClient
-from orchestrator.runs import STATE_DB, catalog_revision, load
+from orchestrator.runs import STATE_DB, catalog_revision, enforce_policy, load
 from orchestrator.scheduler import NodeResult
 from orchestrator.sdnotify import Notifier, forget_activation_env, listen_sockets, watchdog_interval
 from orchestrator.state import StateStore
@@ -427,6 +427,8 @@ class Daemon:
             return any(lid in self.dirty for lid in (layer, *graph.ancestors(parents, layer)))
 
         try:
+            enforce_policy(catalog, lambda line: self.bus.publish(
+                "policy_warning", {"finding": line}, "warning"))
             contexts = await asyncio.to_thread(read_contexts,
                                                [catalog.layers[lid] for lid in order])
         except InputError as exc:

@@ -70,3 +70,11 @@ class BuildFailed(OrchestratorError):
 
 class BackendError(OrchestratorError):
     """The backend tool is missing or misconfigured."""
+
+
+class PolicyError(InputError):
+    """Image policy violations (``orchestrator lint``); ``lines`` holds one per finding."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        super().__init__("", "\n".join(lines))

@@ -12,13 +12,16 @@ from orchestrator import graph
 from orchestrator.auth import AuthStore
 from orchestrator.backends.factory import docker_config_dir, insecure_hosts, make_builder
 from orchestrator.backends.runner import CommandRunner
-from orchestrator.catalog import load_catalog, select
+from orchestrator.catalog import dockerfile_texts, load_catalog, select
 from orchestrator.config import load_config
 from orchestrator.context import read_contexts
+from orchestrator.errors import PolicyError
+from orchestrator.lint import lint
 from orchestrator.model import Catalog, Config
 from orchestrator.pipeline import Pipeline, RunReport, targets, upstreams_used
 from orchestrator.registry import RegistryClient
 from orchestrator.state import StateStore
+from orchestrator.tomlfile import display
 from orchestrator.upstream import resolve_all
 
 STATE_DB = "state.db"
@@ -27,6 +30,23 @@ STATE_DB = "state.db"
 def load(config_path: Path) -> tuple[Config, Catalog]:
     config = load_config(config_path)
     return config, load_catalog(config.layers_dir, config.upstreams)
+
+
+def policy(catalog: Catalog) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of the image policy checks, rendered one per line."""
+    findings = lint(catalog, dockerfile_texts(catalog))
+    render = [(f.level, f.render(display(f.path))) for f in findings]
+    return ([line for level, line in render if level == "error"],
+            [line for level, line in render if level == "warning"])
+
+
+def enforce_policy(catalog: Catalog, warn: Callable[[str], None]) -> None:
+    """Run before every build: warnings are reported, errors stop it (exit 2)."""
+    errors, warnings = policy(catalog)
+    for line in warnings:
+        warn(line)
+    if errors:
+        raise PolicyError(errors)
 
 
 def catalog_revision(layers_dir: Path) -> str | None:

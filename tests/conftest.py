@@ -77,7 +77,7 @@ class Project:
         (folder / "layer.toml").write_text(textwrap.dedent(layer_toml))
         if dockerfile is None:
             dockerfile = ("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n"
-                          f"RUN echo {name} > /tmp/{name}.txt\n")
+                          f"RUN echo {name} > /tmp/{name}.txt\nUSER 1000\n")
         (folder / "Dockerfile").write_text(textwrap.dedent(dockerfile))
         for rel, content in (files or {}).items():
             path = folder / rel

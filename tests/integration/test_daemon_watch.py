@@ -165,7 +165,7 @@ def test_a_new_git_tag_rebuilds_with_that_value(
                   '[args]\nPYENV_VERSION = "{upstream.pyenv.tag}"\n',
                   "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nARG PYENV_VERSION\n"
                   "LABEL org.example.pyenv.version=$PYENV_VERSION\n"
-                  "RUN echo pyenv $PYENV_VERSION\n")
+                  "RUN echo pyenv $PYENV_VERSION\nUSER 1000\n")
     daemon = DaemonProcess(project).ready()
     try:
         daemon.idle()

@@ -130,7 +130,7 @@ def test_interrupt_stops_the_builder_and_tags_nothing(
     namespace = unique_namespace()
     write_config(project, testbed, namespace)
     project.layer("slow", 'from = "upstream:seed"\ntags = ["1"]\n',
-                  "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo started; sleep 60\n")
+                  "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo started; sleep 60\nUSER 1000\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "-c", str(project.config), "build"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=project.root,
