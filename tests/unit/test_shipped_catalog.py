@@ -1,0 +1,135 @@
+"""The shipped layers/ and config.toml: shape, policy, planning, helper scripts.
+
+This host reaches neither Docker Hub nor GitHub, so upstreams are stood in for
+at the resolution seam and builds by a builder that only remembers tags; the
+catalog itself (files, templates, matrix, Dockerfiles) is the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import orchestrator.runs as runs
+from orchestrator.cli import main
+from orchestrator.model import Outcome
+from tests.fakes import MemoryBuilder, fixed_upstreams
+
+ROOT = Path(__file__).resolve().parents[2]
+HELPERS = ROOT / "layers" / "pyenv" / "build" / "home" / "alpine" / "bin"
+UPSTREAMS = {"alpine": ("3.20.3", "sha256:" + "a" * 64),
+             "pyenv": ("v2.4.17", "b" * 40),
+             "pyenv-virtualenv": ("v1.2.4", "c" * 40)}
+
+
+@pytest.fixture
+def shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, MemoryBuilder]:
+    shutil.copytree(ROOT / "layers", tmp_path / "layers")
+    config = (ROOT / "config.toml").read_text()
+    # Local mode and a private state dir; everything else as shipped.
+    config = re.sub(r"\[registry\][^\[]*", "", config)
+    config = config.replace('dir = "/var/lib/orchestrator"', 'dir = "state"')
+    (tmp_path / "config.toml").write_text(config)
+    builder = MemoryBuilder()
+    monkeypatch.setattr(runs, "resolve_all", fixed_upstreams(UPSTREAMS))
+    monkeypatch.setattr(runs, "make_builder", lambda *a, **k: builder)
+    return tmp_path / "config.toml", builder
+
+
+def test_graph_shows_the_hierarchy(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-c", str(ROOT / "config.toml"), "graph"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "alpine  (from upstream:alpine)",
+        "└── pyenv",
+        "    ├── python:3.12.8",
+        "    ├── python:3.13.1",
+        "    │   └── flask",
+        "    │       └── flask-helloworld",
+        "    └── python:3.14.0",
+    ]
+
+
+def test_shipped_catalog_passes_lint(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-c", str(ROOT / "config.toml"), "lint"]) == 0
+    assert "0 errors, 0 warnings" in capsys.readouterr().out
+
+
+def test_plan_resolves_templates_from_upstreams(shipped: tuple[Path, MemoryBuilder]) -> None:
+    config_path, _ = shipped
+    config, catalog = runs.load(config_path)
+    report = asyncio.run(runs.execute(config, catalog, dry_run=True))
+    assert [lid for lid, r in report.results.items() if r.value and r.value.decision.build] \
+        == list(catalog.layers)
+    assert catalog.layers["pyenv"].args == (
+        ("PYENV_VERSION", "{upstream.pyenv.tag}"),
+        ("PYENV_VIRTUALENV_VERSION", "{upstream.pyenv-virtualenv.tag}"))
+
+
+def test_a_new_python_version_plans_exactly_one_new_variant(
+    shipped: tuple[Path, MemoryBuilder]
+) -> None:
+    config_path, builder = shipped
+    config, catalog = runs.load(config_path)
+    report = asyncio.run(runs.execute(config, catalog))
+    assert report.ok and len(builder.built) == len(catalog.layers)
+
+    toml = config_path.parent / "layers" / "python" / "layer.toml"
+    toml.write_text(toml.read_text().replace('"3.14.0"]', '"3.14.0", "3.15.0"]'))
+    config, catalog = runs.load(config_path)
+    plan = asyncio.run(runs.execute(config, catalog, dry_run=True))
+    would_build = {lid: r.value.decision.describe() for lid, r in plan.results.items()
+                   if r.value and r.value.decision.build}
+    assert would_build == {"python:3.15.0": "never built"}
+    assert all(r.outcome is Outcome.REUSED for lid, r in plan.results.items()
+               if lid != "python:3.15.0")
+
+
+def _run(script: str, *args: str, env: dict[str, str] | None = None) -> \
+        subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", str(HELPERS / script), *args], capture_output=True,
+                          text=True, env=env or {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+
+
+def test_helpers_are_executable() -> None:
+    for script in ("install-python.sh", "install-requirements.sh"):
+        assert os.access(HELPERS / script, os.X_OK), script
+
+
+def test_install_python_usage_errors() -> None:
+    for args in ((), ("3.13.1", "extra"), ("latest",)):
+        proc = _run("install-python.sh", *args)
+        assert proc.returncode == 2 and "usage: install-python.sh VERSION" in proc.stderr
+
+
+def test_install_python_without_pyenv_fails(tmp_path: Path) -> None:
+    proc = _run("install-python.sh", "3.13.1",
+                env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert proc.returncode == 1 and "pyenv not found" in proc.stderr
+
+
+def test_install_requirements_usage_and_missing_file(tmp_path: Path) -> None:
+    proc = _run("install-requirements.sh")
+    assert proc.returncode == 2 and "usage: install-requirements.sh" in proc.stderr
+    proc = _run("install-requirements.sh", str(tmp_path / "nope.txt"))
+    assert proc.returncode == 2 and "no file" in proc.stderr
+
+
+def test_install_requirements_without_python_fails(tmp_path: Path) -> None:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("flask\n")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    for tool in ("sh", "cat", "ls"):
+        found = shutil.which(tool)
+        assert found
+        (empty / tool).symlink_to(found)
+    proc = subprocess.run([str(empty / "sh"), str(HELPERS / "install-requirements.sh"),
+                           str(requirements)], capture_output=True, text=True,
+                          env={"PATH": str(empty), "HOME": str(tmp_path)})
+    assert proc.returncode == 1 and "no Python installed" in proc.stderr
