@@ -92,6 +92,7 @@ class ControlServer:
         self.runner: web.AppRunner | None = None
         self.where = str(daemon.config.control_socket)
         self._bound: Path | None = None
+        self.metrics_runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_as_json])
@@ -121,6 +122,15 @@ class ControlServer:
             sock = self._bind(self.daemon.config.control_socket)
         sock.setblocking(False)
         await web.SockSite(self.runner, sock).start()
+        listen = self.daemon.config.daemon.metrics_listen
+        if listen is not None:
+            # Prometheus scrapes over TCP: that listener serves /metrics and nothing else.
+            metrics_app = web.Application()
+            metrics_app.router.add_get("/metrics", self.metrics)
+            self.metrics_runner = web.AppRunner(metrics_app, access_log=None,
+                                                handle_signals=False)
+            await self.metrics_runner.setup()
+            await web.TCPSite(self.metrics_runner, listen[0], listen[1]).start()
 
     def _bind(self, path: Path) -> socket.socket:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,6 +162,8 @@ class ControlServer:
         return sock
 
     async def stop(self) -> None:
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         if self.runner is not None:
             await self.runner.cleanup()
         if self._bound is not None:

@@ -24,8 +24,8 @@ from orchestrator.client import (
     Client,
     NoDaemon,
     exit_for,
+    render_full_status,
     render_history,
-    render_status,
 )
 from orchestrator.config import DEFAULT_SOCKET, load_config
 from orchestrator.daemon import Daemon
@@ -71,7 +71,8 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true")
         return p
 
-    client("status", "what a running daemon is doing")
+    status = client("status", "what a running daemon is doing")
+    status.add_argument("--watch", action="store_true", help="redraw live until Ctrl-C")
     trig = client("trigger", "queue layers for a build")
     trig.add_argument("layers", nargs="+", metavar="LAYER")
     trig.add_argument("--force", action="store_true")
@@ -109,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"orchestrator: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
+        if args.command in CLIENT_VERBS:  # `status --watch`, `logs -f`: Ctrl-C is the way out
+            return EXIT_OK
         print("orchestrator: interrupted; running builders were stopped", file=sys.stderr)
         return 130
 
@@ -179,6 +182,37 @@ def _run_interruptible(coro: Any) -> Any:
     return asyncio.run(runner())
 
 
+async def _status_text(client: Client) -> str:
+    status_code, status = await client.call("GET", "/v1/status")
+    layers_code, layers = await client.call("GET", "/v1/layers")
+    if status_code != 200 or layers_code != 200:
+        bad = status if status_code != 200 else layers
+        raise RuntimeError(bad.get("message", bad) if isinstance(bad, dict) else bad)
+    return render_full_status(status, layers["layers"])
+
+
+async def _status(client: Client, watch: bool) -> int:
+    try:
+        text = await _status_text(client)
+    except RuntimeError as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if not watch:
+        print(text)
+        return EXIT_OK
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    with Live(Text(text), console=Console(), refresh_per_second=4, screen=False) as live:
+        while True:
+            await asyncio.sleep(1)
+            try:
+                live.update(Text(await _status_text(client)))
+            except (RuntimeError, NoDaemon) as exc:
+                live.update(Text(f"orchestrator: {exc}"))
+
+
 def _socket_path(args: argparse.Namespace) -> Path:
     if args.socket is not None:
         return Path(args.socket)
@@ -201,6 +235,8 @@ async def _client_call(client: Client, args: argparse.Namespace) -> int:
     if args.command == "logs":
         return await client.stream(f"/v1/builds/{args.id}/log"
                                    + ("?follow=1" if args.follow else ""))
+    if args.command == "status" and not args.json:
+        return await _status(client, args.watch)
     calls: dict[str, tuple[str, str, dict[str, Any] | None]] = {
         "status": ("GET", "/v1/status", None),
         "trigger": ("POST", "/v1/builds", {"layers": getattr(args, "layers", None),
@@ -219,8 +255,6 @@ async def _client_call(client: Client, args: argparse.Namespace) -> int:
         return code
     if args.json:
         print(json.dumps(data, indent=2))
-    elif args.command == "status":
-        print(render_status(data))
     elif args.command == "history":
         print(render_history(data["builds"]))
     elif args.command == "trigger":

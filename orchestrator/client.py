@@ -84,32 +84,6 @@ def _ago(ts: float | None) -> str:
     return f"{delta:.0f}s ago" if delta >= 0 else f"in {-delta:.0f}s"
 
 
-def render_status(data: dict[str, Any]) -> str:
-    lines = [f"daemon   {data['phase']}, pid {data['pid']}, up {data['uptime_s']:.0f}s, "
-             f"backend {data['backend']['name']}"
-             + (f" (error: {data['backend']['error']})" if data["backend"]["error"] else "")]
-    running = data.get("running") or []
-    lines.append(f"building {len(running)}")
-    for build in running:
-        lines.append(f"  {build['layer']:<24} {build['build_id']}  for "
-                     f"{time.time() - (build['started'] or time.time()):.0f}s on "
-                     f"{build['builder']}  ({build['reason']})")
-    queue = data.get("queue") or []
-    lines.append(f"queued   {len(queue)}")
-    for entry in queue:
-        lines.append(f"  {entry['layer']:<24} {'forced, ' if entry['force'] else ''}"
-                     f"{entry['cause']}")
-    ups = data.get("upstreams") or {}
-    if ups:
-        lines.append("upstreams")
-        for name, up in ups.items():
-            state = f"error: {up['error']}" if up.get("error") else \
-                f"{up.get('tag')} {str(up.get('digest'))[:19]}"
-            lines.append(f"  {name:<12} {state}; checked {_ago(up.get('last_check'))}, "
-                         f"next {_ago(up.get('next_check'))}")
-    return "\n".join(lines)
-
-
 def render_history(builds: list[dict[str, Any]]) -> str:
     lines = [f"{'ID':<12}  {'LAYER':<20} {'OUTCOME':<11} {'STARTED':<19} {'TOOK':>7}  CAUSE"]
     for b in builds:
@@ -117,4 +91,61 @@ def render_history(builds: list[dict[str, Any]]) -> str:
         took = f"{b['finished_at'] - b['started_at']:.1f}s" if b.get("finished_at") else "-"
         lines.append(f"{b['id']:<12}  {b['layer']:<20} {b['outcome']:<11} {started:<19} "
                      f"{took:>7}  {b.get('cause') or b.get('reason') or ''}")
+    return "\n".join(lines)
+
+
+STATE_WORDS = {"up_to_date": "up to date", "stale": "stale", "queued": "queued",
+               "building": "building", "failed": "FAILED", "skipped": "skipped"}
+
+
+def describe_layer(layer: dict[str, Any], now: float) -> str:
+    state = layer.get("state", "up_to_date")
+    if state == "building":
+        since = layer.get("since") or now
+        return f"building for {now - since:.0f}s on {layer.get('builder')}"
+    if state == "stale":
+        return f"stale: {layer.get('why')}"
+    if state in ("failed", "skipped"):
+        return f"{STATE_WORDS[state]}: {layer.get('error') or ''}".rstrip(": ")
+    return str(STATE_WORDS.get(state, state))
+
+
+def render_tree(layers: list[dict[str, Any]], now: float | None = None) -> str:
+    """The hierarchy with each layer's state, one line a layer."""
+    now = time.time() if now is None else now
+    by_id = {layer["layer"]: layer for layer in layers}
+    kids: dict[str | None, list[str]] = {}
+    for layer in layers:
+        parent = layer["parent"] if layer["parent"] in by_id else None
+        kids.setdefault(parent, []).append(layer["layer"])
+    rows: list[tuple[str, str]] = []
+
+    def walk(lid: str, prefix: str, last: bool, top: bool) -> None:
+        rows.append((lid if top else f"{prefix}{'└── ' if last else '├── '}{lid}",
+                     describe_layer(by_id[lid], now)))
+        below = kids.get(lid, [])
+        child_prefix = "" if top else prefix + ("    " if last else "│   ")
+        for i, child in enumerate(below):
+            walk(child, child_prefix, i == len(below) - 1, False)
+
+    for root in kids.get(None, []):
+        walk(root, "", True, True)
+    width = max((len(label) for label, _ in rows), default=0)
+    return "\n".join(f"{label:<{width}}  {state}" for label, state in rows)
+
+
+def render_full_status(status: dict[str, Any], layers: list[dict[str, Any]]) -> str:
+    head = (f"orchestrator {status['phase']} (pid {status['pid']}, up "
+            f"{status['uptime_s']:.0f}s, backend {status['backend']['name']}"
+            + (f", backend error: {status['backend']['error']}" if status["backend"]["error"]
+               else "") + f"), {len(status.get('queue') or [])} queued")
+    lines = [head, "", render_tree(layers)]
+    ups = status.get("upstreams") or {}
+    if ups:
+        lines += ["", "upstream watchers"]
+        for name, up in ups.items():
+            state = f"error: {up['error']}" if up.get("error") else \
+                f"{up.get('tag')} {str(up.get('digest'))[:19]}"
+            lines.append(f"  {name:<16} {state}; checked {_ago(up.get('last_check'))}, "
+                         f"next poll {_ago(up.get('next_check'))}")
     return "\n".join(lines)

@@ -23,7 +23,8 @@ DEFAULT_SOCKET = "/run/orchestrator/control.sock"
 
 def load_config(path: Path) -> Config:
     root = Table(read_toml(path), display(path))
-    root.check_keys(["catalog", "registry", "build", "state", "control", "daemon", "upstream"])
+    root.check_keys(["catalog", "registry", "build", "state", "control", "daemon", "metrics",
+                     "upstream"])
     base = path.resolve().parent
 
     def resolve(p: str) -> Path:
@@ -47,7 +48,9 @@ def load_config(path: Path) -> Config:
             auth_file = resolve(reg.require("auth_file", str))
 
     state = root.table("state")
-    state.check_keys(["dir"])
+    state.check_keys(["dir", "log_retention"])
+    metrics = root.table("metrics")
+    metrics.check_keys(["listen"])
     control = root.table("control")
     control.check_keys(["socket", "group"])
     daemon = root.table("daemon")
@@ -67,8 +70,24 @@ def load_config(path: Path) -> Config:
             debounce_s=daemon.duration("debounce", 0.5) or 0.0,
             drain_s=daemon.duration("drain_timeout", 300.0) or 0.0,
             schedule_check_s=daemon.duration("schedule_check", 60.0) or 60.0,
+            metrics_listen=_listen(metrics),
+            log_retention_s=state.duration("log_retention", 30 * 86400.0) or 30 * 86400.0,
         ),
     )
+
+
+def _listen(table: Table) -> tuple[str, int] | None:
+    """``"127.0.0.1:9464"``, ``"[::1]:9464"`` or a bare port (loopback)."""
+    raw = table.optional_str("listen")
+    if raw is None:
+        return None
+    host, sep, port = raw.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", raw
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise table.error("listen", f"expected HOST:PORT such as 127.0.0.1:9464, got {raw!r}")
+    return host, int(port)
 
 
 def _build(table: Table) -> BuildConfig:

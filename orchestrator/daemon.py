@@ -93,6 +93,9 @@ class Daemon:
         self.current: Pipeline | None = None
         self.current_run: dict[str, Any] | None = None
         self.dirty: set[str] = set()  # layers triggered while the current run goes on
+        # Each layer's outcome in the last run that covered it (skips included,
+        # which never reach the build history).
+        self.last_results: dict[str, dict[str, Any]] = {}
         self.started_at = time.time()
         self._stop = asyncio.Event()
         self._watch_stop = asyncio.Event()
@@ -129,7 +132,8 @@ class Daemon:
                              "error")
         self._recover()
         self.registry = RegistryClient(AuthStore.load(self.config.auth_file),
-                                       insecure=frozenset(insecure_hosts(self.config)))
+                                       insecure=frozenset(insecure_hosts(self.config)),
+                                       on_request=self.metrics.registry_request)
         self.builder = make_builder(self.config, self.runner, docker_config)
         self._api = self.control_factory(self)
         await self._api.start(self.listen)
@@ -247,6 +251,7 @@ class Daemon:
         for name, poller in self.pollers.items():
             self._own(f"poll-{name}", poller.run(self._watch_stop))
         self._own("schedule", self._schedule_loop())
+        self._own("prune-logs", self._prune_logs_loop())
 
     async def _restart_watchers(self) -> None:
         self._watch_stop.set()
@@ -330,6 +335,30 @@ class Daemon:
             due = [lid for lid in due if lid not in queued and lid not in self._running_layers()]
             if due:
                 self.trigger(due, force=False, cause="scheduled (rebuild.every)")
+
+    async def _prune_logs_loop(self) -> None:
+        while not self._watch_stop.is_set():
+            removed = await asyncio.to_thread(self._prune_logs)
+            if removed:
+                self.bus.publish("logs_pruned", {"removed": removed})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._watch_stop.wait(), 3600)
+
+    def _prune_logs(self) -> int:
+        """Delete build logs older than [state] log_retention (never a running one)."""
+        logs = self.config.state_dir / "logs"
+        if not logs.is_dir():
+            return 0
+        cutoff = time.time() - self.config.daemon.log_retention_s
+        running = {f"{build_id}.log" for build_id in (self.current.running
+                                                       if self.current else {})}
+        removed = 0
+        for path in logs.glob("*.log"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.name not in running and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     # -- requests ---------------------------------------------------------------
 
@@ -461,6 +490,11 @@ class Daemon:
                 self.state.enqueue(lid, force=False, cause="deferred from run " + run_id,
                                    request_id=_new_id("r"))
             self._count(lid, result)
+            self.last_results[lid] = {
+                "outcome": result.outcome.value, "at": time.time(),
+                "why": result.skipped_because or (str(result.error) if result.error else None),
+                "build_id": result.value.build_id if result.value else None,
+            }
         self.state.finish_queue([e["id"] for e in entries])
         counts = {o.value: len(report.by_outcome(o)) for o in Outcome if report.by_outcome(o)}
         self.bus.publish("run_finished", {"run_id": run_id, "outcome": "ok" if report.ok
@@ -545,6 +579,9 @@ class Daemon:
                            self.upstream_values, upstream_errors=dict(self.upstream_errors),
                            contexts=contexts, dry_run=True)
         report = await planner.run(order)
+        running = {layer: build_id for build_id, (layer, _) in
+                   (self.current.running.items() if self.current else [])}
+        queued = {row["layer"] for row in self.state.queued(taken=False)}
         out = []
         for lid in order:
             layer, result = catalog.layers[lid], report.results[lid]
@@ -560,8 +597,31 @@ class Daemon:
                 "stale": bool(value and value.decision.build) if value else None,
                 "why": value.decision.describe() if value and value.decision.build
                 else (str(result.error) if result.error else result.skipped_because),
+                **self._layer_state(lid, value, running, queued, last[0] if last else None),
             })
         return out
+
+    def _layer_state(self, lid: str, value: LayerResult | None, running: dict[str, str],
+                     queued: set[str], last_build: dict[str, Any] | None) -> dict[str, Any]:
+        """One word for a status view, most urgent first, and what goes with it."""
+        if lid in running:
+            row = self.state.build(running[lid]) or {}
+            return {"state": "building", "build_id": running[lid],
+                    "since": row.get("started_at"), "builder": row.get("builder")}
+        if lid in queued:
+            return {"state": "queued"}
+        last = self.last_results.get(lid)
+        if last is None and last_build and last_build["outcome"] == "failed":
+            last = {"outcome": "failed", "why": None, "build_id": last_build["id"]}
+        if last and last["outcome"] == "failed":
+            error = (last_build or {}).get("error") or last["why"] or ""
+            return {"state": "failed", "error": error.splitlines()[0] if error else "",
+                    "build_id": last["build_id"] or (last_build or {}).get("id")}
+        if last and last["outcome"] == "skipped":
+            return {"state": "skipped", "error": last["why"]}
+        if value is not None and value.decision.build:
+            return {"state": "stale"}
+        return {"state": "up_to_date"}
 
 
 def _new_id(prefix: str) -> str:

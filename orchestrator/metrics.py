@@ -29,8 +29,15 @@ class Metrics:
         self.last_success = Gauge("orchestrator_last_success_timestamp_seconds",
                                   "When each layer last built or was confirmed up to date",
                                   ["layer"], registry=self.registry)
+        self.registry_requests = Counter("orchestrator_registry_requests",
+                                         "Requests to registries by method and status code",
+                                         ["registry", "method", "code"],
+                                         registry=self.registry)
         info = Info("orchestrator_build", "Version of the orchestrator", registry=self.registry)
         info.info({"version": __version__})
+
+    def registry_request(self, registry: str, method: str, code: str) -> None:
+        self.registry_requests.labels(registry, method, code).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -110,6 +110,8 @@ class DaemonConfig:
     drain_s: float = 300.0  # on stop: how long running builds may finish
     # Poll interval for rebuild.every checks.
     schedule_check_s: float = 60.0
+    metrics_listen: tuple[str, int] | None = None  # extra TCP listener for GET /metrics
+    log_retention_s: float = 30 * 86400.0  # build logs older than this are deleted
 
 
 @dataclass(frozen=True)

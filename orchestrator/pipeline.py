@@ -21,6 +21,7 @@ import structlog
 
 from orchestrator import graph
 from orchestrator.backends.base import Builder, BuildRequest
+from orchestrator.backends.runner import first_error_line
 from orchestrator.buildkey import build_key, key_tag
 from orchestrator.context import Context, read_context
 from orchestrator.errors import BuildFailed
@@ -213,8 +214,9 @@ class Pipeline:
         assert base_ref is not None
         tags = (*(repo.tagged(t) for t in layer.tags if t != key_tag(key)), key_ref)
         labels = self._labels(layer, key, base_name, parent_digest)
+        parent_build = parent.build_id if parent is not None else None
         return await self._build(layer, decision, inputs, key, key_ref, repo, base_ref,
-                                 args, labels, tags, display_ref)
+                                 args, labels, tags, display_ref, parent_build)
 
     def _parent(self, layer: Layer,
                 parent: LayerResult | None) -> tuple[str | None, str, str | None]:
@@ -274,7 +276,8 @@ class Pipeline:
     async def _build(self, layer: Layer, decision: Decision, inputs: Inputs, key: str,
                      key_ref: str, repo: ImageRef, base_ref: str,
                      args: tuple[tuple[str, str], ...], labels: dict[str, str],
-                     tags: tuple[str, ...], display_ref: str) -> LayerResult:
+                     tags: tuple[str, ...], display_ref: str,
+                     parent_build: str | None) -> LayerResult:
         build_id = uuid.uuid4().hex[:12]
         log_path = self.log_dir / f"{build_id}.log"
         request = BuildRequest(
@@ -294,6 +297,9 @@ class Pipeline:
                 return LayerResult(layer.id, decision, Outcome.SUPERSEDED, None, None,
                                    display_ref, key)
             cause, request_id = self.cause_of(layer.id)
+            if parent_build is not None:  # the chain: which parent build this follows
+                cause = f"{cause}; parent build {parent_build}" if cause else \
+                    f"parent build {parent_build}"
             self.state.start_build(build_id, layer.id, key, decision.describe(), str(log_path),
                                    cause=cause, request_id=request_id,
                                    builder=self.builder.name)
@@ -314,7 +320,9 @@ class Pipeline:
                 raise
             except BuildFailed as exc:
                 self.running.pop(build_id, None)
-                self.state.finish_build(build_id, Outcome.FAILED.value, error=str(exc))
+                first = first_error_line(exc.log_tail)
+                self.state.finish_build(build_id, Outcome.FAILED.value,
+                                        error=f"{first}\n{exc}" if first else str(exc))
                 self.on_event("build_finished", {**bound, "outcome": "failed",
                                                  "duration_s": round(time.time() - started, 3),
                                                  "error": str(exc)})

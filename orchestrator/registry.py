@@ -15,7 +15,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -48,13 +48,16 @@ class RegistryClient:
     """One per run or daemon; owns an aiohttp session and a token cache."""
 
     def __init__(self, auth: AuthStore | None = None, *, insecure: frozenset[str] = frozenset(),
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0,
+                 on_request: Callable[[str, str, str], None] | None = None) -> None:
         self._auth = auth or AuthStore.empty()
         self._insecure = set(insecure)  # hosts spoken to over plain HTTP
         self._tokens: dict[tuple[str, str], str] = {}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
-        self.requests = 0  # for benchmarks and metrics
+        self.requests = 0  # for benchmarks
+        # (registry, method, status code or "error") after every request, for metrics
+        self.on_request = on_request or (lambda registry, method, code: None)
 
     def allow_insecure(self, host: str) -> None:
         self._insecure.add(host)
@@ -178,8 +181,10 @@ class RegistryClient:
             async with self._http().request(method, url, headers=headers,
                                             allow_redirects=True) as resp:
                 body = b"" if method == "HEAD" else await resp.read()
+                self.on_request(ref.registry, method, str(resp.status))
                 return resp.status, resp.headers, body
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self.on_request(ref.registry, method, "error")
             raise RegistryError(ref.registry, f"{method} {url.split('?')[0]}: "
                                 f"{type(exc).__name__}: {exc}") from exc
 

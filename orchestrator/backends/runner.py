@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import re
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -118,3 +119,20 @@ def log_tail(log: Path, lines: int = 20) -> str:
     except OSError:
         return ""
     return "\n".join(data.splitlines()[-lines:])
+
+
+_STEP_HEADER = re.compile(r"#\d+ \[")  # BuildKit: "#5 [2/3] RUN …"
+_ERROR_LINE = re.compile(r"\b(error|failed|fatal|denied|not found|no such)\b", re.IGNORECASE)
+
+
+def first_error_line(tail: str) -> str | None:
+    """The line of a log tail most likely to say what went wrong: the first that
+    reads like an error, skipping our own echo of the command line."""
+    for line in tail.splitlines():
+        # Skip our echo of the command and the engines' step headers, which
+        # quote the Dockerfile (and so any word in it).
+        if line.startswith(("$ ", "STEP ")) or _STEP_HEADER.match(line):
+            continue
+        if _ERROR_LINE.search(line):
+            return line.strip()[:300]
+    return None

@@ -117,3 +117,16 @@ def test_builders_never_inherit_systemd_variables(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("LISTEN_FDS", "1")
     env = builder_env({"X": "1"})
     assert "NOTIFY_SOCKET" not in env and "LISTEN_FDS" not in env and env["X"] == "1"
+
+
+def test_first_error_line_skips_step_headers() -> None:
+    from orchestrator.backends.runner import first_error_line
+
+    buildah = ("$ buildah bud --label error=x\nSTEP 2/3: RUN echo 'ERROR: x' >&2; exit 3\n"
+               "ERROR: tests failed\nerror building at STEP \"RUN …\": exit status 3\n")
+    assert first_error_line(buildah) == "ERROR: tests failed"
+    buildkit = ("#5 [2/2] RUN make || echo failed\n#5 0.2 make: *** No rule. Stop.\n"
+                "#5 ERROR: process \"/bin/sh -c make\" did not complete successfully\n")
+    assert first_error_line(buildkit) == '#5 ERROR: process "/bin/sh -c make" did not ' \
+        "complete successfully"
+    assert first_error_line("all good\n") is None
