@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from orchestrator.backends.base import BuildOutput, BuildRequest
-from orchestrator.model import Outcome
+from orchestrator.model import BuilderSpec, Outcome
 from orchestrator.runs import execute, load
 
 LAYERS = 2000
@@ -63,7 +63,7 @@ async def run(root: Path) -> None:
     runs.resolve_all = fake_resolve  # the registry seam; everything else is real
     del upstream
     noop = NoopBuilder()
-    runs.make_builder = lambda *a, **k: noop  # type: ignore[assignment]
+    runs.make_builders = lambda *a, **k: [(BuilderSpec("noop", "buildah"), noop)]  # type: ignore[assignment]
 
     t0 = time.perf_counter()
     config, catalog = load(root / "config.toml")

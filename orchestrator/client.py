@@ -140,6 +140,12 @@ def render_full_status(status: dict[str, Any], layers: list[dict[str, Any]]) -> 
             + (f", backend error: {status['backend']['error']}" if status["backend"]["error"]
                else "") + f"), {len(status.get('queue') or [])} queued")
     lines = [head, "", render_tree(layers)]
+    builders = status.get("builders") or []
+    if len(builders) > 1 or any(b["state"] != "up" for b in builders):
+        lines += ["", "builders"]
+        for b in builders:
+            lines.append(f"  {b['name']:<16} {b['state']:<5} {b['running']}/{b['slots']} busy, "
+                         f"{b['builds']} builds" + (f"; {b['error']}" if b.get("error") else ""))
     ups = status.get("upstreams") or {}
     if ups:
         lines += ["", "upstream watchers"]

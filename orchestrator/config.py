@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, cast
 
+from orchestrator.errors import InputError
 from orchestrator.model import (
     BuildahConfig,
     BuildConfig,
+    BuilderSpec,
     BuildKitConfig,
     Config,
     DaemonConfig,
@@ -24,7 +26,7 @@ DEFAULT_SOCKET = "/run/orchestrator/control.sock"
 def load_config(path: Path) -> Config:
     root = Table(read_toml(path), display(path))
     root.check_keys(["catalog", "registry", "build", "state", "control", "daemon", "metrics",
-                     "upstream"])
+                     "upstream", "builders"])
     base = path.resolve().parent
 
     def resolve(p: str) -> Path:
@@ -56,15 +58,22 @@ def load_config(path: Path) -> Config:
     daemon = root.table("daemon")
     daemon.check_keys(["debounce", "drain_timeout", "schedule_check"])
 
+    build = _build(root.table("build"))
+    builders = _builders(root, build)
+    if len(builders) > 1 and registry is None:
+        raise InputError(root.where, "[[builders]]: more than one builder needs a [registry]: "
+                         "that is how a parent built on one engine reaches a child built on "
+                         "another (pinned by digest)")
     return Config(
         path=path.resolve(),
         layers_dir=layers_dir,
         state_dir=resolve(state.get("dir", str, DEFAULT_STATE_DIR)),
         control_socket=resolve(control.get("socket", str, DEFAULT_SOCKET)),
-        build=_build(root.table("build")),
+        build=build,
         registry=registry,
         auth_file=auth_file,
         upstreams=_upstreams(root.table("upstream")),
+        builders=builders,
         daemon=DaemonConfig(
             socket_group=control.optional_str("group"),
             debounce_s=daemon.duration("debounce", 0.5) or 0.0,
@@ -74,6 +83,44 @@ def load_config(path: Path) -> Config:
             log_retention_s=state.duration("log_retention", 30 * 86400.0) or 30 * 86400.0,
         ),
     )
+
+
+def _builders(root: Table, build: BuildConfig) -> tuple[BuilderSpec, ...]:
+    """``[[builders]]``, or the single ``[build] backend`` as a pool of one."""
+    raw = root.data.get("builders")
+    if raw is None:
+        if build.backend == "buildah":
+            return (BuilderSpec("buildah", "buildah", None, build.jobs),)
+        if build.buildkit.addr is not None:
+            return (BuilderSpec("buildkit", "buildkit", build.buildkit.addr, build.jobs),)
+        return (BuilderSpec("docker", "docker", build.buildkit.docker_host, build.jobs),)
+    if not isinstance(raw, list) or not raw:
+        raise root.error("builders", "expected one or more [[builders]] tables")
+    specs: list[BuilderSpec] = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise root.error("builders", "expected [[builders]] tables")
+        table = Table(item, root.where, f"builders[{index}].")
+        table.check_keys(["name", "backend", "address", "slots"])
+        backend = table.require("backend", str)
+        if backend not in ("buildah", "buildkit", "docker"):
+            raise table.error("backend", f"unknown backend {backend!r} (use \"buildah\", "
+                              "\"buildkit\" for a buildkitd, or \"docker\" for a Docker engine)")
+        address = table.optional_str("address")
+        if backend == "buildkit" and address is None:
+            raise table.error("address", "a buildkitd needs an address such as "
+                              "tcp://buildkitd:1234 or unix:///run/buildkit/buildkitd.sock")
+        if backend == "buildah" and address is not None:
+            raise table.error("address", "buildah builds on this host; remove the address")
+        slots = table.get("slots", int, 1)
+        if slots < 1:
+            raise table.error("slots", "must be at least 1")
+        name = table.get("name", str, f"{backend}-{index + 1}")
+        if any(spec.name == name for spec in specs):
+            raise table.error("name", f"{name!r} is used twice")
+        specs.append(BuilderSpec(name, cast(Literal["buildah", "buildkit", "docker"], backend),
+                                 address, slots))
+    return tuple(specs)
 
 
 def _listen(table: Table) -> tuple[str, int] | None:

@@ -25,17 +25,17 @@ import structlog
 
 from orchestrator import graph
 from orchestrator.auth import AuthStore
-from orchestrator.backends.base import Builder
-from orchestrator.backends.factory import docker_config_dir, insecure_hosts, make_builder
+from orchestrator.backends.factory import docker_config_dir, insecure_hosts, make_builders
 from orchestrator.backends.runner import CommandRunner
 from orchestrator.catalog import select
 from orchestrator.context import read_contexts
-from orchestrator.errors import BackendError, InputError, OrchestratorError, UpstreamError
+from orchestrator.errors import InputError, OrchestratorError, UpstreamError
 from orchestrator.events import EventBus
 from orchestrator.metrics import Metrics
 from orchestrator.model import Catalog, Config, Outcome, ResolvedUpstream
 from orchestrator.pipeline import LayerResult, Pipeline, RunReport, targets, upstreams_used
 from orchestrator.plan import is_due, short_digest
+from orchestrator.pool import BuilderPool
 from orchestrator.registry import RegistryClient
 from orchestrator.runs import STATE_DB, catalog_revision, enforce_policy, load
 from orchestrator.scheduler import NodeResult
@@ -83,7 +83,7 @@ class Daemon:
         self.config: Config
         self.catalog: Catalog
         self.state: StateStore
-        self.builder: Builder
+        self.pool: BuilderPool
         self.registry: RegistryClient
         self.phase = "starting"
         self.backend_error: str | None = None
@@ -134,7 +134,8 @@ class Daemon:
         self.registry = RegistryClient(AuthStore.load(self.config.auth_file),
                                        insecure=frozenset(insecure_hosts(self.config)),
                                        on_request=self.metrics.registry_request)
-        self.builder = make_builder(self.config, self.runner, docker_config)
+        self.pool = BuilderPool(make_builders(self.config, self.runner, docker_config),
+                                on_event=self.bus.publish)
         self._api = self.control_factory(self)
         await self._api.start(self.listen)
         self._own("watchdog", self._watchdog())
@@ -147,7 +148,7 @@ class Daemon:
         self.notifier.notify("READY=1", self._status_line())
         self.bus.publish("daemon_ready", {"layers": len(self.catalog.layers),
                                           "socket": self._api.where,
-                                          "backend": self.builder.name})
+                                          "builders": [m.name for m in self.pool.members]})
         self._own("runner", self._run_loop())
         self._start_watchers()
 
@@ -168,22 +169,20 @@ class Daemon:
                                                  "requeued": requeued})
 
     async def _wait_for_backend(self) -> None:
-        """READY only once the backend answers; until then say why, and retry."""
+        """READY only once a builder answers; until then say why, and retry."""
         for attempt in range(1_000_000):
-            try:
-                await self.builder.ping()
+            if await self.pool.check_all():
                 self.backend_error = None
                 return
-            except BackendError as exc:
-                self.backend_error = str(exc)
-                delay = BACKEND_RETRY_S[min(attempt, len(BACKEND_RETRY_S) - 1)]
-                self.bus.publish("backend_unavailable", {"error": str(exc),
-                                                         "retry_in_s": delay}, "error")
-                self.notifier.notify(f"STATUS=waiting for backend: {exc}")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                if self._stop.is_set():
-                    return
+            self.backend_error = "no builder answers: " + self.pool.why_waiting()
+            delay = BACKEND_RETRY_S[min(attempt, len(BACKEND_RETRY_S) - 1)]
+            self.bus.publish("backend_unavailable", {"error": self.backend_error,
+                                                     "retry_in_s": delay}, "error")
+            self.notifier.notify(f"STATUS=waiting for a builder: {self.backend_error}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            if self._stop.is_set():
+                return
 
     async def _shutdown(self) -> None:
         self.phase = "stopping"
@@ -421,8 +420,6 @@ class Daemon:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self.backend_error is not None:
-                await self._wait_for_backend()
             await self._execute(self.state.take_queue())
 
     async def _execute(self, entries: list[dict[str, Any]]) -> None:
@@ -466,7 +463,7 @@ class Daemon:
             self.current_run = None
             return
         self.current = Pipeline(
-            config, catalog, self.builder, self.state,
+            config, catalog, self.pool, self.state,
             self.registry if config.registry is not None else None,
             self.upstream_values, upstream_errors=dict(self.upstream_errors),
             contexts=contexts, revision=catalog_revision(config.layers_dir), forced=forced,
@@ -525,6 +522,9 @@ class Daemon:
 
     # -- views ----------------------------------------------------------------
 
+    def _pool_up(self) -> bool:
+        return hasattr(self, "pool") and self.pool.any_up()
+
     def _running_layers(self) -> list[str]:
         return [layer for layer, _ in self.current.running.values()] if self.current else []
 
@@ -552,8 +552,10 @@ class Daemon:
             "phase": self.phase,
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started_at, 1),
-            "backend": {"name": self.builder.name if hasattr(self, "builder") else None,
-                        "error": self.backend_error},
+            "backend": {"name": ", ".join(m.name for m in self.pool.members)
+                        if hasattr(self, "pool") else None,
+                        "error": self.backend_error if not self._pool_up() else None},
+            "builders": self.pool.status() if hasattr(self, "pool") else [],
             "queue": self.state.queued(taken=False),
             "run": self.current_run,
             "running": running,
@@ -574,7 +576,7 @@ class Daemon:
         catalog, config = self.catalog, self.config
         order = list(catalog.layers)
         contexts = await asyncio.to_thread(read_contexts, catalog.layers.values())
-        planner = Pipeline(config, catalog, self.builder, self.state,
+        planner = Pipeline(config, catalog, self.pool, self.state,
                            self.registry if config.registry is not None else None,
                            self.upstream_values, upstream_errors=dict(self.upstream_errors),
                            contexts=contexts, dry_run=True)

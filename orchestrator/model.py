@@ -93,6 +93,16 @@ class BuildKitConfig:
 
 
 @dataclass(frozen=True)
+class BuilderSpec:
+    """One build engine of the pool (``[[builders]]``)."""
+
+    name: str
+    backend: Literal["buildah", "buildkit", "docker"]  # docker: a Docker engine's BuildKit
+    address: str | None = None  # buildctl --addr, or DOCKER_HOST for a Docker engine
+    slots: int = 1
+
+
+@dataclass(frozen=True)
 class BuildConfig:
     backend: Literal["buildah", "buildkit"] = "buildah"
     jobs: int = 2
@@ -125,6 +135,7 @@ class Config:
     auth_file: Path | None
     upstreams: Mapping[str, UpstreamSpec]
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    builders: tuple[BuilderSpec, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from orchestrator import graph
-from orchestrator.backends.base import Builder, BuildRequest
+from orchestrator.backends.base import BuildRequest
 from orchestrator.backends.runner import first_error_line
 from orchestrator.buildkey import build_key, key_tag
 from orchestrator.context import Context, read_context
@@ -37,6 +37,7 @@ from orchestrator.model import (
     ResolvedUpstream,
 )
 from orchestrator.plan import decide, is_due
+from orchestrator.pool import BuilderPool, Member
 from orchestrator.registry import RegistryClient
 from orchestrator.scheduler import NodeResult, run_graph
 from orchestrator.state import LayerRecord, StateStore
@@ -61,6 +62,7 @@ class LayerResult:
     log_path: str | None = None
     started: float | None = None  # wall clock around the builder call
     finished: float | None = None
+    builder: str | None = None  # the engine that built it (None: reused)
 
 
 @dataclass
@@ -105,7 +107,7 @@ class Pipeline:
         self,
         config: Config,
         catalog: Catalog,
-        builder: Builder,
+        pool: BuilderPool,
         state: StateStore,
         registry: RegistryClient | None,
         upstreams: Mapping[str, ResolvedUpstream],
@@ -122,7 +124,9 @@ class Pipeline:
     ) -> None:
         self.config = config
         self.catalog = catalog
-        self.builder = builder
+        self.pool = pool
+        # Without a registry, images live in one engine's store: a pool of one.
+        self.local = pool.members[0].builder
         self.state = state
         self.registry = registry
         self.upstreams = dict(upstreams)
@@ -137,7 +141,8 @@ class Pipeline:
         self.dry_run = dry_run
         self.revision = revision
         self.on_event = on_event or (lambda event, fields: None)
-        self.slots = asyncio.Semaphore(jobs or config.build.jobs)
+        # --jobs caps the whole run; otherwise the engines' slots are the limit.
+        self.slots = asyncio.Semaphore(jobs or pool.capacity)
         self.log_dir = config.state_dir / "logs"
         self._values: dict[str, str] = {}
         for up in self.upstreams.values():
@@ -214,9 +219,8 @@ class Pipeline:
         assert base_ref is not None
         tags = (*(repo.tagged(t) for t in layer.tags if t != key_tag(key)), key_ref)
         labels = self._labels(layer, key, base_name, parent_digest)
-        parent_build = parent.build_id if parent is not None else None
         return await self._build(layer, decision, inputs, key, key_ref, repo, base_ref,
-                                 args, labels, tags, display_ref, parent_build)
+                                 args, labels, tags, display_ref, parent)
 
     def _parent(self, layer: Layer,
                 parent: LayerResult | None) -> tuple[str | None, str, str | None]:
@@ -246,12 +250,12 @@ class Pipeline:
     async def _lookup(self, repo: ImageRef, key_ref: str, key: str) -> str | None:
         if self.registry is not None and self.config.registry is not None:
             return await self.registry.manifest_digest(repo, key_tag(key))
-        return await self.builder.local_digest(key_ref)
+        return await self.local.local_digest(key_ref)
 
     def _child_ref(self, repo: ImageRef, digest: str, key_ref: str) -> str:
         if self.config.registry is not None:
             return repo.at(digest)
-        return self.builder.base_reference(repo.name, digest, key_ref)
+        return self.local.base_reference(repo.name, digest, key_ref)
 
     def _labels(self, layer: Layer, key: str, base_name: str,
                 base_digest: str) -> dict[str, str]:
@@ -277,7 +281,34 @@ class Pipeline:
                      key_ref: str, repo: ImageRef, base_ref: str,
                      args: tuple[tuple[str, str], ...], labels: dict[str, str],
                      tags: tuple[str, ...], display_ref: str,
-                     parent_build: str | None) -> LayerResult:
+                     parent: LayerResult | None) -> LayerResult:
+        """Build on a pooled engine; if the engine (not the build) fails, once more
+        on another one."""
+        tried: list[str] = []
+        while True:
+            async with self.slots, self.pool.lease(
+                    prefer=parent.builder if parent else None, exclude=tried) as member:
+                if self.superseded(layer.id):  # a change arrived while this waited
+                    return LayerResult(layer.id, decision, Outcome.SUPERSEDED, None, None,
+                                       display_ref, key)
+                try:
+                    return await self._build_on(member, layer, decision, inputs, key,
+                                                key_ref, repo, base_ref, args, labels, tags,
+                                                display_ref, parent)
+                except BuildFailed:
+                    engine_lost = len(self.pool) > 1 and not tried and \
+                        not await self.pool.check(member)
+                    if not engine_lost:
+                        raise
+                    tried.append(member.name)
+                    self.on_event("build_retried", {"layer": layer.id, "builder": member.name,
+                                                    "reason": "builder stopped answering"})
+
+    async def _build_on(self, member: Member, layer: Layer, decision: Decision,
+                        inputs: Inputs, key: str, key_ref: str, repo: ImageRef,
+                        base_ref: str, args: tuple[tuple[str, str], ...],
+                        labels: dict[str, str], tags: tuple[str, ...], display_ref: str,
+                        parent: LayerResult | None) -> LayerResult:
         build_id = uuid.uuid4().hex[:12]
         log_path = self.log_dir / f"{build_id}.log"
         request = BuildRequest(
@@ -292,43 +323,37 @@ class Pipeline:
             timeout_s=self.config.build.timeout_s,
             no_cache=decision.reason in (Reason.FORCED, Reason.SCHEDULED),
         )
-        async with self.slots:
-            if self.superseded(layer.id):  # a change arrived while this waited for a slot
-                return LayerResult(layer.id, decision, Outcome.SUPERSEDED, None, None,
-                                   display_ref, key)
-            cause, request_id = self.cause_of(layer.id)
-            if parent_build is not None:  # the chain: which parent build this follows
-                cause = f"{cause}; parent build {parent_build}" if cause else \
-                    f"parent build {parent_build}"
-            self.state.start_build(build_id, layer.id, key, decision.describe(), str(log_path),
-                                   cause=cause, request_id=request_id,
-                                   builder=self.builder.name)
-            task = asyncio.current_task()
-            assert task is not None
-            self.running[build_id] = (layer.id, task)
-            started = time.time()
-            bound = {"layer": layer.id, "build_id": build_id}
-            self.on_event("build_started", {**bound, "reason": decision.describe(),
-                                            "log": str(log_path)})
-            try:
-                output = await self.builder.build(request)
-            except asyncio.CancelledError:
-                self.running.pop(build_id, None)
-                self.state.finish_build(build_id, Outcome.CANCELLED.value)
-                self.on_event("build_finished", {**bound, "outcome": "cancelled",
-                                                 "duration_s": round(time.time() - started, 3)})
-                raise
-            except BuildFailed as exc:
-                self.running.pop(build_id, None)
-                first = first_error_line(exc.log_tail)
-                self.state.finish_build(build_id, Outcome.FAILED.value,
-                                        error=f"{first}\n{exc}" if first else str(exc))
-                self.on_event("build_finished", {**bound, "outcome": "failed",
-                                                 "duration_s": round(time.time() - started, 3),
-                                                 "error": str(exc)})
-                raise
-            finished = time.time()
+        cause, request_id = self.cause_of(layer.id)
+        if parent is not None and parent.build_id is not None:  # the chain to the parent
+            cause = f"{cause}; parent build {parent.build_id}" if cause else \
+                f"parent build {parent.build_id}"
+        self.state.start_build(build_id, layer.id, key, decision.describe(), str(log_path),
+                               cause=cause, request_id=request_id, builder=member.name)
+        task = asyncio.current_task()
+        assert task is not None
+        self.running[build_id] = (layer.id, task)
+        started = time.time()
+        bound = {"layer": layer.id, "build_id": build_id, "builder": member.name}
+        self.on_event("build_started", {**bound, "reason": decision.describe(),
+                                        "trigger": cause, "log": str(log_path)})
+        try:
+            output = await member.builder.build(request)
+        except asyncio.CancelledError:
+            self.state.finish_build(build_id, Outcome.CANCELLED.value)
+            self.on_event("build_finished", {**bound, "outcome": "cancelled",
+                                             "duration_s": round(time.time() - started, 3)})
+            raise
+        except BuildFailed as exc:
+            first = first_error_line(exc.log_tail)
+            self.state.finish_build(build_id, Outcome.FAILED.value,
+                                    error=f"{first}\n{exc}" if first else str(exc))
+            self.on_event("build_finished", {**bound, "outcome": "failed",
+                                             "duration_s": round(time.time() - started, 3),
+                                             "error": first or str(exc)})
+            raise
+        finally:
             self.running.pop(build_id, None)
+        finished = time.time()
         child_ref = self._child_ref(repo, output.digest, key_ref)
         self.state.finish_build(build_id, Outcome.BUILT.value, digest=output.digest)
         self.state.save_layer(LayerRecord(layer.id, key, output.digest, child_ref, inputs,
@@ -336,5 +361,5 @@ class Pipeline:
         self.on_event("build_finished", {**bound, "outcome": "built", "digest": output.digest,
                                          "duration_s": round(finished - started, 3)})
         return LayerResult(layer.id, decision, Outcome.BUILT, output.digest, child_ref,
-                           display_ref, key,
-                           build_id, str(log_path), started, finished)
+                           display_ref, key, build_id, str(log_path), started, finished,
+                           member.name)

@@ -10,15 +10,16 @@ from typing import Any
 
 from orchestrator import graph
 from orchestrator.auth import AuthStore
-from orchestrator.backends.factory import docker_config_dir, insecure_hosts, make_builder
+from orchestrator.backends.factory import docker_config_dir, insecure_hosts, make_builders
 from orchestrator.backends.runner import CommandRunner
 from orchestrator.catalog import dockerfile_texts, load_catalog, select
 from orchestrator.config import load_config
 from orchestrator.context import read_contexts
-from orchestrator.errors import PolicyError
+from orchestrator.errors import BackendError, PolicyError
 from orchestrator.lint import lint
 from orchestrator.model import Catalog, Config
 from orchestrator.pipeline import Pipeline, RunReport, targets, upstreams_used
+from orchestrator.pool import BuilderPool
 from orchestrator.registry import RegistryClient
 from orchestrator.state import StateStore
 from orchestrator.tomlfile import display
@@ -82,13 +83,14 @@ async def execute(
     async with RegistryClient(auth, insecure=frozenset(insecure_hosts(config))) as client:
         resolved, failed = await resolve_all(config.upstreams, needed, client)
         with docker_config_dir(config.auth_file) as docker_config:
-            builder = make_builder(config, runner, docker_config)
-            if not dry_run:
-                await builder.ping()
+            pool = BuilderPool(make_builders(config, runner, docker_config), on_event=(
+                (lambda event, fields, level: on_event(event, fields)) if on_event else None))
+            if not dry_run and not await pool.check_all():
+                raise BackendError("no builder answers: " + pool.why_waiting())
             state = StateStore(config.state_dir / STATE_DB)
             try:
                 pipeline = Pipeline(
-                    config, catalog, builder, state,
+                    config, catalog, pool, state,
                     client if config.registry is not None else None,
                     resolved, upstream_errors=failed, jobs=jobs, forced=forced,
                     dry_run=dry_run, revision=catalog_revision(config.layers_dir),

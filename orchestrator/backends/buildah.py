@@ -19,10 +19,10 @@ def _host(ref: str) -> str:
 
 
 class BuildahBuilder:
-    name = "buildah"
-
     def __init__(self, config: BuildahConfig, runner: CommandRunner, *,
-                 authfile: Path | None = None, insecure_hosts: Iterable[str] = ()) -> None:
+                 authfile: Path | None = None, insecure_hosts: Iterable[str] = (),
+                 name: str = "buildah") -> None:
+        self.name = name
         self.config = config
         self.runner = runner
         self.authfile = authfile

@@ -22,10 +22,9 @@ class DockerBuildKitBuilder:
     """The classic ``docker build`` path with BuildKit switched on. Needs a CLI
     that still honours DOCKER_BUILDKIT without buildx (Debian's docker.io 20.10)."""
 
-    name = "buildkit"
-
     def __init__(self, config: BuildKitConfig, runner: CommandRunner, *,
-                 docker_config_dir: Path | None = None) -> None:
+                 docker_config_dir: Path | None = None, name: str = "docker") -> None:
+        self.name = name
         self.config = config
         self.runner = runner
         self.docker_config_dir = docker_config_dir
@@ -109,11 +108,10 @@ class BuildctlBuilder:
     """A standalone buildkitd (local, remote or on Kubernetes) through buildctl.
     BuildKit has no image store of its own here: a registry is required."""
 
-    name = "buildkit"
-
     def __init__(self, config: BuildKitConfig, runner: CommandRunner, *,
                  docker_config_dir: Path | None = None,
-                 insecure_hosts: Iterable[str] = ()) -> None:
+                 insecure_hosts: Iterable[str] = (), name: str = "buildkit") -> None:
+        self.name = name
         assert config.addr is not None
         self.config = config
         self.runner = runner

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from orchestrator.backends.base import Builder
@@ -13,7 +14,7 @@ from orchestrator.backends.buildkit import BuildctlBuilder, DockerBuildKitBuilde
 from orchestrator.backends.runner import CommandRunner, SubprocessRunner
 from orchestrator.errors import InputError
 from orchestrator.imageref import parse_repository
-from orchestrator.model import Config
+from orchestrator.model import BuilderSpec, Config
 
 
 def insecure_hosts(config: Config) -> set[str]:
@@ -40,17 +41,26 @@ def docker_config_dir(auth_file: Path | None) -> Iterator[Path | None]:
         yield Path(tmp)
 
 
-def make_builder(config: Config, runner: CommandRunner | None = None,
+def make_builder(config: Config, spec: BuilderSpec, runner: CommandRunner | None = None,
                  docker_config: Path | None = None) -> Builder:
     runner = runner or SubprocessRunner()
     insecure = insecure_hosts(config)
-    if config.build.backend == "buildah":
+    if spec.backend == "buildah":
         return BuildahBuilder(config.build.buildah, runner, authfile=config.auth_file,
-                              insecure_hosts=insecure)
-    if config.build.buildkit.addr is not None:
+                              insecure_hosts=insecure, name=spec.name)
+    if spec.backend == "buildkit":
         if config.registry is None:
-            raise InputError(str(config.path), "[build.buildkit] addr: buildctl keeps no local "
+            raise InputError(str(config.path), f"builder {spec.name}: buildctl keeps no local "
                              "images, so a [registry] is required to hand parents to children")
-        return BuildctlBuilder(config.build.buildkit, runner, docker_config_dir=docker_config,
-                               insecure_hosts=insecure)
-    return DockerBuildKitBuilder(config.build.buildkit, runner, docker_config_dir=docker_config)
+        bk = replace(config.build.buildkit, addr=spec.address)
+        return BuildctlBuilder(bk, runner, docker_config_dir=docker_config,
+                               insecure_hosts=insecure, name=spec.name)
+    docker = replace(config.build.buildkit, docker_host=spec.address)
+    return DockerBuildKitBuilder(docker, runner, docker_config_dir=docker_config, name=spec.name)
+
+
+def make_builders(config: Config, runner: CommandRunner | None = None,
+                  docker_config: Path | None = None) -> list[tuple[BuilderSpec, Builder]]:
+    """The configured pool (``[[builders]]``, or ``[build] backend`` as a pool of one)."""
+    return [(spec, make_builder(config, spec, runner, docker_config))
+            for spec in config.builders]

@@ -161,7 +161,7 @@ def test_cli_verbs(daemon: DaemonProcess) -> None:
                               text=True, timeout=60)
 
     out = cli("status")
-    assert out.returncode == 0 and out.stdout.startswith("daemon   ready")
+    assert out.returncode == 0 and out.stdout.startswith("orchestrator ready (pid")
     out = cli("trigger", "child", "--force")
     assert out.returncode == 0 and out.stdout.startswith("queued child as r-")
     assert cli("trigger", "nope").returncode == 2

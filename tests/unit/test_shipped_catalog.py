@@ -18,7 +18,7 @@ import pytest
 
 import orchestrator.runs as runs
 from orchestrator.cli import main
-from orchestrator.model import Outcome
+from orchestrator.model import BuilderSpec, Outcome
 from tests.fakes import MemoryBuilder, fixed_upstreams
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +38,8 @@ def shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Memo
     (tmp_path / "config.toml").write_text(config)
     builder = MemoryBuilder()
     monkeypatch.setattr(runs, "resolve_all", fixed_upstreams(UPSTREAMS))
-    monkeypatch.setattr(runs, "make_builder", lambda *a, **k: builder)
+    monkeypatch.setattr(runs, "make_builders",
+                        lambda *a, **k: [(BuilderSpec("memory", "buildah"), builder)])
     return tmp_path / "config.toml", builder
 
 
