@@ -95,6 +95,7 @@ def report_json(report: RunReport) -> str:
                 "detail": value.decision.detail, "digest": value.digest,
                 "ref": value.base_ref, "build_key": value.key, "build_id": value.build_id,
                 "log": value.log_path, "started": value.started, "finished": value.finished,
+                "builder": value.builder,
             })
         if result.error is not None:
             entry["error"] = str(result.error)
@@ -115,8 +116,8 @@ def build_text(report: RunReport) -> str:
         if result.outcome is Outcome.BUILT and value is not None:
             took = f"{value.finished - value.started:.1f}s" if value.started and value.finished \
                 else ""
-            lines.append(f"built    {lid:<{width}}  {value.decision.describe()}; {took}  "
-                         f"{value.base_ref}")
+            lines.append(f"built    {lid:<{width}}  {value.decision.describe()}; {took} on "
+                         f"{value.builder}  {value.base_ref}")
         elif result.outcome is Outcome.REUSED and value is not None:
             lines.append(f"ok       {lid:<{width}}  up to date  {value.base_ref}")
         elif result.outcome is Outcome.FAILED:
