@@ -101,7 +101,8 @@ def _builders(root: Table, build: BuildConfig) -> tuple[BuilderSpec, ...]:
         if not isinstance(item, dict):
             raise root.error("builders", "expected [[builders]] tables")
         table = Table(item, root.where, f"builders[{index}].")
-        table.check_keys(["name", "backend", "address", "slots"])
+        table.check_keys(["name", "backend", "address", "slots", "tls_ca", "tls_cert",
+                          "tls_key"])
         backend = table.require("backend", str)
         if backend not in ("buildah", "buildkit", "docker"):
             raise table.error("backend", f"unknown backend {backend!r} (use \"buildah\", "
@@ -115,11 +116,18 @@ def _builders(root: Table, build: BuildConfig) -> tuple[BuilderSpec, ...]:
         slots = table.get("slots", int, 1)
         if slots < 1:
             raise table.error("slots", "must be at least 1")
+        tls_parts = [table.optional_str(k) for k in ("tls_ca", "tls_cert", "tls_key")]
+        tls: tuple[str, str, str] | None = None
+        if any(tls_parts):
+            if backend != "buildkit" or not all(tls_parts):
+                raise table.error("tls_ca", "mTLS to a buildkitd takes all of tls_ca, tls_cert "
+                                  "and tls_key (backend = \"buildkit\")")
+            tls = (str(tls_parts[0]), str(tls_parts[1]), str(tls_parts[2]))
         name = table.get("name", str, f"{backend}-{index + 1}")
         if any(spec.name == name for spec in specs):
             raise table.error("name", f"{name!r} is used twice")
         specs.append(BuilderSpec(name, cast(Literal["buildah", "buildkit", "docker"], backend),
-                                 address, slots))
+                                 address, slots, tls))
     return tuple(specs)
 
 

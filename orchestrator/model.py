@@ -88,6 +88,7 @@ class BuildKitConfig:
     # Docker CLI that still speaks BuildKit without the buildx plugin.
     buildctl: str = "buildctl"
     addr: str | None = None
+    tls: tuple[str, str, str] | None = None  # (CA, client cert, client key) for buildctl
     docker: str = "/usr/bin/docker"
     docker_host: str | None = None
 
@@ -100,6 +101,8 @@ class BuilderSpec:
     backend: Literal["buildah", "buildkit", "docker"]  # docker: a Docker engine's BuildKit
     address: str | None = None  # buildctl --addr, or DOCKER_HOST for a Docker engine
     slots: int = 1
+    # mTLS to a remote buildkitd: buildctl --tlscacert/--tlscert/--tlskey
+    tls: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True)

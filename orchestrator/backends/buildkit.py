@@ -121,9 +121,16 @@ class BuildctlBuilder:
     def env(self) -> Mapping[str, str]:
         return {"DOCKER_CONFIG": str(self.docker_config_dir)} if self.docker_config_dir else {}
 
-    def build_argv(self, req: BuildRequest, metadata: Path) -> list[str]:
+    def _client(self) -> list[str]:
         assert self.config.addr is not None
-        argv = [self.config.buildctl, "--addr", self.config.addr, "build",
+        argv = [self.config.buildctl, "--addr", self.config.addr]
+        if self.config.tls is not None:
+            ca, cert, key = self.config.tls
+            argv += ["--tlscacert", ca, "--tlscert", cert, "--tlskey", key]
+        return argv
+
+    def build_argv(self, req: BuildRequest, metadata: Path) -> list[str]:
+        argv = [*self._client(), "build",
                 "--frontend", "dockerfile.v0",
                 "--local", f"context={req.context}",
                 "--local", f"dockerfile={req.dockerfile.parent}",
@@ -169,7 +176,7 @@ class BuildctlBuilder:
             raise BackendError(f"{self.config.buildctl} not found: install BuildKit's client "
                                "or set [build.buildkit] buildctl")
         out = await self.runner.capture(
-            [self.config.buildctl, "--addr", self.config.addr, "debug", "workers"],
+            [*self._client(), "debug", "workers"],
             env=self.env())
         if out.returncode != 0:
             raise BackendError(f"buildkitd at {self.config.addr} does not answer: "

@@ -52,7 +52,7 @@ def make_builder(config: Config, spec: BuilderSpec, runner: CommandRunner | None
         if config.registry is None:
             raise InputError(str(config.path), f"builder {spec.name}: buildctl keeps no local "
                              "images, so a [registry] is required to hand parents to children")
-        bk = replace(config.build.buildkit, addr=spec.address)
+        bk = replace(config.build.buildkit, addr=spec.address, tls=spec.tls)
         return BuildctlBuilder(bk, runner, docker_config_dir=docker_config,
                                insecure_hosts=insecure, name=spec.name)
     docker = replace(config.build.buildkit, docker_host=spec.address)

@@ -110,6 +110,11 @@ def test_buildctl_argv_pushes_all_names_in_one_output(tmp_path: Path) -> None:
     output = argv[argv.index("--output") + 1]
     assert output == ('type=image,"name=reg:5000/base/py:3.12,reg:5000/base/py:bk-k",'
                       'push=true,registry.insecure=true')
+    mtls = BuildctlBuilder(BuildKitConfig(addr="tcp://bk:1234", tls=("ca.pem", "c.pem", "k.pem")),
+                           RecordingRunner())
+    assert mtls.build_argv(request(tmp_path), tmp_path / "m.json")[:9] == [
+        "buildctl", "--addr", "tcp://bk:1234", "--tlscacert", "ca.pem", "--tlscert", "c.pem",
+        "--tlskey", "k.pem"]
 
 
 def test_builders_never_inherit_systemd_variables(monkeypatch: pytest.MonkeyPatch) -> None:
