@@ -57,11 +57,16 @@ tls_verify = false
 
 
 def two_branches(project: Project, sleep_s: int) -> None:
-    project.layer("base", 'from = "upstream:seed"\n')
+    # A nonce in every step: an engine's step cache (which outlives a test)
+    # must not answer for a build that the test times.
+    nonce = uuid.uuid4().hex
+    project.layer("base", 'from = "upstream:seed"\n',
+                  f"ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\nRUN echo {nonce} > /tmp/base\n"
+                  "USER 1000\n")
     for name, parent in PARENT.items():
         project.layer(name, f'from = "{parent}"\n',
                       f"ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\nRUN sleep {sleep_s}; echo {name} "
-                      f"> /tmp/{name}\nUSER 1000\n")
+                      f"{nonce} > /tmp/{name}\nUSER 1000\n")
 
 
 def by_layer(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
