@@ -40,7 +40,7 @@ from orchestrator.registry import RegistryClient
 from orchestrator.runs import STATE_DB, catalog_revision, enforce_policy, load
 from orchestrator.scheduler import NodeResult
 from orchestrator.sdnotify import Notifier, forget_activation_env, listen_sockets, watchdog_interval
-from orchestrator.state import StateStore
+from orchestrator.state import StateStore, prune_logs
 from orchestrator.upstream import UpstreamPoller, resolve
 from orchestrator.watch import LayerChange, watch_layers
 
@@ -344,20 +344,9 @@ class Daemon:
                 await asyncio.wait_for(self._watch_stop.wait(), 3600)
 
     def _prune_logs(self) -> int:
-        """Delete build logs older than [state] log_retention (never a running one)."""
-        logs = self.config.state_dir / "logs"
-        if not logs.is_dir():
-            return 0
-        cutoff = time.time() - self.config.daemon.log_retention_s
-        running = {f"{build_id}.log" for build_id in (self.current.running
-                                                       if self.current else {})}
-        removed = 0
-        for path in logs.glob("*.log"):
-            with contextlib.suppress(FileNotFoundError):
-                if path.name not in running and path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    removed += 1
-        return removed
+        running = set(self.current.running) if self.current else set()
+        return prune_logs(self.config.state_dir / "logs",
+                          time.time() - self.config.daemon.log_retention_s, running)
 
     # -- requests ---------------------------------------------------------------
 

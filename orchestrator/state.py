@@ -284,3 +284,17 @@ class StateStore:
             "changed_at = CASE WHEN ? THEN excluded.changed_at ELSE changed_at END",
             (name, tag, digest, ref, now, now, int(changed)),
         )
+
+
+def prune_logs(logs: Path, cutoff: float, keep: set[str]) -> int:
+    """Delete build logs last written before ``cutoff`` ([state] log_retention);
+    never those of the build ids in ``keep`` (running builds)."""
+    if not logs.is_dir():
+        return 0
+    removed = 0
+    for path in logs.glob("*.log"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stem not in keep and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+    return removed

@@ -183,3 +183,52 @@ def test_a_new_git_tag_rebuilds_with_that_value(
         assert labels["org.opencontainers.image.version"] == "2.4.0"
     finally:
         daemon.kill()
+
+
+def test_changes_during_a_build_give_one_follow_up_and_no_stale_child(
+    project: Project, testbed: Testbed
+) -> None:
+    from tests.integration.daemon_helpers import api
+
+    namespace = unique_namespace()
+    daemon_config(project, testbed.registry, namespace, testbed.seed_image, testbed.seed_tag)
+    project.layer("base", 'from = "upstream:seed"\n')
+    project.layer("slow", 'from = "base"\n',
+                  "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY v.txt /tmp/v.txt\nRUN sleep 4\n"
+                  "USER 1000\n", files={"v.txt": "1\n"})
+    project.layer("leaf", 'from = "slow"\n')
+    daemon = DaemonProcess(project).ready()
+    try:
+        wait_until(lambda: any(b["layer"] == "slow" and b["outcome"] == "running"
+                               for b in daemon.builds()), 60, what="slow running")
+        # While slow builds: a file change and two manual triggers of it.
+        (project.layers / "slow" / "v.txt").write_text("2\n")
+        time.sleep(DEBOUNCE_S + 0.5)
+        for _ in range(2):
+            assert api(daemon.socket, "POST", "/v1/builds", {"layers": ["slow"]})[0] == 202
+        daemon.idle(180)
+        slow = [b for b in reversed(daemon.builds("slow")) if b["outcome"] == "built"]
+        leaf = [b for b in daemon.builds("leaf") if b["outcome"] == "built"]
+        assert len(slow) == 2  # the first build, and exactly one follow-up
+        assert len(leaf) == 1  # never built on the superseded first digest
+        labels = image_config(testbed.registry, f"{namespace}/leaf", leaf[0]["digest"])
+        assert labels["config"]["Labels"]["org.opencontainers.image.base.digest"] \
+            == slow[1]["digest"]
+    finally:
+        daemon.kill()
+
+
+def test_rebuild_every_schedules_periodic_rebuilds(project: Project, testbed: Testbed) -> None:
+    daemon_config(project, testbed.registry, unique_namespace(), testbed.seed_image,
+                  testbed.seed_tag)
+    project.config.write_text(project.config.read_text().replace(
+        'drain_timeout = "30s"', 'drain_timeout = "30s"\nschedule_check = "1s"'))
+    project.layer("base", 'from = "upstream:seed"\n[rebuild]\nevery = "3s"\n')
+    daemon = DaemonProcess(project).ready()
+    try:
+        wait_until(lambda: any("scheduled" in str(b["cause"]) and b["outcome"] == "built"
+                               for b in daemon.builds("base")), 60, what="a scheduled rebuild")
+        scheduled = next(b for b in daemon.builds("base") if "scheduled" in str(b["cause"]))
+        assert scheduled["reason"] == "scheduled"
+    finally:
+        daemon.kill()

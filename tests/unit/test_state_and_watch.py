@@ -1,0 +1,131 @@
+"""State store, log pruning, upstream polling policy, the file-watch filter, log redaction."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from orchestrator import logs
+from orchestrator.errors import UpstreamError
+from orchestrator.model import ResolvedUpstream, UpstreamSpec
+from orchestrator.state import StateStore, prune_logs
+from orchestrator.upstream import Backoff, UpstreamPoller, jittered
+from orchestrator.watch import LayerFilter
+
+
+def test_queue_coalesces_and_survives_a_crash(tmp_path: Path) -> None:
+    state = StateStore(tmp_path / "s.db")
+    assert state.enqueue("a", force=False, cause="one", request_id="r1") == "r1"
+    assert state.enqueue("a", force=True, cause="two", request_id="r2") == "r1"  # merged
+    taken = state.take_queue()
+    assert [(t["layer"], t["force"]) for t in taken] == [("a", 1)]
+    # A change while "a" is being built: exactly one follow-up, later ones merge in.
+    assert state.enqueue("a", force=False, cause="three", request_id="r3") == "r3"
+    assert state.enqueue("a", force=False, cause="four", request_id="r4") == "r3"
+    state.close()
+    again = StateStore(tmp_path / "s.db")  # as after kill -9: the taken entry is back
+    assert again.requeue_taken() == 1
+    assert [(q["layer"], q["force"], q["cause"]) for q in again.queued()] == [("a", 1, "three")]
+
+
+def test_interrupted_builds_are_never_successful(tmp_path: Path) -> None:
+    state = StateStore(tmp_path / "s.db")
+    state.start_build("b1", "a", "k", "forced", None)
+    state.close()
+    again = StateStore(tmp_path / "s.db")
+    assert [b["id"] for b in again.mark_interrupted()] == ["b1"]
+    assert again.build("b1")["outcome"] == "interrupted"  # type: ignore[index]
+
+
+def test_corrupt_database_is_moved_aside(tmp_path: Path) -> None:
+    (tmp_path / "s.db").write_bytes(b"garbage" * 1000)
+    state = StateStore(tmp_path / "s.db")
+    assert state.moved_aside is not None and state.moved_aside.exists()
+    assert state.queued() == []
+
+
+def test_prune_logs_keeps_recent_and_running(tmp_path: Path) -> None:
+    for name in ("old", "running", "new"):
+        (tmp_path / f"{name}.log").write_text("x")
+    old = time.time() - 100
+    os.utime(tmp_path / "old.log", (old, old))
+    os.utime(tmp_path / "running.log", (old, old))
+    assert prune_logs(tmp_path, time.time() - 50, {"running"}) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.log", "running.log"]
+
+
+def test_backoff_grows_caps_and_honours_retry_after() -> None:
+    backoff = Backoff(base_s=5, cap_s=60)
+    assert [backoff.failure() for _ in range(6)] == [5, 10, 20, 40, 60, 60]
+    backoff.success()
+    assert backoff.failure(retry_after_s=30) == 30
+    assert backoff.failure(retry_after_s=3600) == 60  # never beyond the cap
+
+
+def test_jitter_spreads_within_ten_percent() -> None:
+    rng = random.Random(1)
+    values = [jittered(100, rng) for _ in range(200)]
+    assert all(90 <= v <= 110 for v in values) and len({round(v) for v in values}) > 5
+
+
+async def test_poller_reports_values_and_backs_off_on_errors() -> None:
+    spec = UpstreamSpec("alpine", "registry", image="r/alpine", tag="3", poll_s=600)
+    answers: list[object] = [UpstreamError("alpine", "HTTP 429", retry_after_s=42),
+                             ResolvedUpstream("alpine", "r/alpine@sha256:1", "sha256:1", "3")]
+    seen: list[str] = []
+    errors: list[float] = []
+
+    async def resolver(s: UpstreamSpec) -> ResolvedUpstream:
+        answer = answers.pop(0)
+        if isinstance(answer, UpstreamError):
+            raise answer
+        assert isinstance(answer, ResolvedUpstream)
+        return answer
+
+    async def on_value(value: ResolvedUpstream) -> None:
+        seen.append(value.digest)
+
+    poller = UpstreamPoller(spec, resolver, on_value, lambda exc, delay: errors.append(delay),
+                            rng=random.Random(0))
+    assert await poller.check() == 42  # Retry-After wins over a 5 s first backoff
+    assert errors == [42] and poller.last_error is not None
+    delay = await poller.check()
+    assert seen == ["sha256:1"] and 540 <= delay <= 660 and poller.last_error is None
+
+
+def test_watch_filter(tmp_path: Path) -> None:
+    layer = tmp_path / "layers" / "app"
+    layer.mkdir(parents=True)
+    (layer / ".dockerignore").write_text("*.log\nbuild/\n")
+    relevant = LayerFilter(tmp_path / "layers").relevant
+    assert relevant(str(layer / "app.py")) == ("app", "app.py")
+    assert relevant(str(layer / "layer.toml")) == ("app", "layer.toml")
+    for ignored in (".app.py.swp", "app.py~", "4913", ".#app.py", "debug.log",
+                    "build/out.o", ".git/HEAD"):
+        assert relevant(str(layer / ignored)) is None, ignored
+    assert relevant(str(tmp_path / "elsewhere.txt")) is None
+
+
+def test_secrets_are_redacted_from_logs() -> None:
+    stream = io.StringIO()
+    logs.configure(stream, json=True)
+    structlog.get_logger("t").info("registry_call", password="hunter2",
+                                   header="Authorization: Bearer abc.def.ghi", layer="x")
+    line = json.loads(stream.getvalue())
+    assert line["password"] == "[redacted]" and "abc.def" not in line["header"]
+    assert line["layer"] == "x" and line["event"] == "registry_call"
+    assert line["timestamp"].endswith("Z") and line["level"] == "info"
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
