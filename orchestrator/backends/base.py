@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from orchestrator.backends.runner import log_tail
+from orchestrator.errors import BuildFailed
+
 
 @dataclass(frozen=True)
 class BuildRequest:
@@ -47,3 +50,21 @@ class Builder(Protocol):
     async def ping(self) -> None:
         """Raise BackendError when the engine cannot build."""
         ...
+
+
+def docker_style_flags(req: BuildRequest, iidfile: Path) -> list[str]:
+    """The flags ``buildah bud`` and ``docker build`` share, context last."""
+    argv: list[str] = []
+    for name, value in req.args.items():
+        argv += ["--build-arg", f"{name}={value}"]
+    for name, value in req.labels.items():
+        argv += ["--label", f"{name}={value}"]
+    for tag in req.tags:
+        argv += ["--tag", tag]
+    return [*argv, "--file", str(req.dockerfile), "--iidfile", str(iidfile), str(req.context)]
+
+
+def raise_if_failed(req: BuildRequest, returncode: int | None) -> None:
+    """A builder command that did not exit 0 fails the build, with its log's tail."""
+    if returncode != 0:
+        raise BuildFailed(req.layer, returncode, log_tail(req.log_path), str(req.log_path))

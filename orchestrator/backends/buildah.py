@@ -8,8 +8,13 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from orchestrator.backends.base import BuildOutput, BuildRequest
-from orchestrator.backends.runner import CommandRunner, log_tail
+from orchestrator.backends.base import (
+    BuildOutput,
+    BuildRequest,
+    docker_style_flags,
+    raise_if_failed,
+)
+from orchestrator.backends.runner import CommandRunner
 from orchestrator.errors import BackendError, BuildFailed
 from orchestrator.model import BuildahConfig
 
@@ -51,14 +56,7 @@ class BuildahBuilder:
                 *self._tls(req.args.get("BASE_IMAGE", "")), *self._auth()]
         if self.config.layers and not req.no_cache:
             argv.append("--layers")
-        for name, value in req.args.items():
-            argv += ["--build-arg", f"{name}={value}"]
-        for name, value in req.labels.items():
-            argv += ["--label", f"{name}={value}"]
-        for tag in req.tags:
-            argv += ["--tag", tag]
-        argv += ["--file", str(req.dockerfile), "--iidfile", str(iidfile), str(req.context)]
-        return argv
+        return argv + docker_style_flags(req, iidfile)
 
     def push_argv(self, ref: str, digestfile: Path) -> list[str]:
         return [*self._global(), "push", *self._tls(ref), *self._auth(),
@@ -69,7 +67,7 @@ class BuildahBuilder:
             iidfile = Path(tmp, "iid")
             rc = await self.runner.run(self.build_argv(request, iidfile), log=request.log_path,
                                        timeout_s=request.timeout_s)
-            self._check(request, rc)
+            raise_if_failed(request, rc)
             digest = await self._local_digest_or_fail(request)
             if not request.push:
                 return BuildOutput(digest)
@@ -77,7 +75,7 @@ class BuildahBuilder:
                 digestfile = Path(tmp, "digest")
                 rc = await self.runner.run(self.push_argv(ref, digestfile), log=request.log_path,
                                            timeout_s=request.timeout_s)
-                self._check(request, rc)
+                raise_if_failed(request, rc)
                 digest = digestfile.read_text().strip() if digestfile.exists() else digest
             return BuildOutput(digest)
 
@@ -87,11 +85,6 @@ class BuildahBuilder:
             raise BuildFailed(request.layer, 0, "buildah reported success but the image is "
                               "missing from local storage", str(request.log_path))
         return digest
-
-    def _check(self, request: BuildRequest, rc: int | None) -> None:
-        if rc != 0:
-            raise BuildFailed(request.layer, rc, log_tail(request.log_path),
-                              str(request.log_path))
 
     async def local_digest(self, ref: str) -> str | None:
         out = await self.runner.capture([*self._global(), "images", "--json", ref])

@@ -10,7 +10,12 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from orchestrator.backends.base import BuildOutput, BuildRequest
+from orchestrator.backends.base import (
+    BuildOutput,
+    BuildRequest,
+    docker_style_flags,
+    raise_if_failed,
+)
 from orchestrator.backends.runner import CommandRunner, log_tail
 from orchestrator.errors import BackendError, BuildFailed
 from orchestrator.model import BuildKitConfig
@@ -41,21 +46,14 @@ class DockerBuildKitBuilder:
         argv = [self.config.docker, "build", "--progress=plain"]
         if req.no_cache:
             argv.append("--no-cache")
-        for name, value in req.args.items():
-            argv += ["--build-arg", f"{name}={value}"]
-        for name, value in req.labels.items():
-            argv += ["--label", f"{name}={value}"]
-        for tag in req.tags:
-            argv += ["--tag", tag]
-        argv += ["--file", str(req.dockerfile), "--iidfile", str(iidfile), str(req.context)]
-        return argv
+        return argv + docker_style_flags(req, iidfile)
 
     async def build(self, request: BuildRequest) -> BuildOutput:
         with tempfile.TemporaryDirectory(prefix="orchestrator-") as tmp:
             iidfile = Path(tmp, "iid")
             rc = await self.runner.run(self.build_argv(request, iidfile), log=request.log_path,
                                        env=self.env(), timeout_s=request.timeout_s)
-            _check(request, rc)
+            raise_if_failed(request, rc)
             image_id = iidfile.read_text().strip()
         if not request.push:
             return BuildOutput(image_id)
@@ -63,7 +61,7 @@ class DockerBuildKitBuilder:
         for ref in request.tags:  # the key tag is last: it commits the build
             rc = await self.runner.run([self.config.docker, "push", ref], log=request.log_path,
                                        env=self.env(), timeout_s=request.timeout_s)
-            _check(request, rc)
+            raise_if_failed(request, rc)
         # The registry digest of what was pushed: docker records it in RepoDigests.
         repository = request.tags[-1].rsplit(":", 1)[0]
         out = await self.runner.capture(
@@ -153,7 +151,7 @@ class BuildctlBuilder:
             metadata = Path(tmp, "metadata.json")
             rc = await self.runner.run(self.build_argv(request, metadata), log=request.log_path,
                                        env=self.env(), timeout_s=request.timeout_s)
-            _check(request, rc)
+            raise_if_failed(request, rc)
             try:
                 data = json.loads(metadata.read_text())
             except (OSError, ValueError):
@@ -181,8 +179,3 @@ class BuildctlBuilder:
         if out.returncode != 0:
             raise BackendError(f"buildkitd at {self.config.addr} does not answer: "
                                f"{out.stderr.strip()}")
-
-
-def _check(request: BuildRequest, rc: int | None) -> None:
-    if rc != 0:
-        raise BuildFailed(request.layer, rc, log_tail(request.log_path), str(request.log_path))
