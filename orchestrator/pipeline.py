@@ -203,6 +203,8 @@ class Pipeline:
         if not decision.build:
             assert found is not None
             child_ref = self._child_ref(repo, found, key_ref)
+            if not self.dry_run:
+                await self._point_tags(layer, repo, found)
             if not self.dry_run and (previous is None or previous.build_key != key):
                 self.state.save_layer(LayerRecord(
                     layer_id, key, found, child_ref, inputs,
@@ -251,6 +253,17 @@ class Pipeline:
         if self.registry is not None and self.config.registry is not None:
             return await self.registry.manifest_digest(repo, key_tag(key))
         return await self.local.local_digest(key_ref)
+
+    async def _point_tags(self, layer: Layer, repo: ImageRef, digest: str) -> None:
+        """A reused image gets the layer's tags back: after a revert, ``app:1.0``
+        must name the image built from the source as it is now."""
+        if self.registry is None:
+            return  # a local store: the key tag is what children use
+        for tag in layer.tags:
+            resolved = expand(tag, self._values)
+            if await self.registry.retag(repo, digest, resolved):
+                self.on_event("tag_moved", {"layer": layer.id, "tag": resolved,
+                                            "digest": digest})
 
     def _child_ref(self, repo: ImageRef, digest: str, key_ref: str) -> str:
         if self.config.registry is not None:

@@ -100,6 +100,21 @@ class RegistryClient:
         self._raise_for(ref, status, "GET manifest", resp_headers)
         return "sha256:" + hashlib.sha256(body).hexdigest()
 
+    async def retag(self, ref: ImageRef, digest: str, tag: str) -> bool:
+        """Point ``tag`` at the manifest ``digest`` (no blobs move: a manifest PUT).
+        Returns False when the tag already pointed there."""
+        if await self.manifest_digest(ref, tag) == digest:
+            return False
+        url = f"{self._base(ref)}/manifests/{digest}"
+        status, headers, body = await self._request("GET", ref, url, {"Accept": MANIFEST_TYPES})
+        self._raise_for(ref, status, "GET manifest", headers)
+        media_type = headers.get("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        status, headers, _ = await self._request(
+            "PUT", ref, f"{self._base(ref)}/manifests/{tag}", {"Content-Type": media_type},
+            data=body, actions="pull,push")
+        self._raise_for(ref, status, "PUT manifest", headers)
+        return True
+
     async def tags(self, ref: ImageRef, page_size: int = 1000) -> list[str]:
         url: str | None = f"{self._base(ref)}/tags/list?n={page_size}"
         out: list[str] = []
@@ -131,15 +146,16 @@ class RegistryClient:
                                 status, retry_after)
 
     async def _request(self, method: str, ref: ImageRef, url: str,
-                       headers: Mapping[str, str]) -> tuple[int, Mapping[str, str], bytes]:
-        scope = f"repository:{ref.repository}:pull"
+                       headers: Mapping[str, str], data: bytes | None = None,
+                       actions: str = "pull") -> tuple[int, Mapping[str, str], bytes]:
+        scope = f"repository:{ref.repository}:{actions}"
         creds = self._auth.lookup(ref.registry, ref.repository)
         token_key = (ref.api_host, scope)
         for attempt in range(2):
             sent = dict(headers)
             if token_key in self._tokens:
                 sent["Authorization"] = self._tokens[token_key]
-            status, resp_headers, body = await self._send(method, ref, url, sent)
+            status, resp_headers, body = await self._send(method, ref, url, sent, data)
             if status != 401 or attempt == 1:
                 return status, resp_headers, body
             challenge = resp_headers.get("WWW-Authenticate", "")
@@ -174,11 +190,11 @@ class RegistryClient:
             raise RegistryError(ref.registry, "token response has no token")
         return token
 
-    async def _send(self, method: str, ref: ImageRef, url: str,
-                    headers: Mapping[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+    async def _send(self, method: str, ref: ImageRef, url: str, headers: Mapping[str, str],
+                    data: bytes | None = None) -> tuple[int, Mapping[str, str], bytes]:
         self.requests += 1
         try:
-            async with self._http().request(method, url, headers=headers,
+            async with self._http().request(method, url, headers=headers, data=data,
                                             allow_redirects=True) as resp:
                 body = b"" if method == "HEAD" else await resp.read()
                 self.on_request(ref.registry, method, str(resp.status))

@@ -123,7 +123,9 @@ def build_text(report: RunReport) -> str:
         elif result.outcome is Outcome.FAILED:
             lines.append(f"FAILED   {lid:<{width}}  {result.error}")
             tail = getattr(result.error, "log_tail", "")
-            lines.extend(f"         | {line}" for line in tail.splitlines())
+            # Our own echo of the builder's command line is in the log file, not here.
+            lines.extend(f"         | {line}" for line in tail.splitlines()
+                         if not line.startswith("$ "))
         elif result.outcome is Outcome.SKIPPED:
             lines.append(f"skipped  {lid:<{width}}  {result.skipped_because}")
         else:

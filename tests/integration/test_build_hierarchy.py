@@ -57,6 +57,7 @@ def test_hierarchy_builds_reuses_and_rebuilds_exactly_what_changed(
     assert set(outcomes(report).values()) == {"reused"}
 
     # One file of a middle layer: that layer and its descendants, nothing else.
+    first_framework = by_layer["framework"]["digest"]
     (project.layers / "framework" / "requirements.txt").write_text("flask==3.1.0\n")
     rc, plan, err = project.cli_json("plan")
     assert rc == 0, err
@@ -66,6 +67,17 @@ def test_hierarchy_builds_reuses_and_rebuilds_exactly_what_changed(
     rc, report, err = project.cli_json("build")
     assert rc == 0, err
     assert built(report) == {"framework", "app"}
+
+    assert manifest_digest(testbed.registry, f"{namespace}/framework", "3") != first_framework
+
+    # A revert needs no build: the old image is reused and its tag points at it again.
+    (project.layers / "framework" / "requirements.txt").write_text("flask==3.0.3\n")
+    rc, report, err = project.cli_json("build")
+    assert rc == 0 and built(report) == set(), err
+    assert manifest_digest(testbed.registry, f"{namespace}/framework", "3") == first_framework
+    (project.layers / "framework" / "requirements.txt").write_text("flask==3.1.0\n")
+    rc, report, err = project.cli_json("build")
+    assert rc == 0 and built(report) == set(), err
 
     # An ignored file changes nothing.
     (project.layers / "tools" / "notes.tmp").write_text("still ignored\n")
