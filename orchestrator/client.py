@@ -85,12 +85,14 @@ def _ago(ts: float | None) -> str:
 
 
 def render_history(builds: list[dict[str, Any]]) -> str:
-    lines = [f"{'ID':<12}  {'LAYER':<20} {'OUTCOME':<11} {'STARTED':<19} {'TOOK':>7}  CAUSE"]
+    lines = [f"{'ID':<12}  {'LAYER':<20} {'OUTCOME':<11} {'STARTED':<19} {'TOOK':>7}  "
+             f"{'BUILDER':<12} CAUSE"]
     for b in builds:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b["started_at"]))
         took = f"{b['finished_at'] - b['started_at']:.1f}s" if b.get("finished_at") else "-"
         lines.append(f"{b['id']:<12}  {b['layer']:<20} {b['outcome']:<11} {started:<19} "
-                     f"{took:>7}  {b.get('cause') or b.get('reason') or ''}")
+                     f"{took:>7}  {b.get('builder') or '-':<12} "
+                     f"{b.get('cause') or b.get('reason') or ''}")
     return "\n".join(lines)
 
 
