@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,9 @@ async def execute(
     async with RegistryClient(auth, insecure=frozenset(insecure_hosts(config))) as client:
         resolved, failed = await resolve_all(config.upstreams, needed, client)
         with docker_config_dir(config.auth_file) as docker_config:
+            if jobs is not None and len(config.builders) == 1:
+                # --jobs sizes a pool of one; with several engines it caps the total.
+                config = replace(config, builders=(replace(config.builders[0], slots=jobs),))
             pool = BuilderPool(make_builders(config, runner, docker_config), on_event=(
                 (lambda event, fields, level: on_event(event, fields)) if on_event else None))
             if not dry_run and not await pool.check_all():
