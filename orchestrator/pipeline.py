@@ -191,7 +191,10 @@ class Pipeline:
             decision = decide(layer_id, None, None, image_found=False, forced=forced)
             return LayerResult(layer_id, decision, Outcome.BUILT, None, None, display_ref, None)
 
-        inputs = await asyncio.to_thread(self._inputs, layer, args, parent_digest)
+        if layer_id in self.contexts:
+            inputs = self._inputs(layer, args, parent_digest)
+        else:  # not read up front: read it off the event loop
+            inputs = await asyncio.to_thread(self._inputs, layer, args, parent_digest)
         key = build_key(inputs)
         key_ref = repo.tagged(key_tag(key))
         found = None if forced else await self._lookup(repo, key_ref, key)
@@ -227,9 +230,7 @@ class Pipeline:
     def _parent(self, layer: Layer,
                 parent: LayerResult | None) -> tuple[str | None, str, str | None]:
         """(BASE_IMAGE reference, human name, digest) of what the layer stands on."""
-        if layer.upstream is not None:
-            if layer.upstream in self.upstream_errors:
-                raise self.upstream_errors[layer.upstream]
+        if layer.upstream is not None:  # resolved: step() raised already if it was not
             up = self.upstreams[layer.upstream]
             spec = self.catalog.upstreams[layer.upstream]
             name = f"{spec.image}:{up.tag}" if spec.image else f"{spec.git}#{up.tag}"
