@@ -17,14 +17,17 @@ BRANCH_B = {"other", "other-app"}
 
 
 def write_config(project: Project, testbed: Testbed, namespace: str, backend: str = "buildah",
-                 jobs: int = 2, extra: str = "") -> None:
+                 jobs: int = 2, extra: str = "", registry: str | None = None,
+                 auth_file: str | None = None) -> None:
+    auth = f'auth_file = "{auth_file}"' if auth_file else ""
     project.write_config(f"""
         [catalog]
         layers = "layers"
 
         [registry]
-        url = "{testbed.registry}/{namespace}"
+        url = "{registry or testbed.registry}/{namespace}"
         tls_verify = false
+        {auth}
 
         [build]
         backend = "{backend}"

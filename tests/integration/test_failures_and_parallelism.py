@@ -78,25 +78,8 @@ def test_one_job_serialises_builds(project: Project, testbed: Testbed) -> None:
 def test_credentials_are_used_and_never_written_anywhere(
     project: Project, testbed: Testbed, backend: str
 ) -> None:
-    namespace = unique_namespace()
-    project.write_config(f"""
-        [catalog]
-        layers = "layers"
-        [registry]
-        url = "{testbed.auth_registry}/{namespace}"
-        tls_verify = false
-        auth_file = "{testbed.auth_file}"
-        [build]
-        backend = "{backend}"
-        [build.buildkit]
-        docker_host = "{testbed.docker_host}"
-        [state]
-        dir = "state"
-        [upstream.seed]
-        image = "{testbed.seed_image}"
-        tag = "{testbed.seed_tag}"
-        tls_verify = false
-    """)
+    write_config(project, testbed, unique_namespace(), backend,
+                 registry=testbed.auth_registry, auth_file=testbed.auth_file)
     project.layer("base", 'from = "upstream:seed"\n')
     project.layer("child", 'from = "base"\n')
 
