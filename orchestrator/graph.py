@@ -75,7 +75,3 @@ def ancestors(parents: ParentMap, node: str) -> list[str]:
         chain.append(parent)
         parent = parents[parent]
     return chain
-
-
-def depth(parents: ParentMap, node: str) -> int:
-    return len(ancestors(parents, node))

@@ -42,8 +42,3 @@ def parse_repository(text: str) -> ImageRef:
     if registry == DOCKER_HUB and "/" not in path:
         path = f"library/{path}"
     return ImageRef(registry, path)
-
-
-def is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0][1:]
-    return name == "localhost" or name.startswith("127.") or name == "::1"

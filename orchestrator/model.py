@@ -52,9 +52,6 @@ class Catalog:
     layers: Mapping[str, Layer]  # by id, in folder order
     upstreams: Mapping[str, UpstreamSpec]
 
-    def children(self, layer_id: str) -> list[str]:
-        return [lid for lid, layer in self.layers.items() if layer.parent == layer_id]
-
 
 @dataclass(frozen=True)
 class RegistryConfig:

@@ -55,7 +55,6 @@ class RegistryClient:
         self._tokens: dict[tuple[str, str], str] = {}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
-        self.requests = 0  # for benchmarks
         # (registry, method, status code or "error") after every request, for metrics
         self.on_request = on_request or (lambda registry, method, code: None)
 
@@ -175,7 +174,6 @@ class RegistryClient:
         if "service" in params:
             query["service"] = params["service"]
         headers = {"Authorization": basic_auth(creds)} if creds else {}
-        self.requests += 1
         try:
             async with self._http().get(params["realm"], params=query, headers=headers) as resp:
                 body = await resp.read()
@@ -192,7 +190,6 @@ class RegistryClient:
 
     async def _send(self, method: str, ref: ImageRef, url: str, headers: Mapping[str, str],
                     data: bytes | None = None) -> tuple[int, Mapping[str, str], bytes]:
-        self.requests += 1
         try:
             async with self._http().request(method, url, headers=headers, data=data,
                                             allow_redirects=True) as resp:

@@ -30,7 +30,7 @@ def test_topological_order_puts_parents_first() -> None:
 def test_descendants_and_ancestors() -> None:
     assert graph.descendants(PARENTS, ["pyenv"]) == {"pyenv", "py:1", "py:2", "flask", "app"}
     assert graph.ancestors(PARENTS, "app") == ["flask", "py:1", "pyenv", "os"]
-    assert graph.depth(PARENTS, "os") == 0
+    assert graph.ancestors(PARENTS, "os") == []
 
 
 def test_cycle_detection_reports_the_cycle() -> None:
