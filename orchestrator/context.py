@@ -21,12 +21,27 @@ METADATA_FILES = frozenset({"layer.toml"})
 _CHUNK = 1 << 20
 
 
+# path -> (inode, size, mtime in ns, sha256). The daemon rescans contexts on
+# every run and status view: a file whose stat is unchanged is not read again.
+_DIGESTS: dict[str, tuple[int, int, int, str]] = {}
+_DIGESTS_MAX = 200_000
+
+
 def file_digest(path: Path) -> str:
+    info = path.stat()
+    key = str(path)
+    cached = _DIGESTS.get(key)
+    if cached is not None and cached[:3] == (info.st_ino, info.st_size, info.st_mtime_ns):
+        return cached[3]
     h = hashlib.sha256()
     with path.open("rb") as fh:
         while chunk := fh.read(_CHUNK):
             h.update(chunk)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if len(_DIGESTS) >= _DIGESTS_MAX:
+        _DIGESTS.clear()  # crude, but bounded; a full rescan costs one read per file
+    _DIGESTS[key] = (info.st_ino, info.st_size, info.st_mtime_ns, digest)
+    return digest
 
 
 def load_dockerignore(folder: Path) -> DockerIgnore:

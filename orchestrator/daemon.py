@@ -46,6 +46,7 @@ from orchestrator.watch import LayerChange, watch_layers
 
 log = structlog.get_logger("orchestrator.daemon")
 BACKEND_RETRY_S = (1, 2, 5, 10, 30)
+LAYERS_VIEW_TTL_S = 5.0
 
 
 class Control(Protocol):
@@ -96,6 +97,9 @@ class Daemon:
         # Each layer's outcome in the last run that covered it (skips included,
         # which never reach the build history).
         self.last_results: dict[str, dict[str, Any]] = {}
+        # Bumped by anything that can change a plan; keys the layers-view cache.
+        self._generation = 0
+        self._layers_cache: tuple[int, float, list[dict[str, Any]]] | None = None
         self.started_at = time.time()
         self._stop = asyncio.Event()
         self._watch_stop = asyncio.Event()
@@ -274,6 +278,7 @@ class Daemon:
     def _load_catalog_only(self) -> None:
         _, catalog = load(self.config_path)
         self.catalog = catalog
+        self._generation += 1
         self.bus.publish("catalog_reloaded", {"layers": len(catalog.layers)})
 
     def _needed_upstreams(self) -> set[str]:
@@ -385,6 +390,7 @@ class Daemon:
         finally:
             self.notifier.notify("READY=1", self._status_line())
         self.config, self.catalog = config, catalog
+        self._generation += 1
         self.bus.publish("reloaded", {"layers": len(catalog.layers)})
         if self.phase == "ready":
             await self._resolve_upstreams()
@@ -518,6 +524,7 @@ class Daemon:
         return [layer for layer, _ in self.current.running.values()] if self.current else []
 
     def _queue_changed(self) -> None:
+        self._generation += 1
         self.metrics.queue_depth.set(len(self.state.queued(taken=False)))
         self.notifier.notify(self._status_line())
 
@@ -561,7 +568,35 @@ class Daemon:
         }
 
     async def layers_view(self) -> list[dict[str, Any]]:
-        """Each layer with its key, digest, last outcome and whether (and why) it is stale."""
+        """Each layer with its key, digest, last outcome and whether (and why) it is stale.
+
+        Planning asks the registry about every layer, so a `status --watch`
+        polling each second reuses an answer younger than LAYERS_VIEW_TTL_S
+        unless something happened since (a trigger, a run, a reload)."""
+        cached = self._layers_cache
+        if cached is not None and cached[0] == self._generation and \
+                time.monotonic() - cached[1] < LAYERS_VIEW_TTL_S:
+            return self._with_live_state(cached[2])
+        generation = self._generation
+        view = await self._plan_view()
+        self._layers_cache = (generation, time.monotonic(), view)
+        return self._with_live_state(view)
+
+    def _with_live_state(self, view: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Building/queued/failed change by the second: always fresh."""
+        running = {layer: build_id for build_id, (layer, _) in
+                   (self.current.running.items() if self.current else [])}
+        queued = {row["layer"] for row in self.state.queued(taken=False)}
+        out = []
+        for entry in view:
+            lid = entry["layer"]
+            last = self.state.builds(lid, limit=1)
+            out.append({**entry, "last_outcome": last[0]["outcome"] if last else None,
+                        **self._layer_state(lid, entry["stale"], running, queued,
+                                            last[0] if last else None)})
+        return out
+
+    async def _plan_view(self) -> list[dict[str, Any]]:
         catalog, config = self.catalog, self.config
         order = list(catalog.layers)
         contexts = await asyncio.to_thread(read_contexts, catalog.layers.values())
@@ -570,29 +605,23 @@ class Daemon:
                            self.upstream_values, upstream_errors=dict(self.upstream_errors),
                            contexts=contexts, dry_run=True)
         report = await planner.run(order)
-        running = {layer: build_id for build_id, (layer, _) in
-                   (self.current.running.items() if self.current else [])}
-        queued = {row["layer"] for row in self.state.queued(taken=False)}
         out = []
         for lid in order:
             layer, result = catalog.layers[lid], report.results[lid]
             record = self.state.layer(lid)
-            last = self.state.builds(lid, limit=1)
             value = result.value
             out.append({
                 "layer": lid, "image": layer.image, "parent": layer.parent,
                 "upstream": layer.upstream, "tags": list(layer.tags),
                 "build_key": value.key if value else None,
                 "digest": record.digest if record else None,
-                "last_outcome": last[0]["outcome"] if last else None,
                 "stale": bool(value and value.decision.build) if value else None,
                 "why": value.decision.describe() if value and value.decision.build
                 else (str(result.error) if result.error else result.skipped_because),
-                **self._layer_state(lid, value, running, queued, last[0] if last else None),
             })
         return out
 
-    def _layer_state(self, lid: str, value: LayerResult | None, running: dict[str, str],
+    def _layer_state(self, lid: str, stale: bool | None, running: dict[str, str],
                      queued: set[str], last_build: dict[str, Any] | None) -> dict[str, Any]:
         """One word for a status view, most urgent first, and what goes with it."""
         if lid in running:
@@ -610,7 +639,7 @@ class Daemon:
                     "build_id": last["build_id"] or (last_build or {}).get("id")}
         if last and last["outcome"] == "skipped":
             return {"state": "skipped", "error": last["why"]}
-        if value is not None and value.decision.build:
+        if stale:
             return {"state": "stale"}
         return {"state": "up_to_date"}
 

@@ -129,3 +129,24 @@ def test_secrets_are_redacted_from_logs() -> None:
 def _reset_logging() -> Iterator[None]:
     yield
     structlog.reset_defaults()
+
+
+def test_file_digests_are_reused_until_the_file_changes(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator import context
+
+    path = tmp_path / "f.txt"
+    path.write_text("one")
+    first = context.file_digest(path)
+    reads: list[Path] = []
+    real_open = Path.open
+
+    def counting_open(self: Path, *args: object, **kwargs: object) -> object:
+        reads.append(self)
+        return real_open(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    assert context.file_digest(path) == first and reads == []  # stat unchanged: not read
+    path.write_text("two!")
+    reads.clear()
+    assert context.file_digest(path) != first and reads == [path]
