@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Iterable
@@ -17,11 +18,13 @@ _AT_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
 
 
 def display(path: Path) -> str:
-    """A path as the user is likely to recognise it: relative to cwd when under it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+    """A path as the user is likely to recognise it: relative to cwd when under it.
+    String work only (no symlink resolution): it runs for every layer loaded."""
+    cwd = os.getcwd()
+    absolute = os.path.abspath(path)
+    if absolute.startswith(cwd + os.sep):
+        return absolute[len(cwd) + 1:]
+    return str(path)
 
 
 def read_toml(path: Path) -> dict[str, Any]:
