@@ -590,10 +590,9 @@ class Daemon:
         out = []
         for entry in view:
             lid = entry["layer"]
-            last = self.state.builds(lid, limit=1)
-            out.append({**entry, "last_outcome": last[0]["outcome"] if last else None,
-                        **self._layer_state(lid, entry["stale"], running, queued,
-                                            last[0] if last else None)})
+            last = self.state.last_build(lid)
+            out.append({**entry, "last_outcome": last["outcome"] if last else None,
+                        **self._layer_state(lid, entry["stale"], running, queued, last)})
         return out
 
     async def _plan_view(self) -> list[dict[str, Any]]:

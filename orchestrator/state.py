@@ -205,17 +205,22 @@ class StateStore:
             return None
         return dict(zip([c[0] for c in cursor.description], row, strict=True))
 
+    def last_build(self, layer: str) -> dict[str, Any] | None:
+        """The newest build of exactly this layer id (uses the (layer, started_at) index)."""
+        cursor = self._db.execute("SELECT * FROM builds WHERE layer = ? "
+                                  "ORDER BY started_at DESC LIMIT 1", (layer,))
+        row = cursor.fetchone()
+        return dict(zip([c[0] for c in cursor.description], row, strict=True)) if row else None
+
     def mark_interrupted(self) -> list[dict[str, Any]]:
         """Builds left 'running' by a crash: recorded as interrupted, never as built."""
-        rows = self.builds_where("outcome = 'running'")
-        self._db.execute("UPDATE builds SET outcome = 'interrupted', finished_at = ? "
-                         "WHERE outcome = 'running'", (time.time(),))
+        with self._tx():
+            cursor = self._db.execute("SELECT * FROM builds WHERE outcome = 'running'")
+            names = [c[0] for c in cursor.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            self._db.execute("UPDATE builds SET outcome = 'interrupted', finished_at = ? "
+                             "WHERE outcome = 'running'", (time.time(),))
         return rows
-
-    def builds_where(self, clause: str) -> list[dict[str, Any]]:
-        cursor = self._db.execute(f"SELECT * FROM builds WHERE {clause}")
-        names = [c[0] for c in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     # -- the queue: what the daemon still has to do, surviving restarts ---------
 
