@@ -73,12 +73,12 @@ def start(root: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     # The registry upstream is stood in for by resolving to a fixed digest: the
     # daemon is started through a tiny wrapper that patches only that seam.
     code = (
-        "import sys, orchestrator.daemon as d, orchestrator.model as m\n"
+        "import sys, orchestrator.service.daemon as d, orchestrator.core.model as m\n"
         "async def fake(spec, client):\n"
         "    return m.ResolvedUpstream(spec.name, '127.0.0.1:9/seed@sha256:' + '0'*64, "
         "'sha256:' + '0'*64, '1')\n"
         "d.resolve = fake\n"
-        "from orchestrator.cli import main\n"
+        "from orchestrator.cli.main import main\n"
         "sys.exit(main(['-c', sys.argv[1], 'run']))\n"
     )
     return subprocess.Popen([sys.executable, "-c", code, str(root / "config.toml")],

@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.backends.base import BuildOutput, BuildRequest
-from orchestrator.model import BuilderSpec, Outcome
-from orchestrator.runs import execute, load
+from orchestrator.build.runs import execute, load
+from orchestrator.core.model import BuilderSpec, Outcome
+from orchestrator.engines.base import BuildOutput, BuildRequest
 
 LAYERS = 2000
 FANOUT = 4
@@ -52,9 +52,9 @@ def write_catalog(root: Path) -> None:
 
 
 async def run(root: Path) -> None:
-    import orchestrator.runs as runs
-    from orchestrator import upstream
-    from orchestrator.model import ResolvedUpstream
+    import orchestrator.build.runs as runs
+    from orchestrator.core.model import ResolvedUpstream
+    from orchestrator.registry import upstream
 
     async def fake_resolve(specs, names, client):  # type: ignore[no-untyped-def]
         return {n: ResolvedUpstream(n, "127.0.0.1:9/seed@sha256:" + "0" * 64,

@@ -7,9 +7,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.backends.base import BuildOutput, BuildRequest
-from orchestrator.backends.runner import Captured
-from orchestrator.model import ResolvedUpstream
+from orchestrator.core.model import ResolvedUpstream
+from orchestrator.engines.base import BuildOutput, BuildRequest
+from orchestrator.engines.runner import Captured
 
 
 class RecordingRunner:

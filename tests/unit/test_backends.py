@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.backends.base import BuildRequest
-from orchestrator.backends.buildah import BuildahBuilder
-from orchestrator.backends.buildkit import BuildctlBuilder, DockerBuildKitBuilder
-from orchestrator.backends.runner import Captured, builder_env
-from orchestrator.errors import BuildFailed
-from orchestrator.model import BuildahConfig, BuildKitConfig
+from orchestrator.core.errors import BuildFailed
+from orchestrator.core.model import BuildahConfig, BuildKitConfig
+from orchestrator.engines.base import BuildRequest
+from orchestrator.engines.buildah import BuildahBuilder
+from orchestrator.engines.buildkit import BuildctlBuilder, DockerBuildKitBuilder
+from orchestrator.engines.runner import Captured, builder_env
 from tests.fakes import RecordingRunner
 
 
@@ -125,7 +125,7 @@ def test_builders_never_inherit_systemd_variables(monkeypatch: pytest.MonkeyPatc
 
 
 def test_first_error_line_skips_step_headers() -> None:
-    from orchestrator.backends.runner import first_error_line
+    from orchestrator.engines.runner import first_error_line
 
     buildah = ("$ buildah bud --label error=x\nSTEP 2/3: RUN echo 'ERROR: x' >&2; exit 3\n"
                "ERROR: tests failed\nerror building at STEP \"RUN …\": exit status 3\n")

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from tests.conftest import Project
 
 CONFIG = """

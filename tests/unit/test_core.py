@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import graph
-from orchestrator.buildkey import build_key, first_changed_path, key_tag
-from orchestrator.dockerfile import base_image_problem, parse
-from orchestrator.dockerignore import DockerIgnore
-from orchestrator.durations import parse_duration
-from orchestrator.errors import TemplateError
-from orchestrator.model import FileEntry, Inputs, Reason
-from orchestrator.plan import decide, is_due
-from orchestrator.templates import expand, upstream_values
-from orchestrator.versions import check_track, newest
+from orchestrator.core import graph
+from orchestrator.core.buildkey import build_key, first_changed_path, key_tag
+from orchestrator.core.dockerfile import base_image_problem, parse
+from orchestrator.core.dockerignore import DockerIgnore
+from orchestrator.core.durations import parse_duration
+from orchestrator.core.errors import TemplateError
+from orchestrator.core.model import FileEntry, Inputs, Reason
+from orchestrator.core.plan import decide, is_due
+from orchestrator.core.templates import expand, upstream_values
+from orchestrator.core.versions import check_track, newest
 
 PARENTS = {"os": None, "pyenv": "os", "py:1": "pyenv", "py:2": "pyenv", "flask": "py:1",
            "app": "flask", "tools": "os"}

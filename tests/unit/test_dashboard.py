@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from orchestrator.metrics import Metrics
+from orchestrator.service.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = json.loads((ROOT / "dashboards" / "orchestrator.json").read_text())

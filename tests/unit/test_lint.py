@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.catalog import dockerfile_texts, load_catalog
-from orchestrator.cli import main
-from orchestrator.lint import Finding, lint
-from orchestrator.model import UpstreamSpec
+from orchestrator.catalog.layers import dockerfile_texts, load_catalog
+from orchestrator.catalog.lint import Finding, lint
+from orchestrator.cli.main import main
+from orchestrator.core.model import UpstreamSpec
 from tests.conftest import Project
 
 UPSTREAMS = {"os": UpstreamSpec("os", "registry", image="127.0.0.1:9/os", tag="1")}
@@ -51,7 +51,7 @@ def test_allow_root_permits_it(base: Project) -> None:
 
 
 def test_first_from_must_use_base_image(base: Project) -> None:
-    from orchestrator.model import Catalog
+    from orchestrator.core.model import Catalog
 
     catalog = load_catalog(base.layers, UPSTREAMS)
     texts = dockerfile_texts(catalog)

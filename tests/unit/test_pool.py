@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.backends.base import BuildOutput, BuildRequest
-from orchestrator.config import load_config
-from orchestrator.errors import BackendError, InputError
-from orchestrator.model import BuilderSpec
-from orchestrator.pool import BuilderPool
+from orchestrator.catalog.config import load_config
+from orchestrator.core.errors import BackendError, InputError
+from orchestrator.core.model import BuilderSpec
+from orchestrator.engines.base import BuildOutput, BuildRequest
+from orchestrator.engines.pool import BuilderPool
 
 
 class FakeEngine:

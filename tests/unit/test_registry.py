@@ -12,10 +12,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from orchestrator.auth import AuthStore
-from orchestrator.errors import RegistryError
-from orchestrator.imageref import parse_repository
-from orchestrator.registry import RegistryClient
+from orchestrator.core.errors import RegistryError
+from orchestrator.core.imageref import parse_repository
+from orchestrator.registry.auth import AuthStore
+from orchestrator.registry.client import RegistryClient
 
 MANIFEST = b'{"schemaVersion": 2}'
 DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from orchestrator.model import Outcome
-from orchestrator.scheduler import run_graph
+from orchestrator.build.scheduler import run_graph
+from orchestrator.core.model import Outcome
 
 PARENTS: dict[str, str | None] = {"os": None, "a": "os", "a1": "a", "a2": "a1", "b": "os",
                                   "b1": "b"}

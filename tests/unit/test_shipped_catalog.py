@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-import orchestrator.runs as runs
-from orchestrator.cli import main
-from orchestrator.model import BuilderSpec, Outcome
+import orchestrator.build.runs as runs
+from orchestrator.cli.main import main
+from orchestrator.core.model import BuilderSpec, Outcome
 from tests.fakes import MemoryBuilder, fixed_upstreams
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import structlog
 
-from orchestrator import logs
-from orchestrator.errors import UpstreamError
-from orchestrator.model import ResolvedUpstream, UpstreamSpec
-from orchestrator.state import StateStore, prune_logs
-from orchestrator.upstream import Backoff, UpstreamPoller, jittered
-from orchestrator.watch import LayerFilter
+from orchestrator.build.state import StateStore, prune_logs
+from orchestrator.core.errors import UpstreamError
+from orchestrator.core.model import ResolvedUpstream, UpstreamSpec
+from orchestrator.registry.upstream import Backoff, UpstreamPoller, jittered
+from orchestrator.service import logs
+from orchestrator.service.watch import LayerFilter
 
 
 def test_queue_coalesces_and_survives_a_crash(tmp_path: Path) -> None:
@@ -133,7 +133,7 @@ def _reset_logging() -> Iterator[None]:
 
 def test_file_digests_are_reused_until_the_file_changes(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator import context
+    from orchestrator.catalog import context
 
     path = tmp_path / "f.txt"
     path.write_text("one")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.model import DaemonConfig
+from orchestrator.core.model import DaemonConfig
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
 ANALYZE = shutil.which("systemd-analyze")

@@ -1,0 +1,93 @@
+"""Running a graph of steps: parents first, bounded, branches in parallel.
+
+Generic over the step so it is tested without a builder. A node starts the
+moment its parent's step succeeds; when a step fails, everything below it is
+skipped while independent branches go on. Cancelling :func:`run_graph`
+cancels every running step and waits for each to clean up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from orchestrator.core.model import Outcome
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class NodeResult(Generic[V]):
+    outcome: Outcome  # BUILT/REUSED come from the step's value; FAILED, SKIPPED, CANCELLED here
+    value: V | None = None
+    error: BaseException | None = None
+    skipped_because: str | None = None
+
+
+Step = Callable[[str, V | None], Awaitable[V]]
+
+
+STOPPED = (Outcome.FAILED, Outcome.SKIPPED, Outcome.CANCELLED, Outcome.SUPERSEDED)
+
+
+async def run_graph(
+    order: Sequence[str],
+    parents: Mapping[str, str | None],
+    step: Step[V],
+    outcome_of: Callable[[V], Outcome],
+    cancelled: set[str] | None = None,
+) -> dict[str, NodeResult[V]]:
+    """Run ``step(node, parent_value)`` for every node of ``order`` (parents first).
+
+    A parent outside ``order`` counts as done with no value. Concurrency is the
+    step's business (it holds a semaphore around the expensive part), so cheap
+    work such as lookups never waits behind builds. A node named in
+    ``cancelled`` whose task is then cancelled ends as CANCELLED alone (its
+    descendants are skipped) instead of cancelling the whole run.
+    """
+    node_cancels = cancelled if cancelled is not None else set()
+    results: dict[str, NodeResult[V]] = {}
+    done = {node: asyncio.Event() for node in order}
+
+    async def run_node(node: str) -> None:
+        try:
+            parent = parents.get(node)
+            parent_value: V | None = None
+            if parent is not None and parent in done:
+                await done[parent].wait()
+                parent_result = results[parent]
+                if parent_result.outcome in STOPPED:
+                    results[node] = NodeResult(
+                        Outcome.SKIPPED, skipped_because=f"parent {parent} "
+                        f"{parent_result.outcome.value}")
+                    return
+                parent_value = parent_result.value
+            try:
+                value = await step(node, parent_value)
+            except asyncio.CancelledError:
+                results[node] = NodeResult(Outcome.CANCELLED)
+                task = asyncio.current_task()
+                if node in node_cancels and task is not None and task.uncancel() == 0:
+                    return  # only this node was cancelled; the run goes on
+                raise
+            except Exception as exc:  # a step's failure is this node's outcome
+                results[node] = NodeResult(Outcome.FAILED, error=exc)
+                return
+            results[node] = NodeResult(outcome_of(value), value)
+        finally:
+            done[node].set()
+
+    tasks = [asyncio.create_task(run_node(node), name=f"layer:{node}") for node in order]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        # Wait for every step to stop its builder; their errors are already recorded.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for node in order:
+            results.setdefault(node, NodeResult(Outcome.CANCELLED))
+        raise
+    return results

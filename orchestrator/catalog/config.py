@@ -1,0 +1,222 @@
+"""``config.toml``: the build host's settings (DESIGN §1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, cast
+
+from orchestrator.catalog.tomlfile import Table, display, read_toml
+from orchestrator.core.errors import InputError
+from orchestrator.core.model import (
+    BuildahConfig,
+    BuildConfig,
+    BuilderSpec,
+    BuildKitConfig,
+    Config,
+    DaemonConfig,
+    RegistryConfig,
+    UpstreamSpec,
+)
+from orchestrator.core.versions import check_track
+
+DEFAULT_STATE_DIR = "/var/lib/orchestrator"
+DEFAULT_SOCKET = "/run/orchestrator/control.sock"
+
+
+def load_config(path: Path) -> Config:
+    root = Table(read_toml(path), display(path))
+    root.check_keys(["catalog", "registry", "build", "state", "control", "daemon", "metrics",
+                     "upstream", "builders"])
+    base = path.resolve().parent
+
+    def resolve(p: str) -> Path:
+        return (base / p).resolve() if not Path(p).is_absolute() else Path(p)
+
+    catalog = root.table("catalog")
+    catalog.check_keys(["layers"])
+    layers_dir = resolve(catalog.get("layers", str, "layers"))
+
+    registry: RegistryConfig | None = None
+    auth_file: Path | None = None
+    if "registry" in root.data:
+        reg = root.table("registry")
+        reg.check_keys(["url", "tls_verify", "auth_file"])
+        url = reg.require("url", str).strip().rstrip("/")
+        if "://" in url or not url:
+            raise reg.error("url", "give host[:port]/namespace without a scheme, e.g. "
+                            "registry.example:5000/base")
+        registry = RegistryConfig(url=url, tls_verify=reg.get("tls_verify", bool, True))
+        if "auth_file" in reg.data:
+            auth_file = resolve(reg.require("auth_file", str))
+
+    state = root.table("state")
+    state.check_keys(["dir", "log_retention"])
+    metrics = root.table("metrics")
+    metrics.check_keys(["listen"])
+    control = root.table("control")
+    control.check_keys(["socket", "group"])
+    daemon = root.table("daemon")
+    daemon.check_keys(["debounce", "drain_timeout", "schedule_check"])
+
+    build = _build(root.table("build"))
+    builders = _builders(root, build)
+    if len(builders) > 1 and registry is None:
+        raise InputError(root.where, "[[builders]]: more than one builder needs a [registry]: "
+                         "that is how a parent built on one engine reaches a child built on "
+                         "another (pinned by digest)")
+    return Config(
+        path=path.resolve(),
+        layers_dir=layers_dir,
+        state_dir=resolve(state.get("dir", str, DEFAULT_STATE_DIR)),
+        control_socket=resolve(control.get("socket", str, DEFAULT_SOCKET)),
+        build=build,
+        registry=registry,
+        auth_file=auth_file,
+        upstreams=_upstreams(root.table("upstream")),
+        builders=builders,
+        daemon=DaemonConfig(
+            socket_group=control.optional_str("group"),
+            debounce_s=daemon.duration("debounce", 0.5) or 0.0,
+            drain_s=daemon.duration("drain_timeout", 300.0) or 0.0,
+            schedule_check_s=daemon.duration("schedule_check", 60.0) or 60.0,
+            metrics_listen=_listen(metrics),
+            log_retention_s=state.duration("log_retention", 30 * 86400.0) or 30 * 86400.0,
+        ),
+    )
+
+
+def _builders(root: Table, build: BuildConfig) -> tuple[BuilderSpec, ...]:
+    """``[[builders]]``, or the single ``[build] backend`` as a pool of one."""
+    raw = root.data.get("builders")
+    if raw is None:
+        if build.backend == "buildah":
+            return (BuilderSpec("buildah", "buildah", None, build.jobs),)
+        if build.buildkit.addr is not None:
+            return (BuilderSpec("buildkit", "buildkit", build.buildkit.addr, build.jobs),)
+        return (BuilderSpec("docker", "docker", build.buildkit.docker_host, build.jobs),)
+    if not isinstance(raw, list) or not raw:
+        raise root.error("builders", "expected one or more [[builders]] tables")
+    specs: list[BuilderSpec] = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise root.error("builders", "expected [[builders]] tables")
+        table = Table(item, root.where, f"builders[{index}].")
+        table.check_keys(["name", "backend", "address", "slots", "tls_ca", "tls_cert",
+                          "tls_key"])
+        backend = table.require("backend", str)
+        if backend not in ("buildah", "buildkit", "docker"):
+            raise table.error("backend", f"unknown backend {backend!r} (use \"buildah\", "
+                              "\"buildkit\" for a buildkitd, or \"docker\" for a Docker engine)")
+        address = table.optional_str("address")
+        if backend == "buildkit" and address is None:
+            raise table.error("address", "a buildkitd needs an address such as "
+                              "tcp://buildkitd:1234 or unix:///run/buildkit/buildkitd.sock")
+        if backend == "buildah" and address is not None:
+            raise table.error("address", "buildah builds on this host; remove the address")
+        slots = table.get("slots", int, 1)
+        if slots < 1:
+            raise table.error("slots", "must be at least 1")
+        tls_parts = [table.optional_str(k) for k in ("tls_ca", "tls_cert", "tls_key")]
+        tls: tuple[str, str, str] | None = None
+        if any(tls_parts):
+            if backend != "buildkit" or not all(tls_parts):
+                raise table.error("tls_ca", "mTLS to a buildkitd takes all of tls_ca, tls_cert "
+                                  "and tls_key (backend = \"buildkit\")")
+            tls = (str(tls_parts[0]), str(tls_parts[1]), str(tls_parts[2]))
+        name = table.get("name", str, f"{backend}-{index + 1}")
+        if any(spec.name == name for spec in specs):
+            raise table.error("name", f"{name!r} is used twice")
+        specs.append(BuilderSpec(name, cast(Literal["buildah", "buildkit", "docker"], backend),
+                                 address, slots, tls))
+    return tuple(specs)
+
+
+def _listen(table: Table) -> tuple[str, int] | None:
+    """``"127.0.0.1:9464"``, ``"[::1]:9464"`` or a bare port (loopback)."""
+    raw = table.optional_str("listen")
+    if raw is None:
+        return None
+    host, sep, port = raw.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", raw
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise table.error("listen", f"expected HOST:PORT such as 127.0.0.1:9464, got {raw!r}")
+    return host, int(port)
+
+
+def _build(table: Table) -> BuildConfig:
+    table.check_keys(["backend", "jobs", "timeout", "label_prefix", "source", "buildah",
+                      "buildkit"])
+    backend = table.get("backend", str, "buildah")
+    if backend not in ("buildah", "buildkit"):
+        raise table.error("backend", f"unknown backend {backend!r} (use \"buildah\" or "
+                          "\"buildkit\")")
+    jobs = table.get("jobs", int, 2)
+    if jobs < 1:
+        raise table.error("jobs", "must be at least 1")
+    timeout = table.duration("timeout", 3600.0)
+    assert timeout is not None
+
+    ba = table.table("buildah")
+    ba.check_keys(["command", "isolation", "storage_driver", "root", "runroot", "layers"])
+    bk = table.table("buildkit")
+    bk.check_keys(["buildctl", "addr", "docker", "docker_host"])
+    return BuildConfig(
+        backend=cast(Literal["buildah", "buildkit"], backend),
+        jobs=jobs,
+        timeout_s=timeout,
+        label_prefix=table.get("label_prefix", str, "dev.orchestrator"),
+        source=table.optional_str("source"),
+        buildah=BuildahConfig(
+            command=ba.get("command", str, "buildah"),
+            isolation=ba.get("isolation", str, "chroot"),
+            storage_driver=ba.optional_str("storage_driver"),
+            root=ba.optional_str("root"),
+            runroot=ba.optional_str("runroot"),
+            layers=ba.get("layers", bool, False),
+        ),
+        buildkit=BuildKitConfig(
+            buildctl=bk.get("buildctl", str, "buildctl"),
+            addr=bk.optional_str("addr"),
+            docker=bk.get("docker", str, "/usr/bin/docker"),
+            docker_host=bk.optional_str("docker_host"),
+        ),
+    )
+
+
+def _upstreams(table: Table) -> dict[str, UpstreamSpec]:
+    out: dict[str, UpstreamSpec] = {}
+    for name in table.data:
+        up = table.table(name)
+        if not isinstance(table.data[name], dict):
+            raise table.error(name, "expected a table [upstream.NAME]")
+        up.check_keys(["image", "git", "tag", "track", "poll", "tls_verify"])
+        image, git = up.optional_str("image"), up.optional_str("git")
+        if (image is None) == (git is None):
+            raise up.error("image", "give exactly one of image = \"repo\" (a registry "
+                           "upstream) or git = \"url\" (a git upstream)")
+        tag, track = up.optional_str("tag"), up.optional_str("track")
+        if image is not None and (tag is None) == (track is None):
+            raise up.error("tag", "a registry upstream follows one tag = \"…\" or a "
+                           "track = \"semver:RANGE\" policy; give exactly one")
+        if git is not None and tag is not None:
+            raise up.error("tag", "a git upstream takes track = \"semver\" (or "
+                           "\"semver:RANGE\", \"regex:…\"), not tag")
+        if track is not None:
+            problem = check_track(track)
+            if problem:
+                raise up.error("track", problem)
+        poll = up.duration("poll", 900.0)
+        assert poll is not None
+        out[name] = UpstreamSpec(
+            name=name,
+            kind="registry" if image is not None else "git",
+            image=image,
+            tag=tag,
+            track=track if track is not None or git is None else "semver",
+            git=git,
+            poll_s=poll,
+            tls_verify=up.get("tls_verify", bool, True),
+        )
+    return out

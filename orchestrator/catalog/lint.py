@@ -1,0 +1,138 @@
+"""Image policy checks over the catalog's Dockerfiles. Pure: texts in, findings out.
+
+Errors (exit 2, and no build starts): an image whose final user is root
+without ``allow_root = true``; a layer with a parent whose first FROM does
+not use BASE_IMAGE; a ``latest`` tag; an ARG, ENV or LABEL named like a
+secret. Warnings: ``apk add`` without ``--no-cache``; ``apt-get install``
+without removing /var/lib/apt/lists in the same RUN.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.core import dockerfile as df
+from orchestrator.core.model import Catalog, Layer
+
+_SECRET_NAME = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET", re.IGNORECASE)
+_ROOT_USERS = {"root", "0"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: Path
+    line: int
+    level: str  # "error" | "warning"
+    rule: str
+    message: str
+
+    def render(self, display: str) -> str:
+        return f"{display}:{self.line}: {self.level}: {self.message} [{self.rule}]"
+
+
+def _final_stage(instructions: list[df.Instruction]) -> list[df.Instruction]:
+    starts = [i for i, ins in enumerate(instructions) if ins.keyword == "FROM"]
+    return instructions[starts[-1]:] if starts else instructions
+
+
+def final_user(instructions: list[df.Instruction]) -> tuple[str, int] | None:
+    """The last USER of the final stage and its line, or None (inherited)."""
+    users = [ins for ins in _final_stage(instructions) if ins.keyword == "USER"]
+    if not users:
+        return None
+    return users[-1].value.split(":")[0].strip(), users[-1].line
+
+
+def _names(ins: df.Instruction) -> list[str]:
+    if ins.keyword == "ARG":
+        return [part.split("=", 1)[0] for part in ins.value.split()]
+    # ENV/LABEL: "KEY=value KEY2=value" or the legacy "KEY value".
+    if "=" not in ins.value.split(" ", 1)[0]:
+        return [ins.value.split(" ", 1)[0]]
+    return [m.group(1) for m in re.finditer(r'(?:^|\s)"?([^\s="]+)"?=', ins.value)]
+
+
+def lint(catalog: Catalog, dockerfiles: Mapping[str, str]) -> list[Finding]:
+    """``dockerfiles`` maps layer id to Dockerfile text."""
+    parsed = {lid: df.parse(text) for lid, text in dockerfiles.items()}
+    findings: list[Finding] = []
+    for lid, layer in catalog.layers.items():
+        instructions = parsed.get(lid, [])
+        findings += _layer_findings(layer, instructions)
+        findings += _user_findings(catalog, layer, parsed)
+    # Matrix variants share a Dockerfile: report each finding once.
+    unique: dict[tuple[Path, int, str, str], Finding] = {}
+    for finding in findings:
+        unique.setdefault((finding.path, finding.line, finding.rule, finding.message), finding)
+    return sorted(unique.values(), key=lambda f: (str(f.path), f.line, f.rule))
+
+
+def _layer_findings(layer: Layer, instructions: list[df.Instruction]) -> list[Finding]:
+    out: list[Finding] = []
+    path = layer.dockerfile
+    if layer.parent is not None or layer.upstream is not None:
+        problem = df.base_image_problem(instructions)
+        if problem:
+            out.append(Finding(path, _line_of(problem), "error", "base-image", problem))
+    for tag in layer.tags:
+        if tag == "latest":
+            out.append(Finding(layer.folder / "layer.toml", 1, "error", "no-latest",
+                               "tag 'latest' is not allowed: it moves, so nothing can pin it; "
+                               "use a version"))
+    for ins in instructions:
+        if ins.keyword in ("ARG", "ENV", "LABEL"):
+            for name in _names(ins):
+                if _SECRET_NAME.search(name):
+                    out.append(Finding(path, ins.line, "error", "no-secrets",
+                                       f"{ins.keyword} {name} looks like a secret: images keep "
+                                       "ARG/ENV/LABEL values; use a build secret mount"))
+        if ins.keyword == "RUN":
+            out += _run_findings(path, ins)
+    return out
+
+
+def _run_findings(path: Path, ins: df.Instruction) -> list[Finding]:
+    out = []
+    for command in re.split(r"&&|;|\|\|", ins.value):
+        words = command.split()
+        if words[:2] == ["apk", "add"] and "--no-cache" not in words:
+            out.append(Finding(path, ins.line, "warning", "apk-no-cache",
+                               "apk add without --no-cache leaves the package index in the "
+                               "image"))
+    if re.search(r"\bapt-get\b.*\binstall\b", ins.value) and \
+            "/var/lib/apt/lists" not in ins.value:
+        out.append(Finding(path, ins.line, "warning", "apt-lists",
+                           "apt-get install without rm -rf /var/lib/apt/lists/* in the same "
+                           "RUN leaves the package lists in the image"))
+    return out
+
+
+def _user_findings(catalog: Catalog, layer: Layer,
+                   parsed: Mapping[str, list[df.Instruction]]) -> list[Finding]:
+    if layer.allow_root:
+        return []
+    # Walk up until some Dockerfile sets USER; an upstream base counts as root.
+    node: Layer | None = layer
+    while node is not None:
+        found = final_user(parsed.get(node.id, []))
+        if found is not None:
+            user, line = found
+            if user in _ROOT_USERS:
+                where = node.dockerfile if node is layer else layer.dockerfile
+                what = "" if node is layer else f" (inherited from {node.id})"
+                return [Finding(where, line if node is layer else 1, "error", "non-root",
+                                f"the image runs as root{what}: end with USER <non-root>, or "
+                                "set allow_root = true in layer.toml")]
+            return []
+        node = catalog.layers.get(node.parent) if node.parent else None
+    return [Finding(layer.dockerfile, 1, "error", "non-root",
+                    "the image runs as root (no USER in it or its parents): add USER "
+                    "<non-root>, or set allow_root = true in layer.toml")]
+
+
+def _line_of(problem: str) -> int:
+    match = re.match(r"line (\d+):", problem)
+    return int(match.group(1)) if match else 1

@@ -1,0 +1,115 @@
+"""Reading user TOML files with errors that name the file, line and field."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from orchestrator.core.durations import parse_duration
+from orchestrator.core.errors import InputError
+
+T = TypeVar("T")
+
+_AT_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
+
+
+def display(path: Path) -> str:
+    """A path as the user is likely to recognise it: relative to cwd when under it.
+    String work only (no symlink resolution): it runs for every layer loaded."""
+    cwd = os.getcwd()
+    absolute = os.path.abspath(path)
+    if absolute.startswith(cwd + os.sep):
+        return absolute[len(cwd) + 1:]
+    return str(path)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(display(path), "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(display(path), f"cannot read: {exc}") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        match = _AT_LINE.search(message)
+        where = display(path)
+        if match:
+            where = f"{where}:{match.group(1)}"
+            message = _AT_LINE.sub("", message)
+        raise InputError(where, f"invalid TOML: {message}") from exc
+
+
+class Table:
+    """Typed, checked access to one TOML table; every error names its field."""
+
+    def __init__(self, data: dict[str, Any], where: str, prefix: str = "") -> None:
+        self.data = data
+        self.where = where
+        self.prefix = prefix
+
+    def field(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+    def error(self, key: str, problem: str) -> InputError:
+        return InputError(self.where, f"{self.field(key)}: {problem}")
+
+    def check_keys(self, allowed: Iterable[str]) -> None:
+        allowed = list(allowed)
+        for key in self.data:
+            if key not in allowed:
+                raise self.error(key, f"unknown key (expected one of: {', '.join(allowed)})")
+
+    def get(self, key: str, kind: type[T], default: T) -> T:
+        if key not in self.data:
+            return default
+        return self.require(key, kind)
+
+    def require(self, key: str, kind: type[T]) -> T:
+        if key not in self.data:
+            raise self.error(key, "missing")
+        value = self.data[key]
+        # bool is an int in Python; a TOML `jobs = true` is still a mistake.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(key, f"expected {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    def optional_str(self, key: str) -> str | None:
+        return self.require(key, str) if key in self.data else None
+
+    def string_list(self, key: str) -> list[str]:
+        value = self.get(key, list, [])
+        if not all(isinstance(v, str) for v in value):
+            raise self.error(key, "expected a list of strings")
+        return list(value)
+
+    def string_map(self, key: str) -> dict[str, str]:
+        value = self.get(key, dict, {})
+        out: dict[str, str] = {}
+        for name, item in value.items():
+            if isinstance(item, bool) or not isinstance(item, str | int | float):
+                raise self.error(f"{key}.{name}", "expected a string")
+            out[name] = str(item)
+        return out
+
+    def table(self, key: str) -> Table:
+        return Table(self.get(key, dict, {}), self.where, f"{self.prefix}{key}.")
+
+    def duration(self, key: str, default: float | None) -> float | None:
+        if key not in self.data:
+            return default
+        raw = self.data[key]
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            return float(raw)
+        if not isinstance(raw, str):
+            raise self.error(key, "expected a duration such as \"15m\"")
+        try:
+            return parse_duration(raw)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None

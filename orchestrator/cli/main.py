@@ -1,0 +1,268 @@
+"""The ``orchestrator`` command: argument parsing, output and exit codes.
+
+Exit codes (DESIGN §3): 0 success; 1 a build failed; 2 bad input; 3 no daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from orchestrator import __version__
+from orchestrator.build.runs import enforce_policy, execute, load, policy
+from orchestrator.catalog.config import DEFAULT_SOCKET, load_config
+from orchestrator.catalog.layers import select
+from orchestrator.cli import render
+from orchestrator.cli.client import (
+    EXIT_NO_DAEMON,
+    Client,
+    NoDaemon,
+    exit_for,
+    render_full_status,
+    render_history,
+)
+from orchestrator.core.errors import BackendError, InputError, OrchestratorError, PolicyError
+from orchestrator.service import logs
+from orchestrator.service.daemon import Daemon
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="orchestrator",
+                                  description="Keep a hierarchy of container images built.")
+    top.add_argument("-c", "--config", type=Path, default=Path("config.toml"),
+                     help="config file (default: ./config.toml)")
+    top.add_argument("--version", action="version", version=f"orchestrator {__version__}")
+    top.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    plan = sub.add_parser("plan", help="say what would build and why")
+    plan.add_argument("layers", nargs="*", metavar="LAYER")
+    plan.add_argument("--force", action="store_true", help="plan as if forced")
+    plan.add_argument("--json", action="store_true")
+
+    build = sub.add_parser("build", help="build what is stale (or LAYER… and below)")
+    build.add_argument("layers", nargs="*", metavar="LAYER")
+    build.add_argument("--force", action="store_true",
+                       help="rebuild the named layers (or all) and their descendants")
+    build.add_argument("--jobs", "-j", type=int, help="builds at once (default: [build] jobs)")
+    build.add_argument("--json", action="store_true")
+
+    sub.add_parser("lint", help="check the image policy (also run before every build)")
+
+    gr = sub.add_parser("graph", help="print the hierarchy")
+    gr.add_argument("--format", choices=["tree", "dot", "json"], default="tree")
+
+    run = sub.add_parser("run", help="the daemon: reconcile, then watch and take triggers")
+    run.add_argument("--once", action="store_true",
+                     help="reconcile, build what is queued, then exit (for CI)")
+
+    def client(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--socket", type=Path, help="control socket (default: from config)")
+        p.add_argument("--json", action="store_true")
+        return p
+
+    status = client("status", "what a running daemon is doing")
+    status.add_argument("--watch", action="store_true", help="redraw live until Ctrl-C")
+    trig = client("trigger", "queue layers for a build")
+    trig.add_argument("layers", nargs="+", metavar="LAYER")
+    trig.add_argument("--force", action="store_true")
+    cancel = client("cancel", "stop a running build")
+    cancel.add_argument("id")
+    hist = client("history", "past builds")
+    hist.add_argument("layer", nargs="?")
+    hist.add_argument("--limit", type=int, default=30)
+    logs_ = client("logs", "a build's output")
+    logs_.add_argument("id")
+    logs_.add_argument("-f", "--follow", action="store_true")
+    client("reload", "re-read config and layers")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    # Progress events go to stderr so stdout stays the command's answer.
+    logs.configure(sys.stderr, logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return _dispatch(args)
+    except PolicyError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        print(f"orchestrator: {len(exc.lines)} policy errors; nothing was built",
+              file=sys.stderr)
+        return EXIT_INPUT
+    except InputError as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except BackendError as exc:
+        print(f"orchestrator: backend: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OrchestratorError as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        if args.command in CLIENT_VERBS:  # `status --watch`, `logs -f`: Ctrl-C is the way out
+            return EXIT_OK
+        print("orchestrator: interrupted; running builders were stopped", file=sys.stderr)
+        return 130
+
+
+CLIENT_VERBS = ("status", "trigger", "cancel", "history", "logs", "reload")
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in CLIENT_VERBS:
+        return _client(args)
+    if args.command == "run":
+        # Logs go to stdout (the journal), one JSON object a line off a TTY.
+        logs.configure(sys.stdout, logging.DEBUG if args.verbose else logging.INFO)
+        from orchestrator.service.api import ControlServer
+
+        daemon = Daemon(args.config, ControlServer, once=args.once)
+        return asyncio.run(daemon.run())
+    config, catalog = load(args.config)
+    if args.command == "lint":
+        errors, warnings = policy(catalog)
+        for line in [*errors, *warnings]:
+            print(line)
+        print(f"{len(errors)} errors, {len(warnings)} warnings")
+        return EXIT_INPUT if errors else EXIT_OK
+    if args.command == "build":
+        select(catalog, args.layers)  # unknown names first: the plainer mistake
+        enforce_policy(catalog, lambda line: print(line, file=sys.stderr))
+    if args.command == "graph":
+        out = {"tree": render.graph_tree, "dot": render.graph_dot,
+               "json": render.graph_json}[args.format](catalog)
+        print(out)
+        return EXIT_OK
+    if args.command == "build" and args.jobs is not None and args.jobs < 1:
+        raise InputError("--jobs", "must be at least 1")
+
+    log = structlog.get_logger("orchestrator")
+
+    def on_event(event: str, fields: dict[str, Any]) -> None:
+        if event != "layer_up_to_date":
+            log.info(event, **fields)
+
+    dry_run = args.command == "plan"
+    report = _run_interruptible(execute(
+        config, catalog, names=args.layers, force=args.force, dry_run=dry_run,
+        jobs=getattr(args, "jobs", None), on_event=None if dry_run else on_event,
+    ))
+    if args.json:
+        print(render.report_json(report))
+    else:
+        print(render.plan_text(report) if dry_run else render.build_text(report))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _run_interruptible(coro: Any) -> Any:
+    """Run ``coro``; SIGTERM cancels it like Ctrl-C does, so builders are stopped."""
+    async def runner() -> Any:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            raise KeyboardInterrupt from None
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    return asyncio.run(runner())
+
+
+async def _status_text(client: Client) -> str:
+    status_code, status = await client.call("GET", "/v1/status")
+    layers_code, layers = await client.call("GET", "/v1/layers")
+    if status_code != 200 or layers_code != 200:
+        bad = status if status_code != 200 else layers
+        raise RuntimeError(bad.get("message", bad) if isinstance(bad, dict) else bad)
+    return render_full_status(status, layers["layers"])
+
+
+async def _status(client: Client, watch: bool) -> int:
+    try:
+        text = await _status_text(client)
+    except RuntimeError as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if not watch:
+        print(text)
+        return EXIT_OK
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    with Live(Text(text), console=Console(), refresh_per_second=4, screen=False) as live:
+        while True:
+            await asyncio.sleep(1)
+            try:
+                live.update(Text(await _status_text(client)))
+            except (RuntimeError, NoDaemon) as exc:
+                live.update(Text(f"orchestrator: {exc}"))
+
+
+def _socket_path(args: argparse.Namespace) -> Path:
+    if args.socket is not None:
+        return Path(args.socket)
+    try:
+        return load_config(args.config).control_socket
+    except InputError:
+        return Path(DEFAULT_SOCKET)
+
+
+def _client(args: argparse.Namespace) -> int:
+    client = Client(_socket_path(args))
+    try:
+        return asyncio.run(_client_call(client, args))
+    except NoDaemon as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return EXIT_NO_DAEMON
+
+
+async def _client_call(client: Client, args: argparse.Namespace) -> int:
+    if args.command == "logs":
+        return await client.stream(f"/v1/builds/{args.id}/log"
+                                   + ("?follow=1" if args.follow else ""))
+    if args.command == "status" and not args.json:
+        return await _status(client, args.watch)
+    calls: dict[str, tuple[str, str, dict[str, Any] | None]] = {
+        "status": ("GET", "/v1/status", None),
+        "trigger": ("POST", "/v1/builds", {"layers": getattr(args, "layers", None),
+                                           "force": getattr(args, "force", False)}),
+        "cancel": ("POST", f"/v1/builds/{getattr(args, 'id', '')}/cancel", None),
+        "history": ("GET", "/v1/builds?limit=" + str(getattr(args, "limit", 30))
+                    + (f"&layer={args.layer}" if getattr(args, "layer", None) else ""), None),
+        "reload": ("POST", "/v1/reload", None),
+    }
+    method, path, body = calls[args.command]
+    status, data = await client.call(method, path, body)
+    code = exit_for(status)
+    if code != EXIT_OK:
+        message = data.get("message", data) if isinstance(data, dict) else data
+        print(f"orchestrator: {message}", file=sys.stderr)
+        return code
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif args.command == "history":
+        print(render_history(data["builds"]))
+    elif args.command == "trigger":
+        print(f"queued {', '.join(data['layers'])} as {data['id']}")
+    elif args.command == "cancel":
+        print(f"cancelling {args.id}")
+    elif args.command == "reload":
+        print(f"reloaded: {data['layers']} layers")
+    return EXIT_OK

@@ -1,0 +1,113 @@
+"""Buildah: ``buildah bud`` with chroot isolation, then ``buildah push`` per tag."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from orchestrator.core.errors import BackendError, BuildFailed
+from orchestrator.core.model import BuildahConfig
+from orchestrator.engines.base import (
+    BuildOutput,
+    BuildRequest,
+    docker_style_flags,
+    raise_if_failed,
+)
+from orchestrator.engines.runner import CommandRunner
+
+
+def _host(ref: str) -> str:
+    return ref.split("/", 1)[0]
+
+
+class BuildahBuilder:
+    def __init__(self, config: BuildahConfig, runner: CommandRunner, *,
+                 authfile: Path | None = None, insecure_hosts: Iterable[str] = (),
+                 name: str = "buildah") -> None:
+        self.name = name
+        self.config = config
+        self.runner = runner
+        self.authfile = authfile
+        self.insecure = set(insecure_hosts)
+
+    def _global(self) -> list[str]:
+        argv = [self.config.command]
+        if self.config.root:
+            argv += ["--root", self.config.root]
+        if self.config.runroot:
+            argv += ["--runroot", self.config.runroot]
+        if self.config.storage_driver:
+            argv += ["--storage-driver", self.config.storage_driver]
+        return argv
+
+    def _tls(self, ref: str) -> list[str]:
+        return ["--tls-verify=false"] if _host(ref) in self.insecure else []
+
+    def _auth(self) -> list[str]:
+        return ["--authfile", str(self.authfile)] if self.authfile else []
+
+    def build_argv(self, req: BuildRequest, iidfile: Path) -> list[str]:
+        # The parent is pinned by digest, so the default pull policy ("missing")
+        # never fetches a moving tag.
+        argv = [*self._global(), "bud", "--isolation", self.config.isolation,
+                *self._tls(req.args.get("BASE_IMAGE", "")), *self._auth()]
+        if self.config.layers and not req.no_cache:
+            argv.append("--layers")
+        return argv + docker_style_flags(req, iidfile)
+
+    def push_argv(self, ref: str, digestfile: Path) -> list[str]:
+        return [*self._global(), "push", *self._tls(ref), *self._auth(),
+                "--digestfile", str(digestfile), ref]
+
+    async def build(self, request: BuildRequest) -> BuildOutput:
+        with tempfile.TemporaryDirectory(prefix="orchestrator-") as tmp:
+            iidfile = Path(tmp, "iid")
+            rc = await self.runner.run(self.build_argv(request, iidfile), log=request.log_path,
+                                       timeout_s=request.timeout_s)
+            raise_if_failed(request, rc)
+            digest = await self._local_digest_or_fail(request)
+            if not request.push:
+                return BuildOutput(digest)
+            for ref in request.tags:  # the key tag is last: it commits the build
+                digestfile = Path(tmp, "digest")
+                rc = await self.runner.run(self.push_argv(ref, digestfile), log=request.log_path,
+                                           timeout_s=request.timeout_s)
+                raise_if_failed(request, rc)
+                digest = digestfile.read_text().strip() if digestfile.exists() else digest
+            return BuildOutput(digest)
+
+    async def _local_digest_or_fail(self, request: BuildRequest) -> str:
+        digest = await self.local_digest(request.tags[-1])
+        if digest is None:
+            raise BuildFailed(request.layer, 0, "buildah reported success but the image is "
+                              "missing from local storage", str(request.log_path))
+        return digest
+
+    async def local_digest(self, ref: str) -> str | None:
+        out = await self.runner.capture([*self._global(), "images", "--json", ref])
+        if out.returncode != 0:
+            return None
+        try:
+            images = json.loads(out.stdout or "[]")
+        except ValueError:
+            return None
+        for image in images:
+            digest = image.get("digest")
+            if isinstance(digest, str) and digest:
+                return digest
+        return None
+
+    def base_reference(self, repository: str, digest: str, key_tag_ref: str) -> str:
+        # Buildah finds local images by repository@digest.
+        return f"{repository}@{digest}"
+
+    async def ping(self) -> None:
+        if shutil.which(self.config.command) is None:
+            raise BackendError(f"{self.config.command} not found on PATH: install buildah "
+                               "or set [build.buildah] command")
+        out = await self.runner.capture([*self._global(), "version"])
+        if out.returncode != 0:
+            raise BackendError(f"buildah does not answer: {out.stderr.strip()}")

@@ -1,0 +1,181 @@
+"""BuildKit: through ``buildctl`` when an address is configured, else through a
+Docker CLI with ``DOCKER_BUILDKIT=1`` (the daemon's embedded BuildKit)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from orchestrator.core.errors import BackendError, BuildFailed
+from orchestrator.core.model import BuildKitConfig
+from orchestrator.engines.base import (
+    BuildOutput,
+    BuildRequest,
+    docker_style_flags,
+    raise_if_failed,
+)
+from orchestrator.engines.runner import CommandRunner, log_tail
+
+_PUSHED_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
+
+
+class DockerBuildKitBuilder:
+    """The classic ``docker build`` path with BuildKit switched on. Needs a CLI
+    that still honours DOCKER_BUILDKIT without buildx (Debian's docker.io 20.10)."""
+
+    def __init__(self, config: BuildKitConfig, runner: CommandRunner, *,
+                 docker_config_dir: Path | None = None, name: str = "docker") -> None:
+        self.name = name
+        self.config = config
+        self.runner = runner
+        self.docker_config_dir = docker_config_dir
+
+    def env(self) -> dict[str, str]:
+        env = {"DOCKER_BUILDKIT": "1", "BUILDKIT_PROGRESS": "plain"}
+        if self.config.docker_host:
+            env["DOCKER_HOST"] = self.config.docker_host
+        if self.docker_config_dir:
+            env["DOCKER_CONFIG"] = str(self.docker_config_dir)
+        return env
+
+    def build_argv(self, req: BuildRequest, iidfile: Path) -> list[str]:
+        argv = [self.config.docker, "build", "--progress=plain"]
+        if req.no_cache:
+            argv.append("--no-cache")
+        return argv + docker_style_flags(req, iidfile)
+
+    async def build(self, request: BuildRequest) -> BuildOutput:
+        with tempfile.TemporaryDirectory(prefix="orchestrator-") as tmp:
+            iidfile = Path(tmp, "iid")
+            rc = await self.runner.run(self.build_argv(request, iidfile), log=request.log_path,
+                                       env=self.env(), timeout_s=request.timeout_s)
+            raise_if_failed(request, rc)
+            image_id = iidfile.read_text().strip()
+        if not request.push:
+            return BuildOutput(image_id)
+        digest = ""
+        for ref in request.tags:  # the key tag is last: it commits the build
+            rc = await self.runner.run([self.config.docker, "push", ref], log=request.log_path,
+                                       env=self.env(), timeout_s=request.timeout_s)
+            raise_if_failed(request, rc)
+        # The registry digest of what was pushed: docker records it in RepoDigests.
+        repository = request.tags[-1].rsplit(":", 1)[0]
+        out = await self.runner.capture(
+            [self.config.docker, "image", "inspect", "--format", "{{json .RepoDigests}}",
+             request.tags[-1]], env=self.env())
+        if out.returncode == 0:
+            for entry in json.loads(out.stdout or "[]"):
+                name, _, found = entry.partition("@")
+                if name == repository:
+                    digest = found
+        if not digest:
+            found_in_log = _PUSHED_DIGEST.findall(log_tail(request.log_path, 5))
+            digest = found_in_log[-1] if found_in_log else ""
+        if not digest:
+            raise BuildFailed(request.layer, 0, "pushed, but the registry digest is unknown",
+                              str(request.log_path))
+        return BuildOutput(digest)
+
+    async def local_digest(self, ref: str) -> str | None:
+        out = await self.runner.capture(
+            [self.config.docker, "image", "inspect", "--format", "{{.Id}}", ref], env=self.env())
+        return out.stdout.strip() or None if out.returncode == 0 else None
+
+    def base_reference(self, repository: str, digest: str, key_tag_ref: str) -> str:
+        # Docker's image store cannot name a never-pushed image by digest; the
+        # build-key tag is immutable by construction, so it pins just as well.
+        return key_tag_ref
+
+    async def ping(self) -> None:
+        if shutil.which(self.config.docker) is None:
+            raise BackendError(f"{self.config.docker} not found: install docker.io or set "
+                               "[build.buildkit] docker")
+        out = await self.runner.capture(
+            [self.config.docker, "version", "--format", "{{.Server.Version}}"], env=self.env())
+        if out.returncode != 0:
+            where = f" at {self.config.docker_host}" if self.config.docker_host else ""
+            raise BackendError(f"the Docker engine does not answer{where}: "
+                               f"{out.stderr.strip()}")
+
+
+class BuildctlBuilder:
+    """A standalone buildkitd (local, remote or on Kubernetes) through buildctl.
+    BuildKit has no image store of its own here: a registry is required."""
+
+    def __init__(self, config: BuildKitConfig, runner: CommandRunner, *,
+                 docker_config_dir: Path | None = None,
+                 insecure_hosts: Iterable[str] = (), name: str = "buildkit") -> None:
+        self.name = name
+        assert config.addr is not None
+        self.config = config
+        self.runner = runner
+        self.docker_config_dir = docker_config_dir
+        self.insecure = set(insecure_hosts)
+
+    def env(self) -> Mapping[str, str]:
+        return {"DOCKER_CONFIG": str(self.docker_config_dir)} if self.docker_config_dir else {}
+
+    def _client(self) -> list[str]:
+        assert self.config.addr is not None
+        argv = [self.config.buildctl, "--addr", self.config.addr]
+        if self.config.tls is not None:
+            ca, cert, key = self.config.tls
+            argv += ["--tlscacert", ca, "--tlscert", cert, "--tlskey", key]
+        return argv
+
+    def build_argv(self, req: BuildRequest, metadata: Path) -> list[str]:
+        argv = [*self._client(), "build",
+                "--frontend", "dockerfile.v0",
+                "--local", f"context={req.context}",
+                "--local", f"dockerfile={req.dockerfile.parent}",
+                "--opt", f"filename={req.dockerfile.name}"]
+        if req.no_cache:
+            argv.append("--no-cache")
+        for name, value in req.args.items():
+            argv += ["--opt", f"build-arg:{name}={value}"]
+        for name, value in req.labels.items():
+            argv += ["--opt", f"label:{name}={value}"]
+        # The output's option list is CSV: several names go in one quoted field.
+        output = f'type=image,"name={",".join(req.tags)}",push={str(req.push).lower()}'
+        if any(t.split("/", 1)[0] in self.insecure for t in req.tags):
+            output += ",registry.insecure=true"
+        argv += ["--output", output, "--metadata-file", str(metadata), "--progress", "plain"]
+        return argv
+
+    async def build(self, request: BuildRequest) -> BuildOutput:
+        with tempfile.TemporaryDirectory(prefix="orchestrator-") as tmp:
+            metadata = Path(tmp, "metadata.json")
+            rc = await self.runner.run(self.build_argv(request, metadata), log=request.log_path,
+                                       env=self.env(), timeout_s=request.timeout_s)
+            raise_if_failed(request, rc)
+            try:
+                data = json.loads(metadata.read_text())
+            except (OSError, ValueError):
+                data = {}
+        digest = data.get("containerimage.digest")
+        if not isinstance(digest, str):
+            raise BuildFailed(request.layer, 0, "buildctl wrote no image digest",
+                              str(request.log_path))
+        return BuildOutput(digest)
+
+    async def local_digest(self, ref: str) -> str | None:
+        return None  # no local store: lookups go to the registry
+
+    def base_reference(self, repository: str, digest: str, key_tag_ref: str) -> str:
+        return f"{repository}@{digest}"
+
+    async def ping(self) -> None:
+        assert self.config.addr is not None
+        if shutil.which(self.config.buildctl) is None:
+            raise BackendError(f"{self.config.buildctl} not found: install BuildKit's client "
+                               "or set [build.buildkit] buildctl")
+        out = await self.runner.capture(
+            [*self._client(), "debug", "workers"],
+            env=self.env())
+        if out.returncode != 0:
+            raise BackendError(f"buildkitd at {self.config.addr} does not answer: "
+                               f"{out.stderr.strip()}")

@@ -1,0 +1,225 @@
+"""A small OCI distribution client: manifest digests and tag lists.
+
+Speaks the distribution spec over aiohttp: HEAD on manifests with the OCI and
+Docker Accept headers (GET and sha256 of the body when a registry gives no
+``Docker-Content-Digest``), tag lists with ``Link`` pagination, and both auth
+schemes registries ask for (Basic, and Bearer tokens from the realm named in
+``WWW-Authenticate``). Authorization headers are never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+
+from orchestrator.core.errors import RegistryError
+from orchestrator.core.imageref import ImageRef
+from orchestrator.registry.auth import AuthStore, Credentials
+
+MANIFEST_TYPES = ", ".join([
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+])
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+_NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+
+
+def basic_auth(creds: Credentials) -> str:
+    raw = f"{creds.username}:{creds.password}".encode()
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, params = header.strip().partition(" ")
+    return scheme.lower(), dict(_CHALLENGE_PARAM.findall(params))
+
+
+class RegistryClient:
+    """One per run or daemon; owns an aiohttp session and a token cache."""
+
+    def __init__(self, auth: AuthStore | None = None, *, insecure: frozenset[str] = frozenset(),
+                 timeout_s: float = 30.0,
+                 on_request: Callable[[str, str, str], None] | None = None) -> None:
+        self._auth = auth or AuthStore.empty()
+        self._insecure = set(insecure)  # hosts spoken to over plain HTTP
+        self._tokens: dict[tuple[str, str], str] = {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        # (registry, method, status code or "error") after every request, for metrics
+        self.on_request = on_request or (lambda registry, method, code: None)
+
+    def allow_insecure(self, host: str) -> None:
+        self._insecure.add(host)
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    def _base(self, ref: ImageRef) -> str:
+        scheme = "http" if ref.registry in self._insecure else "https"
+        return f"{scheme}://{ref.api_host}/v2/{ref.repository}"
+
+    async def manifest_digest(self, ref: ImageRef, reference: str) -> str | None:
+        """The digest a tag (or digest) points at, or None when it does not exist."""
+        url = f"{self._base(ref)}/manifests/{reference}"
+        headers = {"Accept": MANIFEST_TYPES}
+        status, resp_headers, _ = await self._request("HEAD", ref, url, headers)
+        if status == 404:
+            return None
+        self._raise_for(ref, status, "HEAD manifest", resp_headers)
+        digest = resp_headers.get("Docker-Content-Digest")
+        if digest:
+            return digest
+        # Some registries omit the header on HEAD: the digest is the body's sha256.
+        status, resp_headers, body = await self._request("GET", ref, url, headers)
+        if status == 404:
+            return None
+        self._raise_for(ref, status, "GET manifest", resp_headers)
+        return "sha256:" + hashlib.sha256(body).hexdigest()
+
+    async def retag(self, ref: ImageRef, digest: str, tag: str) -> bool:
+        """Point ``tag`` at the manifest ``digest`` (no blobs move: a manifest PUT).
+        Returns False when the tag already pointed there."""
+        if await self.manifest_digest(ref, tag) == digest:
+            return False
+        url = f"{self._base(ref)}/manifests/{digest}"
+        status, headers, body = await self._request("GET", ref, url, {"Accept": MANIFEST_TYPES})
+        self._raise_for(ref, status, "GET manifest", headers)
+        media_type = headers.get("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        status, headers, _ = await self._request(
+            "PUT", ref, f"{self._base(ref)}/manifests/{tag}", {"Content-Type": media_type},
+            data=body, actions="pull,push")
+        self._raise_for(ref, status, "PUT manifest", headers)
+        return True
+
+    async def tags(self, ref: ImageRef, page_size: int = 1000) -> list[str]:
+        url: str | None = f"{self._base(ref)}/tags/list?n={page_size}"
+        out: list[str] = []
+        while url is not None:
+            status, headers, body = await self._request("GET", ref, url, {})
+            if status == 404:
+                return out
+            self._raise_for(ref, status, "GET tags/list", headers)
+            data: dict[str, Any] = _json(body)
+            out.extend(data.get("tags") or [])
+            match = _NEXT_LINK.search(headers.get("Link", ""))
+            url = None
+            if match:
+                nxt = match.group(1)
+                scheme = "http" if ref.registry in self._insecure else "https"
+                url = nxt if "://" in nxt else f"{scheme}://{ref.api_host}{nxt}"
+        return out
+
+    def _raise_for(self, ref: ImageRef, status: int, what: str,
+                   headers: Mapping[str, str] | None = None) -> None:
+        if status >= 400:
+            retry_after = _retry_after((headers or {}).get("Retry-After"))
+            hint = ""
+            if status == 401:
+                hint = " (unauthorized: check [registry] auth_file)"
+            elif status == 429:
+                hint = " (rate limited)"
+            raise RegistryError(ref.registry, f"{what} for {ref.repository}: HTTP {status}{hint}",
+                                status, retry_after)
+
+    async def _request(self, method: str, ref: ImageRef, url: str,
+                       headers: Mapping[str, str], data: bytes | None = None,
+                       actions: str = "pull") -> tuple[int, Mapping[str, str], bytes]:
+        scope = f"repository:{ref.repository}:{actions}"
+        creds = self._auth.lookup(ref.registry, ref.repository)
+        token_key = (ref.api_host, scope)
+        for attempt in range(2):
+            sent = dict(headers)
+            if token_key in self._tokens:
+                sent["Authorization"] = self._tokens[token_key]
+            status, resp_headers, body = await self._send(method, ref, url, sent, data)
+            if status != 401 or attempt == 1:
+                return status, resp_headers, body
+            challenge = resp_headers.get("WWW-Authenticate", "")
+            scheme, params = parse_challenge(challenge)
+            if scheme == "bearer" and "realm" in params:
+                token = await self._fetch_token(ref, params, scope, creds)
+                self._tokens[token_key] = f"Bearer {token}"
+            elif scheme == "basic" and creds is not None:
+                self._tokens[token_key] = basic_auth(creds)
+            else:
+                return status, resp_headers, body
+        raise AssertionError("unreachable")
+
+    async def _fetch_token(self, ref: ImageRef, params: dict[str, str], scope: str,
+                           creds: Credentials | None) -> str:
+        query = {"scope": params.get("scope", scope)}
+        if "service" in params:
+            query["service"] = params["service"]
+        headers = {"Authorization": basic_auth(creds)} if creds else {}
+        try:
+            async with self._http().get(params["realm"], params=query, headers=headers) as resp:
+                body = await resp.read()
+                if resp.status >= 400:
+                    raise RegistryError(ref.registry, f"token request failed: HTTP {resp.status}",
+                                        resp.status)
+        except aiohttp.ClientError as exc:
+            raise RegistryError(ref.registry, f"token request failed: {exc}") from exc
+        data = _json(body)
+        token = data.get("token") or data.get("access_token")
+        if not isinstance(token, str):
+            raise RegistryError(ref.registry, "token response has no token")
+        return token
+
+    async def _send(self, method: str, ref: ImageRef, url: str, headers: Mapping[str, str],
+                    data: bytes | None = None) -> tuple[int, Mapping[str, str], bytes]:
+        try:
+            async with self._http().request(method, url, headers=headers, data=data,
+                                            allow_redirects=True) as resp:
+                body = b"" if method == "HEAD" else await resp.read()
+                self.on_request(ref.registry, method, str(resp.status))
+                return resp.status, resp.headers, body
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.on_request(ref.registry, method, "error")
+            raise RegistryError(ref.registry, f"{method} {url.split('?')[0]}: "
+                                f"{type(exc).__name__}: {exc}") from exc
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,278 @@
+"""The control socket: HTTP/1.1 over a Unix socket (DESIGN §4), as the Docker
+and Podman APIs do. JSON bodies, errors as ``{"message": …}`` with real codes.
+
+Mode 0660 (group from ``[control] group``), the peer's uid (SO_PEERCRED)
+logged with each request. A slow or broken client costs only its own
+connection: bodies are capped at 1 MiB and must arrive within a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import json
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from orchestrator.core.errors import InputError
+from orchestrator.service.daemon import Daemon, Refused
+
+MAX_BODY = 1024 * 1024
+BODY_TIMEOUT_S = 5.0
+LOG_POLL_S = 0.2
+log = structlog.get_logger("orchestrator.service.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def peer_uid(request: web.Request) -> int | None:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"message": message}, status=status)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    uid = peer_uid(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # 404/405/413 raised by aiohttp itself
+        if exc.status < 400:
+            raise
+        message = {404: "no such endpoint", 405: f"method {request.method} not allowed here",
+                   413: f"request body larger than {MAX_BODY} bytes"}.get(exc.status, exc.reason)
+        response = error(exc.status, message)
+    except Refused as exc:
+        response = error(exc.status, str(exc))
+    except InputError as exc:
+        status = 404 if "unknown layer" in exc.problem else 400
+        response = error(status, str(exc))
+    log.info("api_request", method=request.method, path=request.path, status=response.status,
+             peer_uid=uid)
+    return response
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
+    except TimeoutError:
+        raise Refused(f"request body not received within {BODY_TIMEOUT_S:g} s", 408) from None
+    if not body:
+        return {}
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise Refused(f"malformed JSON: {exc}", 400) from None
+    if not isinstance(data, dict):
+        raise Refused("expected a JSON object", 400)
+    return data
+
+
+class ControlServer:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.runner: web.AppRunner | None = None
+        self.where = str(daemon.config.control_socket)
+        self._bound: Path | None = None
+        self.metrics_runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_as_json])
+        r = app.router
+        r.add_get("/v1/_ping", self.ping)
+        r.add_get("/v1/status", self.status)
+        r.add_get("/v1/layers", self.layers)
+        r.add_post("/v1/builds", self.create_build)
+        r.add_get("/v1/builds", self.list_builds)
+        r.add_get("/v1/builds/{id}", self.get_build)
+        r.add_get("/v1/builds/{id}/log", self.build_log)
+        r.add_post("/v1/builds/{id}/cancel", self.cancel_build)
+        r.add_get("/v1/events", self.events)
+        r.add_post("/v1/reload", self.reload)
+        r.add_get("/metrics", self.metrics)
+        return app
+
+    async def start(self, inherited: list[socket.socket]) -> None:
+        # A slow client is one connection among many; drop idle keep-alives quickly.
+        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                                    keepalive_timeout=15)
+        await self.runner.setup()
+        if inherited:
+            sock = inherited[0]
+            self.where = f"fd:{sock.fileno()} ({sock.getsockname() or 'activated'})"
+        else:
+            sock = self._bind(self.daemon.config.control_socket)
+        sock.setblocking(False)
+        await web.SockSite(self.runner, sock).start()
+        listen = self.daemon.config.daemon.metrics_listen
+        if listen is not None:
+            # Prometheus scrapes over TCP: that listener serves /metrics and nothing else.
+            metrics_app = web.Application()
+            metrics_app.router.add_get("/metrics", self.metrics)
+            self.metrics_runner = web.AppRunner(metrics_app, access_log=None,
+                                                handle_signals=False)
+            await self.metrics_runner.setup()
+            await web.TCPSite(self.metrics_runner, listen[0], listen[1]).start()
+
+    def _bind(self, path: Path) -> socket.socket:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+            except OSError:
+                path.unlink()  # stale: left by a daemon that died
+            else:
+                raise Refused(f"another daemon is listening on {path}", 409)
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o117)  # never world-accessible, not even between bind and chmod
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o660)
+        group = self.daemon.config.daemon.socket_group
+        if group:
+            try:
+                os.chown(path, -1, grp.getgrnam(group).gr_gid)
+            except KeyError:
+                raise InputError("[control] group", f"no group named {group!r}") from None
+        sock.listen(64)
+        self._bound = path
+        return sock
+
+    async def stop(self) -> None:
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self._bound is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._bound.unlink()
+
+    # -- handlers ---------------------------------------------------------------
+
+    async def ping(self, request: web.Request) -> web.StreamResponse:
+        if self.daemon.phase != "ready":
+            why = self.daemon.backend_error or self.daemon.phase
+            return error(503, f"not ready: {why}")
+        return web.Response(text="OK")
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self.daemon.status())
+
+    async def layers(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"layers": await self.daemon.layers_view()})
+
+    async def create_build(self, request: web.Request) -> web.StreamResponse:
+        data = await read_json(request)
+        unknown = set(data) - {"layers", "force"}
+        if unknown:
+            raise Refused(f"unknown field(s): {', '.join(sorted(unknown))} "
+                          "(expected layers, force)", 400)
+        layers = data.get("layers", list(self.daemon.catalog.layers))
+        if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers) \
+                or not layers:
+            raise Refused("layers: expected a non-empty list of layer names", 400)
+        force = data.get("force", False)
+        if not isinstance(force, bool):
+            raise Refused("force: expected true or false", 400)
+        uid = peer_uid(request)
+        who = f"uid {uid}" if uid is not None else "unknown peer"
+        answer = self.daemon.trigger(layers, force=force, cause=f"manual trigger by {who}")
+        return web.json_response(answer, status=202)
+
+    async def list_builds(self, request: web.Request) -> web.StreamResponse:
+        try:
+            limit = int(request.query.get("limit", "50"))
+        except ValueError:
+            raise Refused("limit: expected a number", 400) from None
+        layer = request.query.get("layer")
+        return web.json_response({"builds": self.daemon.state.builds(layer, min(limit, 1000))})
+
+    async def get_build(self, request: web.Request) -> web.StreamResponse:
+        build_id = request.match_info["id"]
+        build = self.daemon.state.build(build_id)
+        if build is not None:
+            return web.json_response(build)
+        # A request id (from POST /v1/builds): its queue entries and its builds.
+        builds = self.daemon.state.builds(request_id=build_id, limit=1000)
+        queued = [q for q in self.daemon.state.queued() if q["request_id"] == build_id]
+        if not builds and not queued:
+            raise Refused(f"no build or request {build_id}", 404)
+        state = "queued" if queued else "done"
+        if any(b["outcome"] == "running" for b in builds):
+            state = "running"
+        return web.json_response({"id": build_id, "state": state, "queued": queued,
+                                  "builds": builds})
+
+    async def build_log(self, request: web.Request) -> web.StreamResponse:
+        build_id = request.match_info["id"]
+        build = self.daemon.state.build(build_id)
+        if build is None or not build.get("log_path"):
+            raise Refused(f"no build {build_id}", 404)
+        follow = request.query.get("follow") in ("1", "true", "yes")
+        path = Path(build["log_path"])
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        await response.prepare(request)
+        offset = 0
+        while True:
+            with contextlib.suppress(FileNotFoundError), path.open("rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+                if chunk:
+                    await response.write(chunk)
+                    offset += len(chunk)
+            if not follow:
+                break
+            row = self.daemon.state.build(build_id)
+            if row is None or row["outcome"] != "running":
+                follow = False  # one last read picks up the final lines
+                continue
+            await asyncio.sleep(LOG_POLL_S)
+        await response.write_eof()
+        return response
+
+    async def cancel_build(self, request: web.Request) -> web.StreamResponse:
+        build_id = request.match_info["id"]
+        self.daemon.cancel(build_id)
+        return web.json_response({"id": build_id, "cancelled": True}, status=202)
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        async with self.daemon.bus.subscribe() as queue:
+            while True:
+                record = await queue.get()
+                if record is None:
+                    break
+                await response.write(json.dumps(record, default=str).encode() + b"\n")
+        return response
+
+    async def reload(self, request: web.Request) -> web.StreamResponse:
+        await self.daemon.reload()
+        return web.json_response({"reloaded": True, "layers": len(self.daemon.catalog.layers)})
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=self.daemon.metrics.render(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
