@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
-
 from orchestrator.build.scheduler import NodeResult, run_graph
 from orchestrator.build.state import LayerRecord, StateStore
 from orchestrator.catalog.context import Context, read_context
@@ -43,7 +41,6 @@ from orchestrator.engines.pool import BuilderPool, Member
 from orchestrator.engines.runner import first_error_line
 from orchestrator.registry.client import RegistryClient
 
-log = structlog.get_logger("orchestrator.build.pipeline")
 LOCAL_REGISTRY = "localhost"
 
 
@@ -115,7 +112,7 @@ class Pipeline:
         jobs: int | None = None,
         forced: frozenset[str] = frozenset(),
         dry_run: bool = False,
-        revision: str | None = None,
+        revision: Callable[[], str | None] | None = None,
         upstream_errors: Mapping[str, Exception] | None = None,
         contexts: Mapping[str, Context] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
@@ -139,7 +136,10 @@ class Pipeline:
         self.cancelled: set[str] = set()  # layers whose build was cancelled on request
         self.forced = forced
         self.dry_run = dry_run
-        self.revision = revision
+        # The catalog's git commit, for the revision label: asked once, off the
+        # event loop, and only when something builds.
+        self._revision_of = revision or (lambda: None)
+        self._revision: asyncio.Future[str | None] | None = None
         self.on_event = on_event or (lambda event, fields: None)
         # --jobs caps the whole run; otherwise the engines' slots are the limit.
         self.slots = asyncio.Semaphore(jobs or pool.capacity)
@@ -159,6 +159,11 @@ class Pipeline:
         self.cancelled.add(layer)
         task.cancel()
         return True
+
+    async def revision(self) -> str | None:
+        if self._revision is None:
+            self._revision = asyncio.ensure_future(asyncio.to_thread(self._revision_of))
+        return await asyncio.shield(self._revision)
 
     async def run(self, order: list[str]) -> RunReport:
         parents = {lid: self.catalog.layers[lid].parent for lid in order}
@@ -223,7 +228,7 @@ class Pipeline:
 
         assert base_ref is not None
         tags = (*(repo.tagged(t) for t in layer.tags if t != key_tag(key)), key_ref)
-        labels = self._labels(layer, key, base_name, parent_digest)
+        labels = self._labels(layer, key, base_name, parent_digest, await self.revision())
         return await self._build(layer, decision, inputs, key, key_ref, repo, base_ref,
                                  args, labels, tags, display_ref, parent)
 
@@ -271,8 +276,8 @@ class Pipeline:
             return repo.at(digest)
         return self.local.base_reference(repo.name, digest, key_ref)
 
-    def _labels(self, layer: Layer, key: str, base_name: str,
-                base_digest: str) -> dict[str, str]:
+    def _labels(self, layer: Layer, key: str, base_name: str, base_digest: str,
+                revision: str | None) -> dict[str, str]:
         oci = "org.opencontainers.image"
         # Always set: labels are inherited, so a layer without tags would
         # otherwise show its parent's version.
@@ -287,8 +292,8 @@ class Pipeline:
             f"{self.config.build.label_prefix}.layer": layer.id,
         }
         labels[f"{oci}.version"] = expand(version, self._values)
-        if self.revision:
-            labels[f"{oci}.revision"] = self.revision
+        if revision:
+            labels[f"{oci}.revision"] = revision
         return labels
 
     async def _build(self, layer: Layer, decision: Decision, inputs: Inputs, key: str,

@@ -17,7 +17,7 @@ from orchestrator.catalog.layers import dockerfile_texts, load_catalog, select
 from orchestrator.catalog.lint import lint
 from orchestrator.catalog.tomlfile import display
 from orchestrator.core import graph
-from orchestrator.core.errors import BackendError, PolicyError
+from orchestrator.core.errors import PolicyError
 from orchestrator.core.model import Catalog, Config
 from orchestrator.engines.factory import docker_config_dir, insecure_hosts, make_builders
 from orchestrator.engines.pool import BuilderPool
@@ -87,17 +87,18 @@ async def execute(
             if jobs is not None and len(config.builders) == 1:
                 # --jobs sizes a pool of one; with several engines it caps the total.
                 config = replace(config, builders=(replace(config.builders[0], slots=jobs),))
+            # Engines are pinged when the first build needs one (a no-op run starts
+            # none), and a one-shot run fails at once when none answers.
             pool = BuilderPool(make_builders(config, runner, docker_config), on_event=(
-                (lambda event, fields, level: on_event(event, fields)) if on_event else None))
-            if not dry_run and not await pool.check_all():
-                raise BackendError("no builder answers: " + pool.why_waiting())
+                (lambda event, fields, level: on_event(event, fields)) if on_event else None),
+                wait_for_engines=False)
             state = StateStore(config.state_dir / STATE_DB)
             try:
                 pipeline = Pipeline(
                     config, catalog, pool, state,
                     client if config.registry is not None else None,
                     resolved, upstream_errors=failed, jobs=jobs, forced=forced,
-                    dry_run=dry_run, revision=catalog_revision(config.layers_dir),
+                    dry_run=dry_run, revision=lambda: catalog_revision(config.layers_dir),
                     contexts=contexts,
                     on_event=on_event,
                 )

@@ -1,40 +1,26 @@
 """The ``orchestrator`` command: argument parsing, output and exit codes.
 
 Exit codes (DESIGN §3): 0 success; 1 a build failed; 2 bad input; 3 no daemon.
+
+Each command imports what it uses when it runs: a ``plan`` in a pre-commit hook
+should not pay for loading the daemon, its HTTP server, metrics or rich.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import logging
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import structlog
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import __version__
-from orchestrator.build.runs import enforce_policy, execute, load, policy
-from orchestrator.catalog.config import DEFAULT_SOCKET, load_config
-from orchestrator.catalog.layers import select
-from orchestrator.cli import render
-from orchestrator.cli.client import (
-    EXIT_NO_DAEMON,
-    Client,
-    NoDaemon,
-    exit_for,
-    render_full_status,
-    render_history,
-)
 from orchestrator.core.errors import BackendError, InputError, OrchestratorError, PolicyError
-from orchestrator.service import logs
-from orchestrator.service.daemon import Daemon
 
-EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
+if TYPE_CHECKING:
+    from orchestrator.cli.client import Client
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_NO_DAEMON = 0, 1, 2, 3
 
 
 def parser() -> argparse.ArgumentParser:
@@ -92,8 +78,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    # Progress events go to stderr so stdout stays the command's answer.
-    logs.configure(sys.stderr, logging.DEBUG if args.verbose else logging.INFO)
     try:
         return _dispatch(args)
     except PolicyError as exc:
@@ -125,12 +109,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in CLIENT_VERBS:
         return _client(args)
     if args.command == "run":
-        # Logs go to stdout (the journal), one JSON object a line off a TTY.
-        logs.configure(sys.stdout, logging.DEBUG if args.verbose else logging.INFO)
-        from orchestrator.service.api import ControlServer
+        return _run_daemon(args)
+    from orchestrator.build.runs import enforce_policy, load, policy
+    from orchestrator.catalog.layers import select
+    from orchestrator.cli import render
 
-        daemon = Daemon(args.config, ControlServer, once=args.once)
-        return asyncio.run(daemon.run())
     config, catalog = load(args.config)
     if args.command == "lint":
         errors, warnings = policy(catalog)
@@ -148,18 +131,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "build" and args.jobs is not None and args.jobs < 1:
         raise InputError("--jobs", "must be at least 1")
-
-    log = structlog.get_logger("orchestrator")
-
-    def on_event(event: str, fields: dict[str, Any]) -> None:
-        if event != "layer_up_to_date":
-            log.info(event, **fields)
+    from orchestrator.build.runs import execute
+    from orchestrator.cli.progress import Progress
 
     dry_run = args.command == "plan"
+    # Progress goes to stderr so stdout stays the command's answer.
+    progress = None if dry_run else Progress(sys.stderr)
     report = _run_interruptible(execute(
         config, catalog, names=args.layers, force=args.force, dry_run=dry_run,
-        jobs=getattr(args, "jobs", None), on_event=None if dry_run else on_event,
-    ))
+        jobs=getattr(args, "jobs", None), on_event=progress,
+    ), progress)
     if args.json:
         print(render.report_json(report))
     else:
@@ -167,24 +148,49 @@ def _dispatch(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def _run_interruptible(coro: Any) -> Any:
+def _run_daemon(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from orchestrator.service import logs
+    from orchestrator.service.api import ControlServer
+    from orchestrator.service.daemon import Daemon
+
+    # Logs go to stdout (the journal), one JSON object a line off a TTY.
+    logs.configure(sys.stdout, logging.DEBUG if args.verbose else logging.INFO)
+    daemon = Daemon(args.config, ControlServer, once=args.once)
+    return asyncio.run(daemon.run())
+
+
+def _run_interruptible(coro: Any, progress: Any = None) -> Any:
     """Run ``coro``; SIGTERM cancels it like Ctrl-C does, so builders are stopped."""
+    import asyncio
+    import contextlib
+    import signal
+
     async def runner() -> Any:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        beat = asyncio.create_task(progress.heartbeat()) if progress is not None else None
         try:
             return await coro
         except asyncio.CancelledError:
             raise KeyboardInterrupt from None
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
+            if beat is not None:
+                beat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beat
 
     return asyncio.run(runner())
 
 
 async def _status_text(client: Client) -> str:
+    from orchestrator.cli.client import render_full_status
+
     status_code, status = await client.call("GET", "/v1/status")
     layers_code, layers = await client.call("GET", "/v1/layers")
     if status_code != 200 or layers_code != 200:
@@ -194,6 +200,10 @@ async def _status_text(client: Client) -> str:
 
 
 async def _status(client: Client, watch: bool) -> int:
+    import asyncio
+
+    from orchestrator.cli.client import NoDaemon
+
     try:
         text = await _status_text(client)
     except RuntimeError as exc:
@@ -216,6 +226,8 @@ async def _status(client: Client, watch: bool) -> int:
 
 
 def _socket_path(args: argparse.Namespace) -> Path:
+    from orchestrator.catalog.config import DEFAULT_SOCKET, load_config
+
     if args.socket is not None:
         return Path(args.socket)
     try:
@@ -225,6 +237,10 @@ def _socket_path(args: argparse.Namespace) -> Path:
 
 
 def _client(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from orchestrator.cli.client import Client, NoDaemon
+
     client = Client(_socket_path(args))
     try:
         return asyncio.run(_client_call(client, args))
@@ -234,6 +250,10 @@ def _client(args: argparse.Namespace) -> int:
 
 
 async def _client_call(client: Client, args: argparse.Namespace) -> int:
+    import json
+
+    from orchestrator.cli.client import exit_for, render_history
+
     if args.command == "logs":
         return await client.stream(f"/v1/builds/{args.id}/log"
                                    + ("?follow=1" if args.follow else ""))

@@ -49,9 +49,12 @@ class Member:
 
 class BuilderPool:
     def __init__(self, members: Iterable[tuple[BuilderSpec, Builder]],
-                 on_event: Callable[[str, dict[str, Any], str], None] | None = None) -> None:
+                 on_event: Callable[[str, dict[str, Any], str], None] | None = None, *,
+                 wait_for_engines: bool = True) -> None:
         self.members = [Member(spec, builder) for spec, builder in members]
         self.on_event = on_event or (lambda event, fields, level: None)
+        # The daemon waits for an engine to come back; a one-shot run fails instead.
+        self.wait_for_engines = wait_for_engines
         self._changed = asyncio.Condition()
 
     def __len__(self) -> int:
@@ -127,12 +130,19 @@ class BuilderPool:
         while True:
             await self._recheck_down()
             member = self._pick(prefer, excluded)
-            stale = member is not None and member.running == 0 and \
-                time.monotonic() - member.last_ping > PING_AFTER_IDLE_S
-            if member is not None and stale and not await self.check(member):
-                continue
             if member is not None:
+                # Take the slot before any await: a ping of an idle engine yields
+                # the loop, and another build must not pick the same slot meanwhile.
+                member.running += 1
+                stale = member.running == 1 and \
+                    time.monotonic() - member.last_ping > PING_AFTER_IDLE_S
+                if stale and not await self.check(member):
+                    member.running -= 1
+                    continue
                 break
+            if not self.wait_for_engines and not self.any_up() and \
+                    all(m.checked for m in self.members):
+                raise BackendError("no builder answers: " + self.why_waiting())
             if not self.any_up() and not announced:
                 self.on_event("builds_waiting", {"reason": "no builder is up: "
                                                  + self.why_waiting()}, "warning")
@@ -140,7 +150,6 @@ class BuilderPool:
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), 1.0)
-        member.running += 1
         member.builds += 1
         try:
             yield member

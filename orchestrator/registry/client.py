@@ -1,6 +1,6 @@
 """A small OCI distribution client: manifest digests and tag lists.
 
-Speaks the distribution spec over aiohttp: HEAD on manifests with the OCI and
+Speaks the distribution spec over a :mod:`transport`: HEAD on manifests with the OCI and
 Docker Accept headers (GET and sha256 of the body when a registry gives no
 ``Docker-Content-Digest``), tag lists with ``Link`` pagination, and both auth
 schemes registries ask for (Basic, and Bearer tokens from the realm named in
@@ -15,14 +15,14 @@ import hashlib
 import json
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
-
-import aiohttp
 
 from orchestrator.core.errors import RegistryError
 from orchestrator.core.imageref import ImageRef
 from orchestrator.registry.auth import AuthStore, Credentials
+from orchestrator.registry.transport import PooledTransport, Transport, TransportError
 
 MANIFEST_TYPES = ", ".join([
     "application/vnd.oci.image.index.v1+json",
@@ -45,16 +45,15 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 
 
 class RegistryClient:
-    """One per run or daemon; owns an aiohttp session and a token cache."""
+    """One per run or daemon; owns its transport (connections) and a token cache."""
 
     def __init__(self, auth: AuthStore | None = None, *, insecure: frozenset[str] = frozenset(),
-                 timeout_s: float = 30.0,
+                 timeout_s: float = 30.0, transport: Transport | None = None,
                  on_request: Callable[[str, str, str], None] | None = None) -> None:
         self._auth = auth or AuthStore.empty()
         self._insecure = set(insecure)  # hosts spoken to over plain HTTP
         self._tokens: dict[tuple[str, str], str] = {}
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self._transport: Transport = transport or PooledTransport(timeout_s)
         # (registry, method, status code or "error") after every request, for metrics
         self.on_request = on_request or (lambda registry, method, code: None)
 
@@ -68,14 +67,7 @@ class RegistryClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        return self._session
+        await self._transport.close()
 
     def _base(self, ref: ImageRef) -> str:
         scheme = "http" if ref.registry in self._insecure else "https"
@@ -174,15 +166,16 @@ class RegistryClient:
         if "service" in params:
             query["service"] = params["service"]
         headers = {"Authorization": basic_auth(creds)} if creds else {}
+        realm = params["realm"]
+        url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
         try:
-            async with self._http().get(params["realm"], params=query, headers=headers) as resp:
-                body = await resp.read()
-                if resp.status >= 400:
-                    raise RegistryError(ref.registry, f"token request failed: HTTP {resp.status}",
-                                        resp.status)
-        except aiohttp.ClientError as exc:
+            resp = await self._transport.request("GET", url, headers)
+        except TransportError as exc:
             raise RegistryError(ref.registry, f"token request failed: {exc}") from exc
-        data = _json(body)
+        if resp.status >= 400:
+            raise RegistryError(ref.registry, f"token request failed: HTTP {resp.status}",
+                                resp.status)
+        data = _json(resp.body)
         token = data.get("token") or data.get("access_token")
         if not isinstance(token, str):
             raise RegistryError(ref.registry, "token response has no token")
@@ -191,15 +184,12 @@ class RegistryClient:
     async def _send(self, method: str, ref: ImageRef, url: str, headers: Mapping[str, str],
                     data: bytes | None = None) -> tuple[int, Mapping[str, str], bytes]:
         try:
-            async with self._http().request(method, url, headers=headers, data=data,
-                                            allow_redirects=True) as resp:
-                body = b"" if method == "HEAD" else await resp.read()
-                self.on_request(ref.registry, method, str(resp.status))
-                return resp.status, resp.headers, body
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            resp = await self._transport.request(method, url, headers, data)
+        except TransportError as exc:
             self.on_request(ref.registry, method, "error")
-            raise RegistryError(ref.registry, f"{method} {url.split('?')[0]}: "
-                                f"{type(exc).__name__}: {exc}") from exc
+            raise RegistryError(ref.registry, f"{method} {url.split('?')[0]}: {exc}") from exc
+        self.on_request(ref.registry, method, str(resp.status))
+        return resp.status, resp.headers, resp.body
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -36,6 +36,7 @@ from orchestrator.core.plan import is_due, short_digest
 from orchestrator.engines.factory import docker_config_dir, insecure_hosts, make_builders
 from orchestrator.engines.pool import BuilderPool
 from orchestrator.engines.runner import CommandRunner
+from orchestrator.registry.aiohttp_transport import AiohttpTransport
 from orchestrator.registry.auth import AuthStore
 from orchestrator.registry.client import RegistryClient
 from orchestrator.registry.upstream import UpstreamPoller, resolve
@@ -141,6 +142,7 @@ class Daemon:
                              "error")
         self._recover()
         self.registry = RegistryClient(AuthStore.load(self.config.auth_file),
+                                       transport=AiohttpTransport(),
                                        insecure=frozenset(insecure_hosts(self.config)),
                                        on_request=self.metrics.registry_request)
         self.pool = BuilderPool(make_builders(self.config, self.runner, docker_config),
@@ -466,7 +468,8 @@ class Daemon:
             config, catalog, self.pool, self.state,
             self.registry if config.registry is not None else None,
             self.upstream_values, upstream_errors=dict(self.upstream_errors),
-            contexts=contexts, revision=catalog_revision(config.layers_dir), forced=forced,
+            contexts=contexts, revision=lambda: catalog_revision(config.layers_dir),
+            forced=forced,
             on_event=self._on_pipeline_event, cause_of=cause_of, superseded=superseded,
         )
         self.bus.publish("run_started", {"run_id": run_id, "layers": len(order)})

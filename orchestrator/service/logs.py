@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
-_SECRET_KEYS = re.compile(r"(token|password|secret|authorization|auth)", re.IGNORECASE)
-_BEARER = re.compile(r"(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+")
+from orchestrator.core.redact import redact_fields
 
 
 def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Drop secret-looking fields and credentials embedded in strings."""
-    for key, value in list(event.items()):
-        if _SECRET_KEYS.search(key) and key != "event":
-            event[key] = "[redacted]"
-        elif isinstance(value, str) and ("Bearer" in value or "Basic" in value):
-            event[key] = _BEARER.sub(r"\1 [redacted]", value)
-    return event
+    """structlog processor: drop secret-looking fields and embedded credentials."""
+    return redact_fields(event)
 
 
 def configure(stream: TextIO | None = None, level: int = logging.INFO,

@@ -120,3 +120,42 @@ def test_bad_builders(tmp_path: Path, block: str, message: str) -> None:
     config.write_text('[registry]\nurl = "reg:5000/base"\n' + block)
     with pytest.raises(InputError, match=message):
         load_config(config)
+
+
+class SlowPingEngine(FakeEngine):
+    """An engine whose health check takes a while: the window in which a second
+    build could be placed on the slot the first one is about to take."""
+
+    async def ping(self) -> None:
+        await asyncio.sleep(0.05)
+        await super().ping()
+
+
+async def test_an_idle_re_ping_does_not_let_two_builds_share_one_slot() -> None:
+    pool = pool_of(SlowPingEngine("a"), SlowPingEngine("b"))
+    await pool.check_all()
+    for member in pool.members:  # idle long enough to be pinged again before use
+        member.last_ping = 0.0
+    placed: list[str] = []
+    release = asyncio.Event()
+
+    async def build() -> None:
+        async with pool.lease() as member:
+            placed.append(member.name)
+            assert member.running <= member.spec.slots
+            await release.wait()
+
+    tasks = [asyncio.create_task(build()) for _ in range(2)]
+    while len(placed) < 2:
+        await asyncio.sleep(0.01)
+    assert sorted(placed) == ["a", "b"]
+    release.set()
+    await asyncio.gather(*tasks)
+
+
+async def test_a_one_shot_pool_fails_at_once_when_no_engine_answers() -> None:
+    pool = BuilderPool([(BuilderSpec("gone", "docker", None, 1), FakeEngine("gone", up=False))],
+                       wait_for_engines=False)
+    with pytest.raises(BackendError, match="no builder answers: gone: gone is gone"):
+        async with asyncio.timeout(5), pool.lease():
+            pass

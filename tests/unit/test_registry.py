@@ -14,8 +14,10 @@ from aiohttp.test_utils import TestServer
 
 from orchestrator.core.errors import RegistryError
 from orchestrator.core.imageref import parse_repository
+from orchestrator.registry.aiohttp_transport import AiohttpTransport
 from orchestrator.registry.auth import AuthStore
 from orchestrator.registry.client import RegistryClient
+from orchestrator.registry.transport import PooledTransport, Transport
 
 MANIFEST = b'{"schemaVersion": 2}'
 DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
@@ -33,7 +35,19 @@ class ScriptedRegistry:
         app.router.add_get("/token", self.token)
         app.router.add_route("*", "/v2/{repo:.+}/manifests/{ref}", self.manifest)
         app.router.add_get("/v2/{repo:.+}/tags/list", self.tags)
+        app.router.add_get("/moved/{repo:.+}/manifests/{ref}", self.moved)
+        app.router.add_get("/storage/blob", self.storage)
         return app
+
+    async def moved(self, request: web.Request) -> web.Response:
+        # The registry sends reads elsewhere; the credentials must not follow
+        # when the host changes ("localhost" vs "127.0.0.1": another host).
+        target = request.query.get("to", "")
+        return web.Response(status=307, headers={"Location": target})
+
+    async def storage(self, request: web.Request) -> web.Response:
+        self.seen_auth.append("storage:" + request.headers.get("Authorization", ""))
+        return web.Response(body=MANIFEST)
 
     async def token(self, request: web.Request) -> web.Response:
         self.token_requests.append({**request.query,
@@ -81,6 +95,12 @@ async def registry() -> AsyncIterator[tuple[ScriptedRegistry, str]]:
     await server.close()
 
 
+@pytest.fixture(params=["pooled", "aiohttp"])
+def transport(request: pytest.FixtureRequest) -> Transport:
+    """Every behaviour holds for both transports: the one-shot CLI's and the daemon's."""
+    return PooledTransport(5.0) if request.param == "pooled" else AiohttpTransport(5.0)
+
+
 def auth_file(tmp_path: Path, host: str) -> AuthStore:
     path = tmp_path / "auth.json"
     token = base64.b64encode(b"alice:s3cret").decode()
@@ -89,10 +109,11 @@ def auth_file(tmp_path: Path, host: str) -> AuthStore:
 
 
 async def test_token_auth_and_digest_from_body(
-    registry: tuple[ScriptedRegistry, str], tmp_path: Path
+    registry: tuple[ScriptedRegistry, str], tmp_path: Path, transport: Transport
 ) -> None:
     scripted, host = registry
-    async with RegistryClient(auth_file(tmp_path, host), insecure=frozenset({host})) as client:
+    async with RegistryClient(auth_file(tmp_path, host), insecure=frozenset({host}),
+                              transport=transport) as client:
         ref = parse_repository(f"{host}/library/alpine")
         assert await client.manifest_digest(ref, "3.20") == DIGEST
         assert await client.manifest_digest(ref, "missing") is None
@@ -103,15 +124,51 @@ async def test_token_auth_and_digest_from_body(
     assert len(scripted.token_requests) == 1  # the token is cached for later requests
 
 
-async def test_tag_list_follows_pagination(registry: tuple[ScriptedRegistry, str]) -> None:
+async def test_tag_list_follows_pagination(registry: tuple[ScriptedRegistry, str],
+                                           transport: Transport) -> None:
     _, host = registry
-    async with RegistryClient(insecure=frozenset({host})) as client:
+    async with RegistryClient(insecure=frozenset({host}), transport=transport) as client:
         tags = await client.tags(parse_repository(f"{host}/library/alpine"), page_size=10)
     assert tags == TAGS
 
 
-async def test_unreachable_registry_is_a_clear_error() -> None:
-    async with RegistryClient(insecure=frozenset({"127.0.0.1:9"}), timeout_s=5) as client:
+async def test_redirects_are_followed_without_credentials_to_another_host(
+        registry: tuple[ScriptedRegistry, str], transport: Transport) -> None:
+    scripted, host = registry
+    port = host.split(":")[1]
+    same = f"http://{host}/storage/blob"
+    other = f"http://localhost:{port}/storage/blob"
+    for target in (same, other):
+        resp = await transport.request("GET", f"http://{host}/moved/x/manifests/1?to={target}",
+                                       {"Authorization": "Bearer tok-123"})
+        assert resp.status == 200 and resp.body == MANIFEST
+    await transport.close()
+    assert scripted.seen_auth == ["storage:Bearer tok-123", "storage:"]
+
+
+async def test_pooled_transport_keeps_connections_alive(
+        registry: tuple[ScriptedRegistry, str]) -> None:
+    _, host = registry
+    transport = PooledTransport(5.0)
+    connects = 0
+    real_checkout = transport._checkout
+
+    def counting(key: tuple[str, str, int]) -> object:
+        nonlocal connects
+        conn, reused = real_checkout(key)
+        connects += not reused
+        return conn, reused
+
+    transport._checkout = counting  # type: ignore[assignment,method-assign]
+    async with RegistryClient(insecure=frozenset({host}), transport=transport) as client:
+        for _ in range(10):  # one after another: one connection serves them all
+            await client.tags(parse_repository(f"{host}/library/alpine"), page_size=10)
+    assert connects == 1
+
+
+async def test_unreachable_registry_is_a_clear_error(transport: Transport) -> None:
+    async with RegistryClient(insecure=frozenset({"127.0.0.1:9"}), timeout_s=5,
+                              transport=transport) as client:
         with pytest.raises(RegistryError, match=r"registry 127\.0\.0\.1:9: HEAD"):
             await client.manifest_digest(parse_repository("127.0.0.1:9/x"), "1")
 

@@ -1,0 +1,40 @@
+"""The registry client's HTTP over aiohttp, for the daemon (which loads aiohttp
+for its control socket anyway, and talks to registries all day)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import aiohttp
+
+from orchestrator.registry.transport import (
+    MAX_REDIRECTS,
+    Headers,
+    Response,
+    TransportError,
+)
+
+
+class AiohttpTransport:
+    def __init__(self, timeout_s: float = 30.0) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def request(self, method: str, url: str, headers: Mapping[str, str],
+                      data: bytes | None = None) -> Response:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        try:
+            # aiohttp drops Authorization itself when a redirect changes the origin.
+            async with self._session.request(method, url, headers=dict(headers), data=data,
+                                             allow_redirects=True,
+                                             max_redirects=MAX_REDIRECTS) as resp:
+                body = b"" if method == "HEAD" else await resp.read()
+                return Response(resp.status, Headers(resp.headers.items()), body)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
