@@ -1,5 +1,6 @@
-"""Running builder processes: own process group, output to a per-build log file,
-a deadline, and a clean stop (SIGTERM, then SIGKILL) when cancelled."""
+"""Running builder processes: each under a guard (``guard.py``) in its own process
+group, output to a capped per-build log file, a deadline, and a clean stop
+(SIGTERM, then SIGKILL) when cancelled or when the daemon dies."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import ctypes
 import os
 import re
 import signal
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +22,18 @@ _PRIVATE_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
                 "WATCHDOG_USEC", "WATCHDOG_PID")
 STOP_GRACE_S = 10.0
 PR_SET_PDEATHSIG = 1
+GUARD = Path(__file__).with_name("guard.py")
+DEFAULT_LOG_CAP = 64 * 1024 * 1024
 
 
 def _die_with_parent() -> None:
     """Runs in the child before exec: if the daemon dies (even by kill -9), the
-    kernel sends the builder SIGTERM instead of leaving it orphaned and
-    pushing behind the next daemon's back."""
+    kernel sends the guard SIGTERM, and the guard stops the builder's whole tree
+    instead of leaving it orphaned and pushing behind the next daemon's back."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the daemon died before the signal was armed
+        os._exit(1)
 
 
 def builder_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -56,25 +62,39 @@ class CommandRunner(Protocol):
 
 
 class SubprocessRunner:
+    def __init__(self, log_cap_bytes: int = DEFAULT_LOG_CAP,
+                 stop_grace_s: float = STOP_GRACE_S) -> None:
+        self.log_cap_bytes = log_cap_bytes
+        self.stop_grace_s = stop_grace_s
+
+    def guarded(self, argv: Sequence[str], log: Path) -> list[str]:
+        """The builder command under its guard (isolated, no site: starts fast)."""
+        return [sys.executable, "-I", "-S", str(GUARD), str(log), str(self.log_cap_bytes),
+                str(self.stop_grace_s), "--", *argv]
+
     async def run(self, argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None,
                   timeout_s: float | None = None) -> int | None:
         log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as out:
-            out.write(("$ " + " ".join(argv) + "\n").encode())
-            out.flush()
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out,
-                stderr=asyncio.subprocess.STDOUT, env=builder_env(env), start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        try:
+            os.write(fd, ("$ " + " ".join(argv) + "\n").encode())
+        finally:
+            os.close(fd)
+        proc = await asyncio.create_subprocess_exec(
+            *self.guarded(argv, log), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            env=builder_env(env), start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        # The guard stops the tree itself within its grace; this is the backstop.
+        grace = self.stop_grace_s + 5.0
         try:
             return await asyncio.wait_for(proc.wait(), timeout_s)
         except TimeoutError:
-            await stop_process_group(proc)
+            await stop_process_group(proc, grace)
             return None
         except asyncio.CancelledError:
             # Shield the stop so a second cancel cannot leave the group running.
-            await asyncio.shield(stop_process_group(proc))
+            await asyncio.shield(stop_process_group(proc, grace))
             raise
 
     async def capture(self, argv: Sequence[str], *,
