@@ -24,6 +24,7 @@ class NodeResult(Generic[V]):
     value: V | None = None
     error: BaseException | None = None
     skipped_because: str | None = None
+    blocked_by: str | None = None  # for SKIPPED: the parent whose outcome stopped it
 
 
 Step = Callable[[str, V | None], Awaitable[V]]
@@ -61,7 +62,7 @@ async def run_graph(
                 if parent_result.outcome in STOPPED:
                     results[node] = NodeResult(
                         Outcome.SKIPPED, skipped_because=f"parent {parent} "
-                        f"{parent_result.outcome.value}")
+                        f"{parent_result.outcome.value}", blocked_by=parent)
                     return
                 parent_value = parent_result.value
             try:

@@ -8,14 +8,19 @@ state costs re-planning, not rebuilding.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import functools
+import grp
 import json
+import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from orchestrator.core.model import FileEntry, Inputs
 
@@ -59,12 +64,35 @@ CREATE TABLE IF NOT EXISTS upstreams (
     checked_at  REAL NOT NULL,
     changed_at  REAL NOT NULL
 );
+-- Every trigger (POST /v1/builds, a file change, an upstream change) is a request
+-- that stays answerable until it is done and after: what it asked, what happened.
+CREATE TABLE IF NOT EXISTS requests (
+    id          TEXT PRIMARY KEY,
+    created_at  REAL NOT NULL,
+    cause       TEXT NOT NULL,
+    force       INTEGER NOT NULL,
+    layers      TEXT NOT NULL,               -- JSON list of layer ids
+    state       TEXT NOT NULL,               -- queued | running | done
+    results     TEXT NOT NULL DEFAULT '{}',  -- JSON {layer: outcome}
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS requests_by_time ON requests (created_at);
+-- When each build key was first built: its images carry that time, so a
+-- rebuild of the same inputs can give the same bytes (and digest).
+CREATE TABLE IF NOT EXISTS keys (
+    build_key   TEXT PRIMARY KEY,
+    layer       TEXT NOT NULL,
+    first_built REAL NOT NULL
+);
 """
 # Columns added after the first release: (table, column, declaration).
 MIGRATIONS = [
     ("builds", "cause", "TEXT"),
     ("builds", "request_id", "TEXT"),
     ("builds", "builder", "TEXT"),
+    ("builds", "base_ref", "TEXT"),  # what the builder stood on: cleanup after a crash
+    ("builds", "platform", "TEXT"),
+    ("queue", "requests", "TEXT NOT NULL DEFAULT '[]'"),  # every request merged into it
 ]
 
 
@@ -84,6 +112,9 @@ def inputs_to_json(inputs: Inputs) -> str:
         "files": [[e.path, e.mode, e.digest] for e in inputs.files],
         "args": [list(a) for a in inputs.args],
         "parent_digest": inputs.parent_digest,
+        "bases": [list(b) for b in inputs.bases],
+        "platforms": list(inputs.platforms),
+        "secrets": list(inputs.secrets),
     }, separators=(",", ":"))
 
 
@@ -94,12 +125,29 @@ def inputs_from_json(text: str) -> Inputs:
         files=tuple(FileEntry(p, m, d) for p, m, d in data["files"]),
         args=tuple((k, v) for k, v in data["args"]),
         parent_digest=data["parent_digest"],
+        bases=tuple((r, d) for r, d in data.get("bases", [])),
+        platforms=tuple(data.get("platforms", [])),
+        secrets=tuple(data.get("secrets", [])),
     )
 
 
+def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [c[0] for c in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _queue_row(row: dict[str, Any]) -> dict[str, Any]:
+    row["requests"] = json.loads(row.get("requests") or "[]") or [row["request_id"]]
+    return row
+
+
 class StateStore:
-    def __init__(self, path: Path) -> None:
+    """Blocking access to the database. The daemon and the pipeline use it
+    through :class:`AsyncStateStore`, which keeps every call off the event loop."""
+
+    def __init__(self, path: Path, group: str | None = None) -> None:
         self.path = path
+        self.group = group
         path.parent.mkdir(parents=True, exist_ok=True)
         self.moved_aside: Path | None = None
         try:
@@ -110,10 +158,14 @@ class StateStore:
             for suffix in ("-wal", "-shm"):
                 Path(str(path) + suffix).unlink(missing_ok=True)
             self._db = self._open()
+        # Build history and logs are for the socket's users only (same group rule).
+        for suffix in ("", "-wal", "-shm"):
+            restrict(Path(str(path) + suffix), 0o640 if group is None else 0o660, group)
 
     def _open(self) -> sqlite3.Connection:
         # Autocommit, with explicit `with self._tx():` transactions where several
-        # statements must land together.
+        # statements must land together. One connection, used by one thread at a
+        # time (AsyncStateStore runs every call on its single worker thread).
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -144,6 +196,8 @@ class StateStore:
     def close(self) -> None:
         self._db.close()
 
+    # -- layers -----------------------------------------------------------------
+
     def layer(self, layer: str) -> LayerRecord | None:
         row = self._db.execute(
             "SELECT layer, build_key, digest, ref, inputs, built_at FROM layers WHERE layer = ?",
@@ -166,13 +220,28 @@ class StateStore:
              inputs_to_json(record.inputs), record.built_at, time.time()),
         )
 
+    def key_first_built(self, key: str, layer: str, now: float) -> float:
+        """When ``key`` was first built (recording ``now`` if it never was)."""
+        with self._tx():
+            row = self._db.execute("SELECT first_built FROM keys WHERE build_key = ?",
+                                   (key,)).fetchone()
+            if row is not None:
+                return float(row[0])
+            self._db.execute("INSERT INTO keys VALUES (?, ?, ?)", (key, layer, now))
+            return now
+
+    # -- builds -----------------------------------------------------------------
+
     def start_build(self, build_id: str, layer: str, key: str | None, reason: str,
                     log_path: str | None, *, cause: str | None = None,
-                    request_id: str | None = None, builder: str | None = None) -> None:
+                    request_id: str | None = None, builder: str | None = None,
+                    base_ref: str | None = None, platform: str | None = None) -> None:
         self._db.execute(
             "INSERT INTO builds (id, layer, build_key, reason, outcome, started_at, log_path, "
-            "cause, request_id, builder) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
-            (build_id, layer, key, reason, time.time(), log_path, cause, request_id, builder),
+            "cause, request_id, builder, base_ref, platform) "
+            "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+            (build_id, layer, key, reason, time.time(), log_path, cause, request_id, builder,
+             base_ref, platform),
         )
 
     def finish_build(self, build_id: str, outcome: str, digest: str | None = None,
@@ -184,100 +253,166 @@ class StateStore:
 
     def builds(self, layer: str | None = None, limit: int = 50,
                request_id: str | None = None) -> list[dict[str, Any]]:
+        """Newest first. ``layer`` is a layer id or a folder name (all its variants);
+        matched exactly, never as a pattern."""
         query = "SELECT * FROM builds"
         clauses, params = [], []
         if layer is not None:
-            clauses.append("(layer = ? OR layer LIKE ?)")
-            params += [layer, f"{layer}:%"]
+            clauses.append("(layer = ? OR substr(layer, 1, ?) = ?)")
+            params += [layer, len(layer) + 1, f"{layer}:"]
         if request_id is not None:
             clauses.append("request_id = ?")
             params.append(request_id)
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
-        cursor = self._db.execute(query + " ORDER BY started_at DESC LIMIT ?", (*params, limit))
-        names = [c[0] for c in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        return _rows(self._db.execute(query + " ORDER BY started_at DESC LIMIT ?",
+                                      (*params, limit)))
 
     def build(self, build_id: str) -> dict[str, Any] | None:
-        cursor = self._db.execute("SELECT * FROM builds WHERE id = ?", (build_id,))
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        return dict(zip([c[0] for c in cursor.description], row, strict=True))
+        rows = _rows(self._db.execute("SELECT * FROM builds WHERE id = ?", (build_id,)))
+        return rows[0] if rows else None
 
     def last_build(self, layer: str) -> dict[str, Any] | None:
         """The newest build of exactly this layer id (uses the (layer, started_at) index)."""
-        cursor = self._db.execute("SELECT * FROM builds WHERE layer = ? "
-                                  "ORDER BY started_at DESC LIMIT 1", (layer,))
-        row = cursor.fetchone()
-        return dict(zip([c[0] for c in cursor.description], row, strict=True)) if row else None
+        rows = _rows(self._db.execute("SELECT * FROM builds WHERE layer = ? "
+                                      "ORDER BY started_at DESC LIMIT 1", (layer,)))
+        return rows[0] if rows else None
+
+    def last_builds(self, layers: list[str]) -> dict[str, dict[str, Any]]:
+        return {lid: row for lid in layers if (row := self.last_build(lid)) is not None}
 
     def mark_interrupted(self) -> list[dict[str, Any]]:
         """Builds left 'running' by a crash: recorded as interrupted, never as built."""
         with self._tx():
-            cursor = self._db.execute("SELECT * FROM builds WHERE outcome = 'running'")
-            names = [c[0] for c in cursor.description]
-            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            rows = _rows(self._db.execute("SELECT * FROM builds WHERE outcome = 'running'"))
             self._db.execute("UPDATE builds SET outcome = 'interrupted', finished_at = ? "
                              "WHERE outcome = 'running'", (time.time(),))
         return rows
 
     # -- the queue: what the daemon still has to do, surviving restarts ---------
 
-    def enqueue(self, layer: str, *, force: bool, cause: str, request_id: str) -> str:
-        """Queue a layer; returns the request id that will serve it. A layer
-        already waiting absorbs the trigger (forced if either was); one being
-        built gets exactly one follow-up entry."""
+    def enqueue(self, layer: str, *, force: bool, cause: str, request_id: str,
+                requests: list[str] | None = None) -> str:
+        """Queue a layer; returns the request id of the entry that will serve it. A
+        layer already waiting absorbs the trigger (forced if either was, every
+        request id kept); one being built gets exactly one follow-up entry."""
+        merged = list(dict.fromkeys(requests or [request_id]))
         with self._tx():
-            row = self._db.execute("SELECT id, request_id FROM queue WHERE layer = ? AND "
-                                   "taken = 0", (layer,)).fetchone()
+            row = self._db.execute("SELECT id, request_id, requests FROM queue WHERE layer = ? "
+                                   "AND taken = 0", (layer,)).fetchone()
             if row is not None:
-                self._db.execute("UPDATE queue SET force = max(force, ?) WHERE id = ?",
-                                 (int(force), row[0]))
+                known = json.loads(row[2] or "[]") or [row[1]]
+                union = list(dict.fromkeys([*known, *merged]))
+                self._db.execute("UPDATE queue SET force = max(force, ?), requests = ? "
+                                 "WHERE id = ?", (int(force), json.dumps(union), row[0]))
                 return str(row[1])
-            self._db.execute("INSERT INTO queue (layer, force, cause, request_id, enqueued_at) "
-                             "VALUES (?, ?, ?, ?, ?)",
-                             (layer, int(force), cause, request_id, time.time()))
-            return request_id
+            self._db.execute("INSERT INTO queue (layer, force, cause, request_id, enqueued_at, "
+                             "requests) VALUES (?, ?, ?, ?, ?, ?)",
+                             (layer, int(force), cause, merged[0], time.time(),
+                              json.dumps(merged)))
+            return merged[0]
 
     def queued(self, taken: bool | None = None) -> list[dict[str, Any]]:
-        clause = "" if taken is None else f" WHERE taken = {int(taken)}"
-        cursor = self._db.execute(f"SELECT * FROM queue{clause} ORDER BY id")
-        names = [c[0] for c in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        if taken is None:
+            cursor = self._db.execute("SELECT * FROM queue ORDER BY id")
+        else:
+            cursor = self._db.execute("SELECT * FROM queue WHERE taken = ? ORDER BY id",
+                                      (int(taken),))
+        return [_queue_row(row) for row in _rows(cursor)]
 
     def take_queue(self) -> list[dict[str, Any]]:
         """Everything waiting, now marked as served by the run about to start."""
         with self._tx():
             rows = self.queued(taken=False)
             self._db.execute("UPDATE queue SET taken = 1 WHERE taken = 0")
+            for request in {r for row in rows for r in row["requests"]}:
+                self._db.execute("UPDATE requests SET state = 'running' WHERE id = ? AND "
+                                 "state = 'queued'", (request,))
         return rows
 
     def finish_queue(self, ids: list[int]) -> None:
-        self._db.executemany("DELETE FROM queue WHERE id = ?", [(i,) for i in ids])
+        with self._tx():
+            self._db.executemany("DELETE FROM queue WHERE id = ?", [(i,) for i in ids])
 
-    def requeue_taken(self) -> int:
-        """After a crash: what a dead run was serving waits again (merged with
-        any newer entry for the same layer)."""
+    def requeue_taken(self, ids: list[int] | None = None) -> int:
+        """Taken entries wait again (after a crash, or a run that was refused),
+        merged with any newer entry for the same layer: force and request ids kept."""
         with self._tx():
             rows = self.queued(taken=True)
+            if ids is not None:
+                rows = [row for row in rows if row["id"] in ids]
             for row in rows:
-                waiting = self._db.execute("SELECT id FROM queue WHERE layer = ? AND taken = 0",
-                                           (row["layer"],)).fetchone()
+                waiting = self._db.execute("SELECT id, requests, request_id FROM queue WHERE "
+                                           "layer = ? AND taken = 0", (row["layer"],)).fetchone()
                 if waiting is None:
                     self._db.execute("UPDATE queue SET taken = 0 WHERE id = ?", (row["id"],))
-                else:
-                    self._db.execute("UPDATE queue SET force = max(force, ?) WHERE id = ?",
-                                     (row["force"], waiting[0]))
-                    self._db.execute("DELETE FROM queue WHERE id = ?", (row["id"],))
+                    continue
+                known = json.loads(waiting[1] or "[]") or [waiting[2]]
+                union = list(dict.fromkeys([*row["requests"], *known]))
+                self._db.execute("UPDATE queue SET force = max(force, ?), requests = ? "
+                                 "WHERE id = ?", (row["force"], json.dumps(union), waiting[0]))
+                self._db.execute("DELETE FROM queue WHERE id = ?", (row["id"],))
+            for request in {r for row in rows for r in row["requests"]}:
+                self._db.execute("UPDATE requests SET state = 'queued' WHERE id = ? AND "
+                                 "state = 'running'", (request,))
         return len(rows)
+
+    # -- requests ----------------------------------------------------------------
+
+    def add_request(self, request_id: str, layers: list[str], *, force: bool,
+                    cause: str) -> None:
+        self._db.execute("INSERT INTO requests (id, created_at, cause, force, layers, state) "
+                         "VALUES (?, ?, ?, ?, ?, 'queued')",
+                         (request_id, time.time(), cause, int(force), json.dumps(layers)))
+
+    def record_results(self, results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+        """Add layer outcomes to requests: {request id: {layer: {"outcome": …,
+        "build_id": …}}}. A request no queue entry serves any more is done.
+        Returns the ids now done."""
+        done = []
+        with self._tx():
+            for request_id, outcomes in results.items():
+                row = self._db.execute("SELECT results FROM requests WHERE id = ?",
+                                       (request_id,)).fetchone()
+                if row is None:
+                    continue
+                merged = {**json.loads(row[0] or "{}"), **outcomes}
+                self._db.execute("UPDATE requests SET results = ? WHERE id = ?",
+                                 (json.dumps(merged), request_id))
+            for request_id in results:
+                if self._request_pending(request_id):
+                    continue
+                changed = self._db.execute(
+                    "UPDATE requests SET state = 'done', finished_at = ? WHERE id = ? AND "
+                    "state != 'done'", (time.time(), request_id)).rowcount
+                if changed:
+                    done.append(request_id)
+        return done
+
+    def _request_pending(self, request_id: str) -> bool:
+        # Request ids are letters, digits and "-": no LIKE wildcard can occur.
+        return self._db.execute("SELECT 1 FROM queue WHERE requests LIKE ? LIMIT 1",
+                                (f'%"{request_id}"%',)).fetchone() is not None
+
+    def request(self, request_id: str) -> dict[str, Any] | None:
+        rows = _rows(self._db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)))
+        if not rows:
+            return None
+        row = rows[0]
+        row["layers"] = json.loads(row["layers"])
+        row["results"] = json.loads(row["results"] or "{}")
+        row["force"] = bool(row["force"])
+        return row
+
+    def prune_requests(self, cutoff: float) -> int:
+        return self._db.execute("DELETE FROM requests WHERE state = 'done' AND "
+                                "finished_at < ?", (cutoff,)).rowcount
 
     # -- upstream values last seen -------------------------------------------
 
     def upstream(self, name: str) -> dict[str, Any] | None:
-        cursor = self._db.execute("SELECT * FROM upstreams WHERE name = ?", (name,))
-        row = cursor.fetchone()
-        return dict(zip([c[0] for c in cursor.description], row, strict=True)) if row else None
+        rows = _rows(self._db.execute("SELECT * FROM upstreams WHERE name = ?", (name,)))
+        return rows[0] if rows else None
 
     def save_upstream(self, name: str, tag: str | None, digest: str, ref: str,
                       changed: bool) -> None:
@@ -289,6 +424,72 @@ class StateStore:
             "changed_at = CASE WHEN ? THEN excluded.changed_at ELSE changed_at END",
             (name, tag, digest, ref, now, now, int(changed)),
         )
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _off_loop(method: Callable[Concatenate[StateStore, P], R]
+              ) -> Callable[Concatenate[AsyncStateStore, P], Awaitable[R]]:
+    """The async twin of a StateStore method, run on the store's worker thread."""
+    async def twin(self: AsyncStateStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self.call(method, self.store, *args, **kwargs)
+
+    twin.__doc__ = method.__doc__
+    return twin
+
+
+class AsyncStateStore:
+    """The state store for code on the event loop: every call runs on one worker
+    thread (SQLite wants one connection used by one thread at a time, and a slow
+    disk must never stall the loop, the API or the systemd watchdog)."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="state")
+
+    @property
+    def moved_aside(self) -> Path | None:
+        return self.store.moved_aside
+
+    async def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, functools.partial(fn, *args, **kwargs))
+
+    async def close(self) -> None:
+        await self.call(self.store.close)
+        self._worker.shutdown(wait=True)
+
+    layer = _off_loop(StateStore.layer)
+    save_layer = _off_loop(StateStore.save_layer)
+    key_first_built = _off_loop(StateStore.key_first_built)
+    start_build = _off_loop(StateStore.start_build)
+    finish_build = _off_loop(StateStore.finish_build)
+    builds = _off_loop(StateStore.builds)
+    build = _off_loop(StateStore.build)
+    last_builds = _off_loop(StateStore.last_builds)
+    mark_interrupted = _off_loop(StateStore.mark_interrupted)
+    enqueue = _off_loop(StateStore.enqueue)
+    queued = _off_loop(StateStore.queued)
+    take_queue = _off_loop(StateStore.take_queue)
+    finish_queue = _off_loop(StateStore.finish_queue)
+    requeue_taken = _off_loop(StateStore.requeue_taken)
+    add_request = _off_loop(StateStore.add_request)
+    record_results = _off_loop(StateStore.record_results)
+    request = _off_loop(StateStore.request)
+    prune_requests = _off_loop(StateStore.prune_requests)
+    upstream = _off_loop(StateStore.upstream)
+    save_upstream = _off_loop(StateStore.save_upstream)
+
+
+def restrict(path: Path, mode: int, group: str | None) -> None:
+    """chmod (and chgrp to ``group``) a file or folder the daemon owns, if it exists."""
+    with contextlib.suppress(FileNotFoundError):
+        if group is not None:
+            with contextlib.suppress(KeyError, PermissionError):
+                os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        os.chmod(path, mode)
 
 
 def prune_logs(logs: Path, cutoff: float, keep: set[str]) -> int:
