@@ -1,4 +1,13 @@
-"""Reading a layer's build context into build-key inputs (files, modes, hashes)."""
+"""Reading a layer's build context into build-key inputs (files, modes, hashes).
+
+What the key covers is exactly what the engine is given: the files and
+directories the engine's own ignore file keeps (``.dockerignore``, or
+``.containerignore`` / ``<Dockerfile>.dockerignore`` where that engine reads
+those), each with its relative path, permission bits (setuid/setgid/sticky
+included: the engines copy them) and content; symlinks by their target. The
+build itself then runs on a private copy of exactly these files
+(``build/snapshot.py``), so the engine can never see anything else.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +17,20 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from orchestrator.catalog.tomlfile import display
 from orchestrator.core.dockerignore import DockerIgnore
+
+try:  # TEMPORARY until the exact matcher lands
+    from orchestrator.core.dockerignore import ignore_file_for  # type: ignore[attr-defined]
+except ImportError:
+    def ignore_file_for(engine: str, dockerfile_rel: str, exists: Any) -> str | None:
+        if engine == "buildah" and exists(".containerignore"):
+            return ".containerignore"
+        if engine == "docker" and exists(dockerfile_rel + ".dockerignore"):
+            return dockerfile_rel + ".dockerignore"
+        return ".dockerignore" if exists(".dockerignore") else None
 from orchestrator.core.errors import InputError
 from orchestrator.core.model import FileEntry, Layer
 
@@ -19,51 +39,91 @@ from orchestrator.core.model import FileEntry, Layer
 # matrix value must not change the key of every existing variant.
 METADATA_FILES = frozenset({"layer.toml"})
 _CHUNK = 1 << 20
+PERMISSIONS = 0o7777
 
 
-# path -> (inode, size, mtime in ns, sha256). The daemon rescans contexts on
-# every run and status view: a file whose stat is unchanged is not read again.
-_DIGESTS: dict[str, tuple[int, int, int, str]] = {}
+# path -> (device, inode, size, mtime ns, ctime ns, sha256). The daemon rescans
+# contexts on every run and status view; a file whose stat is unchanged is not
+# read again. ctime is in the key because an mtime can be put back (cp -p,
+# rsync -t, tar x, touch -r, or a same-size rewrite within one clock tick) but
+# a ctime cannot: any write or chmod moves it.
+_DIGESTS: dict[str, tuple[int, int, int, int, int, str]] = {}
 _DIGESTS_MAX = 200_000
+
+
+def _stamp(info: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 def file_digest(path: Path) -> str:
     info = path.stat()
     key = str(path)
     cached = _DIGESTS.get(key)
-    if cached is not None and cached[:3] == (info.st_ino, info.st_size, info.st_mtime_ns):
-        return cached[3]
+    if cached is not None and cached[:5] == _stamp(info):
+        return cached[5]
     h = hashlib.sha256()
     with path.open("rb") as fh:
         while chunk := fh.read(_CHUNK):
             h.update(chunk)
     digest = h.hexdigest()
-    if len(_DIGESTS) >= _DIGESTS_MAX:
-        _DIGESTS.clear()  # crude, but bounded; a full rescan costs one read per file
-    _DIGESTS[key] = (info.st_ino, info.st_size, info.st_mtime_ns, digest)
+    # The file may have changed while we read it: only a stat that held still
+    # around the read may vouch for the digest next time.
+    if _stamp(path.stat()) == _stamp(info):
+        if len(_DIGESTS) >= _DIGESTS_MAX:
+            _DIGESTS.clear()  # crude, but bounded; a full rescan costs one read per file
+        _DIGESTS[key] = (*_stamp(info), digest)
     return digest
 
 
-def load_dockerignore(folder: Path) -> DockerIgnore:
-    path = folder / ".dockerignore"
+def ignore_file(layer: Layer, engines: Iterable[str]) -> str | None:
+    """The ignore file (relative to the context) the configured engines read.
+
+    The key must not depend on which engine of a pool builds the layer: when
+    the engines would read different files here, that is a configuration error."""
+    context = layer.context
     try:
-        return DockerIgnore.parse(path.read_text(encoding="utf-8"))
+        dockerfile_rel = layer.dockerfile.relative_to(context).as_posix()
+    except ValueError:
+        dockerfile_rel = layer.dockerfile.name
+
+    def exists(rel: str) -> bool:
+        return (context / rel).is_file()
+
+    chosen = {engine: ignore_file_for(engine, dockerfile_rel, exists) for engine in engines}
+    names = set(chosen.values())
+    if len(names) > 1:
+        detail = ", ".join(f"{engine} reads {name or 'none'}" for engine, name in
+                           sorted(chosen.items()))
+        raise InputError(display(context), f"the builders would read different ignore files "
+                         f"({detail}): keep one ignore file so every engine sends the same "
+                         "context")
+    return names.pop() if names else None
+
+
+def load_ignore(context: Path, name: str | None) -> DockerIgnore:
+    if name is None:
+        return DockerIgnore([])
+    path = context / name
+    try:
+        return DockerIgnore.parse(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         return DockerIgnore([])
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(display(path), f"cannot read: {exc}") from exc
 
 
-def scan_context(folder: Path) -> tuple[FileEntry, ...]:
-    """Every file the builder would receive, sorted by path.
+def scan_context(context: Path, ignore: DockerIgnore) -> tuple[FileEntry, ...]:
+    """Every file, symlink and directory the builder would receive, sorted by path.
+    Directories are entries too (``path/``): an empty one, or a mode change on
+    one, changes the image.
 
-    Raises InputError for a symlink that points outside the context: the
-    builder would send a dangling link, and the key could not see the target.
-    """
-    ignore = load_dockerignore(folder)
-    root = folder.resolve()
+    Raises InputError for a symlink that points outside the context (the builder
+    would send a dangling link, and the key could not see the target) and for
+    anything that cannot be read, naming the path."""
+    root = context.resolve()
     entries: list[FileEntry] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    walk_errors: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=walk_errors.append):
         rel_dir = os.path.relpath(dirpath, root)
         rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
         keep_dirs = []
@@ -80,17 +140,55 @@ def scan_context(folder: Path) -> tuple[FileEntry, ...]:
             rel = rel_dir + name
             if (not rel_dir and name in METADATA_FILES) or ignore.excluded(rel):
                 continue
-            entries.append(_entry(root, Path(dirpath, name), rel))
+            entry = _entry(root, Path(dirpath, name), rel)
+            if entry is not None:
+                entries.append(entry)
+    if walk_errors:
+        error = walk_errors[0]
+        raise InputError(display(Path(error.filename or root)), f"cannot read: "
+                         f"{error.strerror or error}: make it readable or list it in the "
+                         "ignore file")
+    entries += _directories(root, entries, ignore)
     entries.sort(key=lambda e: e.path)
     return tuple(entries)
 
 
-def _entry(root: Path, full: Path, rel: str) -> FileEntry:
-    info = full.lstat()
-    # Only the file type and the executable bit: that is what git keeps, so
-    # the same commit checked out under another umask gives the same key.
-    perms = 0o755 if info.st_mode & 0o111 else 0o644
-    mode = stat.S_IFMT(info.st_mode) | perms
+def _directories(root: Path, entries: list[FileEntry], ignore: DockerIgnore) -> list[FileEntry]:
+    """Directory entries: every parent of a kept entry, and every directory the
+    ignore rules keep even when it holds nothing that is kept (an empty one)."""
+    wanted: set[str] = set()
+    for entry in entries:
+        parts = entry.path.split("/")[:-1]
+        wanted.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
+    for dirpath, dirnames, _ in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+        kept = []
+        for name in dirnames:
+            rel = rel_dir + name
+            if Path(dirpath, name).is_symlink():
+                continue
+            if not ignore.excluded(rel):
+                wanted.add(rel)
+            if ignore.may_include_below(rel):
+                kept.append(name)
+        dirnames[:] = kept
+    out = []
+    for rel in wanted:
+        info = (root / rel).lstat()
+        out.append(FileEntry(rel + "/", stat.S_IFDIR | (info.st_mode & PERMISSIONS), ""))
+    return out
+
+
+def _entry(root: Path, full: Path, rel: str) -> FileEntry | None:
+    try:
+        info = full.lstat()
+    except FileNotFoundError:
+        return None  # deleted while we looked (an editor's probe file): not sent either
+    except OSError as exc:
+        raise InputError(display(full), f"cannot read: {exc.strerror}: make it readable or "
+                         "list it in the ignore file") from exc
+    mode = stat.S_IFMT(info.st_mode) | (info.st_mode & PERMISSIONS)
     if stat.S_ISLNK(info.st_mode):
         target = os.readlink(full)
         resolved = Path(os.path.normpath(full.parent / target))
@@ -99,8 +197,14 @@ def _entry(root: Path, full: Path, rel: str) -> FileEntry:
                              "copy the file into the layer folder instead")
         return FileEntry(rel, mode, hashlib.sha256(target.encode()).hexdigest())
     if stat.S_ISREG(info.st_mode):
-        return FileEntry(rel, mode, file_digest(full))
-    return FileEntry(rel, mode, "")  # fifo, socket, device: only the mode matters
+        try:
+            return FileEntry(rel, mode, file_digest(full))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise InputError(display(full), f"cannot read: {exc.strerror}: make it readable "
+                             "or list it in the ignore file") from exc
+    return None  # fifo, socket, device: the engines do not copy them
 
 
 @dataclass(frozen=True)
@@ -109,21 +213,33 @@ class Context:
 
     dockerfile: str
     files: tuple[FileEntry, ...]
+    ignore_file: str | None = None  # which ignore file selected ``files``
 
 
-def read_context(layer: Layer) -> Context:
-    return Context(file_digest(layer.dockerfile), scan_context(layer.folder))
+def read_context(layer: Layer, engines: Iterable[str] = ("buildah",)) -> Context:
+    try:
+        dockerfile = file_digest(layer.dockerfile)
+    except OSError as exc:
+        raise InputError(display(layer.dockerfile), f"cannot read: {exc.strerror}") from exc
+    name = ignore_file(layer, engines)
+    return Context(dockerfile, scan_context(layer.context, load_ignore(layer.context, name)),
+                   name)
 
 
-def read_contexts(layers: Iterable[Layer]) -> dict[str, Context]:
+def read_contexts(layers: Iterable[Layer], engines: Iterable[str] = ("buildah",)
+                  ) -> dict[str, Context | InputError]:
     """Contexts by layer id; matrix variants share their folder's single scan.
-    Run before any build so a bad context (an escaping symlink) stops the run
-    as bad input instead of failing halfway through it."""
-    by_folder: dict[tuple[Path, Path], Context] = {}
-    out: dict[str, Context] = {}
+    Run before any build. A context that cannot be read is that layer's error
+    (the layer fails with it; the others go on)."""
+    kinds = tuple(sorted(set(engines)))
+    by_folder: dict[tuple[Path, Path], Context | InputError] = {}
+    out: dict[str, Context | InputError] = {}
     for layer in layers:
-        key = (layer.folder, layer.dockerfile)
+        key = (layer.context, layer.dockerfile)
         if key not in by_folder:
-            by_folder[key] = read_context(layer)
+            try:
+                by_folder[key] = read_context(layer, kinds)
+            except InputError as exc:
+                by_folder[key] = exc
         out[layer.id] = by_folder[key]
     return out

@@ -1,9 +1,11 @@
 """The build key: one sha256 over everything a layer's image is made from. Pure.
 
-DESIGN §2: the Dockerfile, every context file ``.dockerignore`` keeps (path,
-mode, content), the resolved build args and the parent's image digest. Keyed
-on the parent's *output* digest, a rebuilt parent cascades to its children and
-a reproducible one (same digest) stops the cascade.
+DESIGN §2: the Dockerfile; every file, link and directory the engine receives
+(path, permission bits, content); the resolved build args; the parent's image
+digest and every other base image's; the platform set; the names of the build
+secrets (never their values). Keyed on the parent's *output* digest, a rebuilt
+parent cascades to its children and a reproducible one (same digest) stops
+the cascade.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import hashlib
 from orchestrator.core.model import FileEntry, Inputs
 
 # Bump when the encoding below changes, so old keys never collide with new ones.
-KEY_VERSION = "orchestrator-build-key/1"
+KEY_VERSION = "orchestrator-build-key/2"
 KEY_TAG_PREFIX = "bk-"
 
 
@@ -34,6 +36,11 @@ def build_key(inputs: Inputs) -> str:
     put("files", str(len(inputs.files)))
     for entry in sorted(inputs.files, key=lambda e: e.path):
         put(entry.path, format(entry.mode, "o"), entry.digest)
+    put("bases", str(len(inputs.bases)))
+    for ref, digest in sorted(inputs.bases):
+        put(ref, digest)
+    put("platforms", str(len(inputs.platforms)), *sorted(inputs.platforms))
+    put("secrets", str(len(inputs.secrets)), *sorted(inputs.secrets))
     return h.hexdigest()
 
 

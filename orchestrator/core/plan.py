@@ -57,6 +57,20 @@ def _why_changed(
     for name in sorted(old_args.keys() | new_args.keys()):
         if old_args.get(name) != new_args.get(name):
             return Decision(layer, True, Reason.ARGS_CHANGED, name)
+    if set(current.platforms) != set(previous.platforms):
+        added = sorted(set(current.platforms) - set(previous.platforms))
+        removed = sorted(set(previous.platforms) - set(current.platforms))
+        detail = ", ".join([*(f"+{p}" for p in added), *(f"-{p}" for p in removed)])
+        return Decision(layer, True, Reason.PLATFORMS_CHANGED, detail)
+    if set(current.secrets) != set(previous.secrets):
+        return Decision(layer, True, Reason.SECRETS_CHANGED,
+                        ", ".join(sorted(set(current.secrets) ^ set(previous.secrets))))
+    old_bases, new_bases = dict(previous.bases), dict(current.bases)
+    for ref in sorted(old_bases.keys() | new_bases.keys()):
+        if old_bases.get(ref) != new_bases.get(ref):
+            change = f"{ref}: {short_digest(old_bases.get(ref) or 'none')} -> " \
+                     f"{short_digest(new_bases.get(ref) or 'none')}"
+            return Decision(layer, True, Reason.UPSTREAM_CHANGED, change)
     if current.parent_digest != previous.parent_digest:
         change = f"{short_digest(previous.parent_digest)} -> {short_digest(current.parent_digest)}"
         reason = Reason.UPSTREAM_CHANGED if parent_is_upstream else Reason.PARENT_REBUILT
