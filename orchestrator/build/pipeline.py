@@ -1,10 +1,15 @@
 """One run over the hierarchy: resolve inputs, look build keys up, build what is stale.
 
-For each layer, once its parent is settled: read the context, compute the
-build key with the parent's digest, look for an image carrying that key
-(registry, or local store when no registry is configured), and build only
-when none exists or the layer is forced/due. The same walk in dry-run mode
-is ``plan``.
+For each layer, once its parent is settled: take the context read at the start
+of the run, compute the build key with the parent's digest, look for an image
+carrying that key (registry, or local store when no registry is configured),
+and build only when none exists or the layer is forced/due. The same walk in
+dry-run mode is ``plan``.
+
+A build runs on a snapshot of exactly the hashed files (``snapshot.py``), with
+a timestamp fixed by the key (the time the key was first built), so that a
+rebuild of unchanged inputs on an engine that honours it gives the same image,
+and the cascade stops there.
 """
 
 from __future__ import annotations
@@ -15,15 +20,26 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from orchestrator.build.scheduler import NodeResult, run_graph
-from orchestrator.build.state import LayerRecord, StateStore
+from orchestrator.build.scheduler import STOPPED, NodeResult, run_graph
+from orchestrator.build.snapshot import ContextChanged, snapshot
+from orchestrator.build.state import AsyncStateStore, LayerRecord
 from orchestrator.catalog.context import Context, read_context
 from orchestrator.core import graph
 from orchestrator.core.buildkey import build_key, key_tag
-from orchestrator.core.errors import BuildFailed
+from orchestrator.core.errors import BuildFailed, InputError, TemplateError
 from orchestrator.core.imageref import ImageRef, parse_repository
+
+try:  # TEMPORARY until the reference grammar lands
+    from orchestrator.core.imageref import check_tag  # type: ignore[attr-defined]
+except ImportError:
+    import re as _re
+
+    def check_tag(tag: str) -> str | None:
+        ok = _re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", tag)
+        return None if ok else "not a valid tag"
 from orchestrator.core.model import (
     Catalog,
     Config,
@@ -42,6 +58,9 @@ from orchestrator.engines.runner import first_error_line
 from orchestrator.registry.client import RegistryClient
 
 LOCAL_REGISTRY = "localhost"
+# How often a layer whose context keeps changing under us is read again
+# before the run gives up on it (the daemon's watcher queues it anyway).
+SNAPSHOT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -66,14 +85,41 @@ class LayerResult:
 class RunReport:
     results: dict[str, NodeResult[LayerResult]] = field(default_factory=dict)
     upstreams: dict[str, ResolvedUpstream] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # e.g. engines that cannot be reproducible
 
     def by_outcome(self, outcome: Outcome) -> list[str]:
         return [lid for lid, r in self.results.items() if r.outcome is outcome]
 
+    def deferred(self) -> set[str]:
+        """Layers not built because a newer change to them (or an ancestor) is
+        queued: superseded, and what was skipped below a superseded layer."""
+        out: set[str] = set()
+        for lid in self.results:
+            cause = self.root_cause(lid)
+            if cause is not None and self.results[cause].outcome is Outcome.SUPERSEDED:
+                out.add(lid)
+        return out
+
+    def root_cause(self, lid: str) -> str | None:
+        """The layer whose outcome stopped ``lid`` (itself, or the ancestor a skip
+        goes back to); None when ``lid`` was not stopped."""
+        seen = set()
+        while lid not in seen:
+            seen.add(lid)
+            result = self.results.get(lid)
+            if result is None or result.outcome not in STOPPED:
+                return None
+            if result.outcome is not Outcome.SKIPPED or result.blocked_by is None:
+                return lid
+            lid = result.blocked_by
+        return None
+
     @property
     def ok(self) -> bool:
-        return all(r.outcome in (Outcome.BUILT, Outcome.REUSED, Outcome.SUPERSEDED)
-                   for r in self.results.values())
+        """No build failed: everything built, reused, or deferred to a follow-up."""
+        deferred = self.deferred()
+        return all(r.outcome in (Outcome.BUILT, Outcome.REUSED) or lid in deferred
+                   for lid, r in self.results.items())
 
 
 def targets(catalog: Catalog, selected: list[str] | None) -> list[str]:
@@ -99,13 +145,17 @@ def upstreams_used(layer: Layer) -> set[str]:
     return names
 
 
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class Pipeline:
     def __init__(
         self,
         config: Config,
         catalog: Catalog,
         pool: BuilderPool,
-        state: StateStore,
+        state: AsyncStateStore,
         registry: RegistryClient | None,
         upstreams: Mapping[str, ResolvedUpstream],
         *,
@@ -114,10 +164,10 @@ class Pipeline:
         dry_run: bool = False,
         revision: Callable[[], str | None] | None = None,
         upstream_errors: Mapping[str, Exception] | None = None,
-        contexts: Mapping[str, Context] | None = None,
+        contexts: Mapping[str, Context | InputError] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         cause_of: Callable[[str], tuple[str | None, str | None]] | None = None,
-        superseded: Callable[[str], bool] | None = None,
+        superseded: Callable[[list[str]], bool] | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -129,9 +179,12 @@ class Pipeline:
         self.upstreams = dict(upstreams)
         self.upstream_errors = dict(upstream_errors or {})
         self.contexts = dict(contexts or {})
+        self.engines = tuple(sorted({m.spec.backend for m in pool.members}))
         # layer -> (cause, request id) for the build history; daemon-provided
         self.cause_of = cause_of or (lambda layer: (None, None))
-        self.superseded = superseded or (lambda layer: False)
+        # Given a layer and its ancestors: has any changed since the run began?
+        self.superseded = superseded or (lambda lineage: False)
+        self.parents = {lid: layer.parent for lid, layer in catalog.layers.items()}
         self.running: dict[str, tuple[str, asyncio.Task[Any]]] = {}  # build id -> (layer, task)
         self.cancelled: set[str] = set()  # layers whose build was cancelled on request
         self.forced = forced
@@ -144,6 +197,7 @@ class Pipeline:
         # --jobs caps the whole run; otherwise the engines' slots are the limit.
         self.slots = asyncio.Semaphore(jobs or pool.capacity)
         self.log_dir = config.state_dir / "logs"
+        self.work_dir = config.state_dir / "builds"
         self._values: dict[str, str] = {}
         for up in self.upstreams.values():
             self._values.update(upstream_values(up.name, up.tag, up.digest))
@@ -169,8 +223,16 @@ class Pipeline:
         parents = {lid: self.catalog.layers[lid].parent for lid in order}
         results = await run_graph(order, parents, self.step, lambda r: r.outcome,
                                   self.cancelled)
+        notes = []
+        if self.dry_run:
+            unreproducible = [m.name for m in self.pool.members if m.spec.backend != "buildah"]
+            if unreproducible:
+                notes.append("not reproducible on " + ", ".join(unreproducible) + ": this "
+                             "engine stamps each build with its own time, so a forced or "
+                             "scheduled rebuild always gives a new digest and rebuilds the "
+                             "layers below")
         # Report in graph order, not in the order builds happened to finish.
-        return RunReport({lid: results[lid] for lid in order}, self.upstreams)
+        return RunReport({lid: results[lid] for lid in order}, self.upstreams, notes)
 
     # -- one layer -------------------------------------------------------
 
@@ -179,30 +241,51 @@ class Pipeline:
             return parse_repository(self.config.registry.repository(layer.image))
         return ImageRef(LOCAL_REGISTRY, layer.image)
 
+    def lineage(self, layer_id: str) -> list[str]:
+        return [layer_id, *graph.ancestors(self.parents, layer_id)]
+
+    def expand_once(self, layer: Layer, text: str, what: str) -> str:
+        """Upstream placeholders filled in, exactly once (``{{`` stays a literal ``{``)."""
+        try:
+            return expand(text, self._values)
+        except TemplateError as exc:
+            raise InputError(f"{layer.folder.name}/layer.toml", f"{what}: {exc}") from None
+
+    def tags(self, layer: Layer) -> tuple[str, ...]:
+        """The layer's tags, expanded and checked: an upstream value is data from
+        outside (a git tag anyone can push) and must not smuggle anything in."""
+        out = []
+        for template in layer.tags:
+            tag = self.expand_once(layer, template, "tags")
+            problem = check_tag(tag)
+            if problem:
+                raise InputError(f"{layer.folder.name}/layer.toml",
+                                 f"tags: {template!r} expands to {tag!r}: {problem}")
+            out.append(tag)
+        return tuple(out)
+
     async def step(self, layer_id: str, parent: LayerResult | None) -> LayerResult:
         layer = self.catalog.layers[layer_id]
         for name in upstreams_used(layer):
             if name in self.upstream_errors:
                 raise self.upstream_errors[name]
         repo = self.repository(layer)
-        display_ref = repo.tagged(layer.tags[0]) if layer.tags else repo.name
+        tags = self.tags(layer)
+        display_ref = repo.tagged(tags[0]) if tags else repo.name
         parent_is_upstream = layer.upstream is not None
-        base_ref, base_name, parent_digest = self._parent(layer, parent)
+        base_ref, base_name, parent_digest = await self._parent(layer, parent)
         forced = layer_id in self.forced
-        previous = self.state.layer(layer_id)
-        args = tuple((k, expand(v, self._values)) for k, v in layer.args)
+        previous = await self.state.layer(layer_id)
+        args = tuple((k, self.expand_once(layer, v, f"args.{k}")) for k, v in layer.args)
 
         if parent_digest is None:  # plan only: the parent would build first
             decision = decide(layer_id, None, None, image_found=False, forced=forced)
             return LayerResult(layer_id, decision, Outcome.BUILT, None, None, display_ref, None)
 
-        if layer_id in self.contexts:
-            inputs = self._inputs(layer, args, parent_digest)
-        else:  # not read up front: read it off the event loop
-            inputs = await asyncio.to_thread(self._inputs, layer, args, parent_digest)
+        context = await self._context(layer)
+        inputs = self._inputs(layer, context, args, parent_digest)
         key = build_key(inputs)
-        key_ref = repo.tagged(key_tag(key))
-        found = None if forced else await self._lookup(repo, key_ref, key)
+        found = None if forced else await self._lookup(repo, key)
         due = is_due(previous.built_at if previous else None, layer.rebuild_every_s, time.time())
         decision = decide(layer_id, inputs, previous.inputs if previous else None,
                           image_found=found is not None, forced=forced, due=due,
@@ -210,30 +293,48 @@ class Pipeline:
 
         if not decision.build:
             assert found is not None
-            child_ref = self._child_ref(repo, found, key_ref)
-            if not self.dry_run:
-                await self._point_tags(layer, repo, found)
-            if not self.dry_run and (previous is None or previous.build_key != key):
-                self.state.save_layer(LayerRecord(
-                    layer_id, key, found, child_ref, inputs,
-                    previous.built_at if previous and previous.digest == found else time.time()))
-            self.on_event("layer_up_to_date", {"layer": layer_id, "digest": found})
-            return LayerResult(layer_id, decision, Outcome.REUSED, found, child_ref,
-                               display_ref, key)
+            return await self._reuse(layer, decision, inputs, key, repo, found, tags,
+                                     display_ref, previous)
         if self.dry_run:
             return LayerResult(layer_id, decision, Outcome.BUILT, None, None, display_ref, key)
-        if self.superseded(layer_id):
+        if self.superseded(self.lineage(layer_id)):
             return LayerResult(layer_id, decision, Outcome.SUPERSEDED, None, None, display_ref,
                                key)
-
         assert base_ref is not None
-        tags = (*(repo.tagged(t) for t in layer.tags if t != key_tag(key)), key_ref)
-        labels = self._labels(layer, key, base_name, parent_digest, await self.revision())
-        return await self._build(layer, decision, inputs, key, key_ref, repo, base_ref,
-                                 args, labels, tags, display_ref, parent)
+        return await self._build(layer, decision, context, inputs, repo, base_ref, base_name,
+                                 tags, display_ref, parent)
 
-    def _parent(self, layer: Layer,
-                parent: LayerResult | None) -> tuple[str | None, str, str | None]:
+    async def _reuse(self, layer: Layer, decision: Decision, inputs: Inputs, key: str,
+                     repo: ImageRef, found: str, tags: tuple[str, ...], display_ref: str,
+                     previous: LayerRecord | None) -> LayerResult:
+        child_ref = self._child_ref(repo, found, repo.tagged(key_tag(key)))
+        if not self.dry_run:
+            await self._point_tags(layer, repo, found, tags)
+            if previous is None or previous.build_key != key:
+                await self.state.save_layer(LayerRecord(
+                    layer.id, key, found, child_ref, inputs,
+                    previous.built_at if previous and previous.digest == found else time.time()))
+        self.on_event("layer_up_to_date", {"layer": layer.id, "digest": found})
+        return LayerResult(layer.id, decision, Outcome.REUSED, found, child_ref, display_ref,
+                           key)
+
+    async def _context(self, layer: Layer) -> Context:
+        known = self.contexts.get(layer.id)
+        if known is None:  # not read up front: read it off the event loop
+            known = await asyncio.to_thread(self._read, layer)
+            self.contexts[layer.id] = known
+        if isinstance(known, InputError):
+            raise known
+        return known
+
+    def _read(self, layer: Layer) -> Context | InputError:
+        try:
+            return read_context(layer, self.engines)
+        except InputError as exc:
+            return exc
+
+    async def _parent(self, layer: Layer,
+                      parent: LayerResult | None) -> tuple[str | None, str, str | None]:
         """(BASE_IMAGE reference, human name, digest) of what the layer stands on."""
         if layer.upstream is not None:  # resolved: step() raised already if it was not
             up = self.upstreams[layer.upstream]
@@ -243,77 +344,75 @@ class Pipeline:
         if parent is None:
             # The parent is outside this run: stand on its last recorded image.
             assert layer.parent is not None
-            record = self.state.layer(layer.parent)
+            record = await self.state.layer(layer.parent)
             if record is None:
                 raise BuildFailed(layer.id, None, f"parent {layer.parent} has never been "
                                   f"built: run `orchestrator build {layer.parent}`", "")
             return record.ref, record.ref, record.digest
         return parent.base_ref, parent.display_ref, parent.digest
 
-    def _inputs(self, layer: Layer, args: tuple[tuple[str, str], ...],
+    def _inputs(self, layer: Layer, context: Context, args: tuple[tuple[str, str], ...],
                 parent_digest: str) -> Inputs:
-        context = self.contexts.get(layer.id) or read_context(layer)
-        return Inputs(context.dockerfile, context.files, args, parent_digest)
+        return Inputs(context.dockerfile, context.files, args, parent_digest,
+                      platforms=layer.platforms, secrets=layer.secrets)
 
-    async def _lookup(self, repo: ImageRef, key_ref: str, key: str) -> str | None:
+    async def _lookup(self, repo: ImageRef, key: str) -> str | None:
         if self.registry is not None and self.config.registry is not None:
             return await self.registry.manifest_digest(repo, key_tag(key))
-        return await self.local.local_digest(key_ref)
+        return await self.local.local_digest(repo.tagged(key_tag(key)))
 
-    async def _point_tags(self, layer: Layer, repo: ImageRef, digest: str) -> None:
+    async def _point_tags(self, layer: Layer, repo: ImageRef, digest: str,
+                          tags: tuple[str, ...]) -> None:
         """A reused image gets the layer's tags back: after a revert, ``app:1.0``
         must name the image built from the source as it is now."""
         if self.registry is None:
             return  # a local store: the key tag is what children use
-        for tag in layer.tags:
-            resolved = expand(tag, self._values)
-            if await self.registry.retag(repo, digest, resolved):
-                self.on_event("tag_moved", {"layer": layer.id, "tag": resolved,
-                                            "digest": digest})
+        for tag in tags:
+            if await self.registry.retag(repo, digest, tag):
+                self.on_event("tag_moved", {"layer": layer.id, "tag": tag, "digest": digest})
 
     def _child_ref(self, repo: ImageRef, digest: str, key_ref: str) -> str:
         if self.config.registry is not None:
             return repo.at(digest)
         return self.local.base_reference(repo.name, digest, key_ref)
 
-    def _labels(self, layer: Layer, key: str, base_name: str, base_digest: str,
-                revision: str | None) -> dict[str, str]:
+    def _labels(self, layer: Layer, key: str, tags: tuple[str, ...], base_name: str,
+                base_digest: str, created: float, revision: str | None) -> dict[str, str]:
         oci = "org.opencontainers.image"
-        # Always set: labels are inherited, so a layer without tags would
-        # otherwise show its parent's version.
-        version = layer.tags[0] if layer.tags else f"{key_tag(key)[:15]}"
         labels = {
             f"{oci}.title": layer.image,
-            f"{oci}.created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            # The time this key was first built: meaningful, and the same on every
+            # rebuild of the same inputs, so it cannot make two such images differ.
+            f"{oci}.created": iso(created),
             f"{oci}.source": self.config.build.source or layer.folder.as_uri(),
+            # Always set: labels are inherited, so a layer without tags would
+            # otherwise show its parent's version.
+            f"{oci}.version": tags[0] if tags else key_tag(key)[:15],
             f"{oci}.base.name": base_name,
             f"{oci}.base.digest": base_digest,
             f"{self.config.build.label_prefix}.build-key": key,
             f"{self.config.build.label_prefix}.layer": layer.id,
         }
-        labels[f"{oci}.version"] = expand(version, self._values)
         if revision:
             labels[f"{oci}.revision"] = revision
         return labels
 
-    async def _build(self, layer: Layer, decision: Decision, inputs: Inputs, key: str,
-                     key_ref: str, repo: ImageRef, base_ref: str,
-                     args: tuple[tuple[str, str], ...], labels: dict[str, str],
-                     tags: tuple[str, ...], display_ref: str,
-                     parent: LayerResult | None) -> LayerResult:
+    async def _build(self, layer: Layer, decision: Decision, context: Context, inputs: Inputs,
+                     repo: ImageRef, base_ref: str, base_name: str, tags: tuple[str, ...],
+                     display_ref: str, parent: LayerResult | None) -> LayerResult:
         """Build on a pooled engine; if the engine (not the build) fails, once more
         on another one."""
         tried: list[str] = []
         while True:
             async with self.slots, self.pool.lease(
                     prefer=parent.builder if parent else None, exclude=tried) as member:
-                if self.superseded(layer.id):  # a change arrived while this waited
+                if self.superseded(self.lineage(layer.id)):  # a change arrived meanwhile
                     return LayerResult(layer.id, decision, Outcome.SUPERSEDED, None, None,
-                                       display_ref, key)
+                                       display_ref, build_key(inputs))
                 try:
-                    return await self._build_on(member, layer, decision, inputs, key,
-                                                key_ref, repo, base_ref, args, labels, tags,
-                                                display_ref, parent)
+                    return await self._build_on(member, layer, decision, context, inputs,
+                                                repo, base_ref, base_name, tags, display_ref,
+                                                parent)
                 except BuildFailed:
                     engine_lost = len(self.pool) > 1 and not tried and \
                         not await self.pool.check(member)
@@ -324,30 +423,67 @@ class Pipeline:
                                                     "reason": "builder stopped answering"})
 
     async def _build_on(self, member: Member, layer: Layer, decision: Decision,
-                        inputs: Inputs, key: str, key_ref: str, repo: ImageRef,
-                        base_ref: str, args: tuple[tuple[str, str], ...],
-                        labels: dict[str, str], tags: tuple[str, ...], display_ref: str,
+                        context: Context, inputs: Inputs, repo: ImageRef, base_ref: str,
+                        base_name: str, tags: tuple[str, ...], display_ref: str,
                         parent: LayerResult | None) -> LayerResult:
         build_id = uuid.uuid4().hex[:12]
+        work = self.work_dir / build_id
+        for attempt in range(SNAPSHOT_ATTEMPTS):
+            try:
+                with snapshot(layer, context, work) as (snap_context, snap_dockerfile):
+                    return await self._run_build(
+                        member, build_id, work, snap_context, snap_dockerfile, layer, decision,
+                        inputs, repo, base_ref, base_name, tags, display_ref, parent)
+            except ContextChanged as exc:
+                if attempt == SNAPSHOT_ATTEMPTS - 1:
+                    raise BuildFailed(layer.id, None, str(exc), "") from exc
+                self.on_event("context_changed", {"layer": layer.id, "path": exc.path})
+                # Read it again; the key follows the content the engine will get.
+                fresh = await asyncio.to_thread(self._read, layer)
+                self.contexts[layer.id] = fresh
+                if isinstance(fresh, InputError):
+                    raise fresh from exc
+                context = fresh
+                inputs = self._inputs(layer, context, inputs.args, inputs.parent_digest)
+                found = await self._lookup(repo, build_key(inputs))
+                if found is not None and layer.id not in self.forced:
+                    previous = await self.state.layer(layer.id)
+                    return await self._reuse(layer, decision, inputs, build_key(inputs), repo,
+                                             found, tags, display_ref, previous)
+        raise AssertionError("unreachable")
+
+    async def _run_build(self, member: Member, build_id: str, work: Path, snap_context: Path,
+                         snap_dockerfile: Path, layer: Layer, decision: Decision,
+                         inputs: Inputs, repo: ImageRef, base_ref: str, base_name: str,
+                         tags: tuple[str, ...], display_ref: str,
+                         parent: LayerResult | None) -> LayerResult:
+        key = build_key(inputs)
+        key_ref = repo.tagged(key_tag(key))
+        created = await self.state.key_first_built(key, layer.id, float(int(time.time())))
+        labels = self._labels(layer, key, tags, base_name, inputs.parent_digest, created,
+                              await self.revision())
         log_path = self.log_dir / f"{build_id}.log"
         request = BuildRequest(
             layer=layer.id,
-            context=layer.folder,
-            dockerfile=layer.dockerfile,
-            args={"BASE_IMAGE": base_ref, **{k: expand(v, self._values) for k, v in args}},
+            context=snap_context,
+            dockerfile=snap_dockerfile,
+            args={"BASE_IMAGE": base_ref, **dict(inputs.args)},
             labels=labels,
-            tags=tuple(expand(t, self._values) for t in tags),
+            tags=(*(repo.tagged(t) for t in tags if t != key_tag(key)), key_ref),
             push=self.config.registry is not None,
             log_path=log_path,
             timeout_s=self.config.build.timeout_s,
             no_cache=decision.reason in (Reason.FORCED, Reason.SCHEDULED),
+            timestamp=int(created),
+            work_dir=work,
         )
         cause, request_id = self.cause_of(layer.id)
         if parent is not None and parent.build_id is not None:  # the chain to the parent
             cause = f"{cause}; parent build {parent.build_id}" if cause else \
                 f"parent build {parent.build_id}"
-        self.state.start_build(build_id, layer.id, key, decision.describe(), str(log_path),
-                               cause=cause, request_id=request_id, builder=member.name)
+        await self.state.start_build(build_id, layer.id, key, decision.describe(),
+                                     str(log_path), cause=cause, request_id=request_id,
+                                     builder=member.name, base_ref=base_ref)
         task = asyncio.current_task()
         assert task is not None
         self.running[build_id] = (layer.id, task)
@@ -358,14 +494,14 @@ class Pipeline:
         try:
             output = await member.builder.build(request)
         except asyncio.CancelledError:
-            self.state.finish_build(build_id, Outcome.CANCELLED.value)
+            await asyncio.shield(self.state.finish_build(build_id, Outcome.CANCELLED.value))
             self.on_event("build_finished", {**bound, "outcome": "cancelled",
                                              "duration_s": round(time.time() - started, 3)})
             raise
         except BuildFailed as exc:
             first = first_error_line(exc.log_tail)
-            self.state.finish_build(build_id, Outcome.FAILED.value,
-                                    error=f"{first}\n{exc}" if first else str(exc))
+            await self.state.finish_build(build_id, Outcome.FAILED.value,
+                                          error=f"{first}\n{exc}" if first else str(exc))
             self.on_event("build_finished", {**bound, "outcome": "failed",
                                              "duration_s": round(time.time() - started, 3),
                                              "error": first or str(exc)})
@@ -374,9 +510,9 @@ class Pipeline:
             self.running.pop(build_id, None)
         finished = time.time()
         child_ref = self._child_ref(repo, output.digest, key_ref)
-        self.state.finish_build(build_id, Outcome.BUILT.value, digest=output.digest)
-        self.state.save_layer(LayerRecord(layer.id, key, output.digest, child_ref, inputs,
-                                          finished))
+        await self.state.finish_build(build_id, Outcome.BUILT.value, digest=output.digest)
+        await self.state.save_layer(LayerRecord(layer.id, key, output.digest, child_ref, inputs,
+                                                finished))
         self.on_event("build_finished", {**bound, "outcome": "built", "digest": output.digest,
                                          "duration_s": round(finished - started, 3)})
         return LayerResult(layer.id, decision, Outcome.BUILT, output.digest, child_ref,

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from orchestrator.build.lock import StateLock
 from orchestrator.build.pipeline import Pipeline, RunReport, targets, upstreams_used
-from orchestrator.build.state import StateStore
+from orchestrator.build.snapshot import remove_tree
+from orchestrator.build.state import AsyncStateStore, StateStore
 from orchestrator.catalog.config import load_config
-from orchestrator.catalog.context import read_contexts
+from orchestrator.catalog.context import Context, read_contexts
 from orchestrator.catalog.layers import dockerfile_texts, load_catalog, select
 from orchestrator.catalog.lint import lint
 from orchestrator.catalog.tomlfile import display
 from orchestrator.core import graph
-from orchestrator.core.errors import PolicyError
-from orchestrator.core.model import Catalog, Config
+from orchestrator.core.errors import InputError, PolicyError, UpstreamError
+from orchestrator.core.model import Catalog, Config, ResolvedUpstream
 from orchestrator.engines.factory import docker_config_dir, insecure_hosts, make_builders
 from orchestrator.engines.pool import BuilderPool
 from orchestrator.engines.runner import CommandRunner
@@ -61,6 +64,46 @@ def catalog_revision(layers_dir: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def engine_kinds(config: Config) -> tuple[str, ...]:
+    """The kinds of engine the configured builders are (buildah, docker, buildkit):
+    they decide which ignore file a context is read with."""
+    return tuple(sorted({spec.backend for spec in config.builders}))
+
+
+def clear_scratch(state_dir: Path) -> int:
+    """Remove what builds that did not finish left in the state dir (snapshots,
+    scratch files, credential links). Only the owner of the state dir calls it."""
+    removed = 0
+    for name in ("builds", "tmp"):
+        folder = state_dir / name
+        if folder.is_dir():
+            for child in folder.iterdir():
+                remove_tree(child) if child.is_dir() and not child.is_symlink() \
+                    else child.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+async def with_last_known(state: AsyncStateStore, resolved: dict[str, ResolvedUpstream],
+                          failed: dict[str, UpstreamError],
+                          on_event: Callable[[str, dict[str, Any]], None]
+                          ) -> dict[str, UpstreamError]:
+    """An upstream that cannot be reached now stands at its last known value (a
+    registry outage must not stop every layer under it); only one never seen
+    stays an error. Says so for each."""
+    still: dict[str, UpstreamError] = {}
+    for name, error in failed.items():
+        known = await state.upstream(name)
+        if known is None:
+            still[name] = error
+            continue
+        resolved[name] = ResolvedUpstream(name, known["ref"], known["digest"], known["tag"])
+        on_event("upstream_unreachable", {"upstream": name, "error": str(error),
+                                          "using": f"last known {known['tag']}@"
+                                                   f"{known['digest'][:19]}"})
+    return still
+
+
 async def execute(
     config: Config,
     catalog: Catalog,
@@ -72,18 +115,43 @@ async def execute(
     runner: CommandRunner | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> RunReport:
+    emit = on_event or (lambda event, fields: None)
     selected = select(catalog, names) if names else None
     order = targets(catalog, selected)
     parents = {lid: layer.parent for lid, layer in catalog.layers.items()}
     forced = frozenset(graph.descendants(parents, selected or list(catalog.layers))) \
         if force else frozenset()
     needed = set().union(*(upstreams_used(catalog.layers[lid]) for lid in order))
-    contexts = await asyncio.to_thread(read_contexts, (catalog.layers[lid] for lid in order))
+    contexts = await asyncio.to_thread(read_contexts, (catalog.layers[lid] for lid in order),
+                                       engine_kinds(config))
+    for problem in contexts.values():
+        if isinstance(problem, InputError):
+            raise problem  # bad input stops a one-shot run before anything builds (exit 2)
+    # A build owns the state dir for its duration (a plan only reads).
+    with contextlib.ExitStack() as owned:
+        if not dry_run:
+            owned.enter_context(StateLock(config.state_dir).acquire("orchestrator build"))
+            await asyncio.to_thread(clear_scratch, config.state_dir)
+        state = AsyncStateStore(StateStore(config.state_dir / STATE_DB))
+        try:
+            return await _execute(config, catalog, state, order, forced, needed, contexts,
+                                  dry_run=dry_run, jobs=jobs, runner=runner, emit=emit,
+                                  on_event=on_event)
+        finally:
+            await state.close()
 
+
+async def _execute(config: Config, catalog: Catalog, state: AsyncStateStore, order: list[str],
+                   forced: frozenset[str], needed: set[str],
+                   contexts: dict[str, Context | InputError], *, dry_run: bool,
+                   jobs: int | None, runner: CommandRunner | None,
+                   emit: Callable[[str, dict[str, Any]], None],
+                   on_event: Callable[[str, dict[str, Any]], None] | None) -> RunReport:
     auth = AuthStore.load(config.auth_file)
     async with RegistryClient(auth, insecure=frozenset(insecure_hosts(config))) as client:
         resolved, failed = await resolve_all(config.upstreams, needed, client)
-        with docker_config_dir(config.auth_file) as docker_config:
+        failed = await with_last_known(state, resolved, failed, emit)
+        with docker_config_dir(config.auth_file, config.state_dir / "tmp") as docker_config:
             if jobs is not None and len(config.builders) == 1:
                 # --jobs sizes a pool of one; with several engines it caps the total.
                 config = replace(config, builders=(replace(config.builders[0], slots=jobs),))
@@ -92,16 +160,11 @@ async def execute(
             pool = BuilderPool(make_builders(config, runner, docker_config), on_event=(
                 (lambda event, fields, level: on_event(event, fields)) if on_event else None),
                 wait_for_engines=False)
-            state = StateStore(config.state_dir / STATE_DB)
-            try:
-                pipeline = Pipeline(
-                    config, catalog, pool, state,
-                    client if config.registry is not None else None,
-                    resolved, upstream_errors=failed, jobs=jobs, forced=forced,
-                    dry_run=dry_run, revision=lambda: catalog_revision(config.layers_dir),
-                    contexts=contexts,
-                    on_event=on_event,
-                )
-                return await pipeline.run(order)
-            finally:
-                state.close()
+            pipeline = Pipeline(
+                config, catalog, pool, state,
+                client if config.registry is not None else None,
+                resolved, upstream_errors=failed, jobs=jobs, forced=forced,
+                dry_run=dry_run, revision=lambda: catalog_revision(config.layers_dir),
+                contexts=contexts, on_event=on_event,
+            )
+            return await pipeline.run(order)

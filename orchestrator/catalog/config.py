@@ -21,6 +21,7 @@ from orchestrator.core.versions import check_track
 
 DEFAULT_STATE_DIR = "/var/lib/orchestrator"
 DEFAULT_SOCKET = "/run/orchestrator/control.sock"
+DEFAULT_LOG_MAX = 64 * 1024 * 1024  # per build log; the head and the newest tail are kept
 
 
 def load_config(path: Path) -> Config:
@@ -50,7 +51,7 @@ def load_config(path: Path) -> Config:
             auth_file = resolve(reg.require("auth_file", str))
 
     state = root.table("state")
-    state.check_keys(["dir", "log_retention"])
+    state.check_keys(["dir", "log_retention", "log_max_size"])
     metrics = root.table("metrics")
     metrics.check_keys(["listen"])
     control = root.table("control")
@@ -78,9 +79,11 @@ def load_config(path: Path) -> Config:
             socket_group=control.optional_str("group"),
             debounce_s=daemon.duration("debounce", 0.5) or 0.0,
             drain_s=daemon.duration("drain_timeout", 300.0) or 0.0,
-            schedule_check_s=daemon.duration("schedule_check", 60.0) or 60.0,
+            schedule_check_s=daemon.duration("schedule_check", 60.0, minimum=1.0) or 60.0,
             metrics_listen=_listen(metrics),
-            log_retention_s=state.duration("log_retention", 30 * 86400.0) or 30 * 86400.0,
+            log_retention_s=state.duration("log_retention", 30 * 86400.0, minimum=60.0)
+            or 30 * 86400.0,
+            log_max_bytes=state.size("log_max_size", DEFAULT_LOG_MAX),
         ),
     )
 
@@ -155,7 +158,7 @@ def _build(table: Table) -> BuildConfig:
     jobs = table.get("jobs", int, 2)
     if jobs < 1:
         raise table.error("jobs", "must be at least 1")
-    timeout = table.duration("timeout", 3600.0)
+    timeout = table.duration("timeout", 3600.0, minimum=1.0)
     assert timeout is not None
 
     ba = table.table("buildah")
@@ -207,7 +210,7 @@ def _upstreams(table: Table) -> dict[str, UpstreamSpec]:
             problem = check_track(track)
             if problem:
                 raise up.error("track", problem)
-        poll = up.duration("poll", 900.0)
+        poll = up.duration("poll", 900.0, minimum=1.0)
         assert poll is not None
         out[name] = UpstreamSpec(
             name=name,

@@ -78,7 +78,7 @@ def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[tup
                           "pinned by digest; remove it")
     rebuild = table.table("rebuild")
     rebuild.check_keys(["every"])
-    every = rebuild.duration("every", None)
+    every = rebuild.duration("every", None, minimum=1.0)
     matrix = _matrix(table)
 
     names = list(matrix)

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from orchestrator.core.durations import parse_duration
+from orchestrator.core.durations import parse_duration, parse_size
 from orchestrator.core.errors import InputError
 
 T = TypeVar("T")
@@ -101,15 +101,41 @@ class Table:
     def table(self, key: str) -> Table:
         return Table(self.get(key, dict, {}), self.where, f"{self.prefix}{key}.")
 
-    def duration(self, key: str, default: float | None) -> float | None:
+    def duration(self, key: str, default: float | None,
+                 minimum: float | None = None) -> float | None:
+        """Seconds. ``minimum``: the smallest value that makes sense (a zero poll is
+        a hot loop against a registry; a zero timeout fails every build)."""
         if key not in self.data:
             return default
         raw = self.data[key]
         if isinstance(raw, int | float) and not isinstance(raw, bool):
-            return float(raw)
-        if not isinstance(raw, str):
+            seconds = float(raw)
+        elif isinstance(raw, str):
+            try:
+                seconds = parse_duration(raw)
+            except ValueError as exc:
+                raise self.error(key, str(exc)) from None
+        else:
             raise self.error(key, "expected a duration such as \"15m\"")
-        try:
-            return parse_duration(raw)
-        except ValueError as exc:
-            raise self.error(key, str(exc)) from None
+        if seconds < 0 or (minimum is not None and seconds < minimum):
+            least = f"{minimum:g}s" if minimum is not None else "0s"
+            raise self.error(key, f"{raw!r} is too short: use at least {least}")
+        return seconds
+
+    def size(self, key: str, default: int) -> int:
+        """Bytes, from 64M / "512K" / an integer."""
+        if key not in self.data:
+            return default
+        raw = self.data[key]
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            value = raw
+        elif isinstance(raw, str):
+            try:
+                value = parse_size(raw)
+            except ValueError as exc:
+                raise self.error(key, str(exc)) from None
+        else:
+            raise self.error(key, "expected a size such as \"64M\"")
+        if value < 0:
+            raise self.error(key, "must not be negative")
+        return value

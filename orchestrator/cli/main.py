@@ -145,6 +145,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(render.report_json(report))
     else:
         print(render.plan_text(report) if dry_run else render.build_text(report))
+    if dry_run:
+        # A plan answers what would happen; a layer it cannot plan (an upstream
+        # never reached) is part of that answer, not a failed command.
+        return EXIT_OK
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -230,10 +234,11 @@ def _socket_path(args: argparse.Namespace) -> Path:
 
     if args.socket is not None:
         return Path(args.socket)
-    try:
-        return load_config(args.config).control_socket
-    except InputError:
-        return Path(DEFAULT_SOCKET)
+    if not Path(args.config).exists():
+        return Path(DEFAULT_SOCKET)  # no config here: the packaged default
+    # A config that exists but cannot be read is reported (exit 2), never
+    # silently replaced by the default socket ("no daemon answers" misleads).
+    return load_config(args.config).control_socket
 
 
 def _client(args: argparse.Namespace) -> int:

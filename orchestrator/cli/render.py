@@ -79,6 +79,7 @@ def plan_text(report: RunReport) -> str:
             lines.append(f"{lid:<{width}}  up to date")
     n = sum(1 for r in report.results.values() if r.value and r.value.decision.build)
     lines.append(f"{n} of {len(report.results)} layers would build")
+    lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)
 
 

@@ -45,6 +45,13 @@ class Layer:
     variant: tuple[tuple[str, str], ...] = ()  # this node's matrix values
     rebuild_every_s: float | None = None
     allow_root: bool = False
+    context_dir: Path | None = None  # ``context = "PATH"``; default: the layer folder
+    platforms: tuple[str, ...] = ()  # empty: the host's platform
+    secrets: tuple[str, ...] = ()  # names of [secrets.NAME] the build may mount
+
+    @property
+    def context(self) -> Path:
+        return self.context_dir if self.context_dir is not None else self.folder
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,7 @@ class DaemonConfig:
     schedule_check_s: float = 60.0
     metrics_listen: tuple[str, int] | None = None  # extra TCP listener for GET /metrics
     log_retention_s: float = 30 * 86400.0  # build logs older than this are deleted
+    log_max_bytes: int = 64 * 1024 * 1024  # one build log's cap (head and tail kept); 0: none
 
 
 @dataclass(frozen=True)
@@ -152,9 +160,14 @@ class Inputs:
     """Everything that goes into a layer's build key."""
 
     dockerfile: str  # sha256 of the Dockerfile
-    files: tuple[FileEntry, ...]
+    files: tuple[FileEntry, ...]  # files, links and directories the engine receives
     args: tuple[tuple[str, str], ...]
     parent_digest: str
+    # Other images the Dockerfile uses (a builder stage's base, COPY --from):
+    # (normalised reference, digest), sorted.
+    bases: tuple[tuple[str, str], ...] = ()
+    platforms: tuple[str, ...] = ()  # the platform set the layer is built for
+    secrets: tuple[str, ...] = ()  # names only: a secret's value is never an input
 
 
 @dataclass(frozen=True)
@@ -171,6 +184,8 @@ class Reason(enum.Enum):
     NEVER_BUILT = "never built"
     CONTEXT_CHANGED = "context changed"
     ARGS_CHANGED = "build args changed"
+    PLATFORMS_CHANGED = "platforms changed"
+    SECRETS_CHANGED = "build secrets changed"
     PARENT_REBUILT = "parent rebuilt"
     UPSTREAM_CHANGED = "upstream changed"
     FORCED = "forced"

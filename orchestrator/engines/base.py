@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +27,12 @@ class BuildRequest:
     # Forced and scheduled rebuilds exist to pick up what a step cache would
     # hide (a new `apk upgrade`): they never reuse cached steps.
     no_cache: bool = False
+    # Seconds since the epoch for the image's created time and every file time
+    # in its new layers, where the engine can fix them (reproducible output).
+    timestamp: int | None = None
+    # This build's private folder (removed afterwards): scratch files go here,
+    # never to /tmp, so nothing is left behind by a crash.
+    work_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,12 @@ class Builder(Protocol):
         """Raise BackendError when the engine cannot build."""
         ...
 
+    async def clean_up_after_crash(self, base_refs: set[str]) -> int:
+        """Remove what builds killed with the daemon left in the engine (working
+        containers made from ``base_refs``, the exact parents those builds stood
+        on); returns how many things were removed."""
+        ...
+
 
 def docker_style_flags(req: BuildRequest, iidfile: Path) -> list[str]:
     """The flags ``buildah bud`` and ``docker build`` share, context last."""
@@ -68,3 +82,17 @@ def raise_if_failed(req: BuildRequest, returncode: int | None) -> None:
     """A builder command that did not exit 0 fails the build, with its log's tail."""
     if returncode != 0:
         raise BuildFailed(req.layer, returncode, log_tail(req.log_path), str(req.log_path))
+
+
+@contextlib.contextmanager
+def scratch(req: BuildRequest) -> Iterator[Path]:
+    """A folder for the engine's scratch files (iidfile, digest file): inside the
+    build's own folder when it has one (removed with it, and by the next start
+    after a crash), else a temporary one."""
+    if req.work_dir is not None:
+        path = req.work_dir / "scratch"
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="orchestrator-") as tmp:
+        yield Path(tmp)

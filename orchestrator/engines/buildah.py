@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from orchestrator.engines.base import (
     BuildRequest,
     docker_style_flags,
     raise_if_failed,
+    scratch,
 )
 from orchestrator.engines.runner import CommandRunner
 
@@ -56,6 +56,10 @@ class BuildahBuilder:
                 *self._tls(req.args.get("BASE_IMAGE", "")), *self._auth()]
         if self.config.layers and not req.no_cache:
             argv.append("--layers")
+        if req.timestamp is not None:
+            # Fixes the created time and every file time in the new layers: the
+            # same inputs give the same bytes, so the digest can stay the same.
+            argv += ["--timestamp", str(req.timestamp)]
         return argv + docker_style_flags(req, iidfile)
 
     def push_argv(self, ref: str, digestfile: Path) -> list[str]:
@@ -63,7 +67,7 @@ class BuildahBuilder:
                 "--digestfile", str(digestfile), ref]
 
     async def build(self, request: BuildRequest) -> BuildOutput:
-        with tempfile.TemporaryDirectory(prefix="orchestrator-") as tmp:
+        with scratch(request) as tmp:
             iidfile = Path(tmp, "iid")
             rc = await self.runner.run(self.build_argv(request, iidfile), log=request.log_path,
                                        timeout_s=request.timeout_s)
@@ -103,6 +107,26 @@ class BuildahBuilder:
     def base_reference(self, repository: str, digest: str, key_tag_ref: str) -> str:
         # Buildah finds local images by repository@digest.
         return f"{repository}@{digest}"
+
+    async def clean_up_after_crash(self, base_refs: set[str]) -> int:
+        # Working containers carry the image they were made from. Ours stood on
+        # pinned references (repo@sha256:…) recorded with each build, so only
+        # containers of builds that died with the daemon match.
+        if not base_refs:
+            return 0
+        out = await self.runner.capture([*self._global(), "containers", "--json"])
+        if out.returncode != 0:
+            return 0
+        try:
+            containers = json.loads(out.stdout or "[]")
+        except ValueError:
+            return 0
+        removed = 0
+        for container in containers:
+            if container.get("builder") and container.get("imagename") in base_refs:
+                rm = await self.runner.capture([*self._global(), "rm", container["id"]])
+                removed += rm.returncode == 0
+        return removed
 
     async def ping(self) -> None:
         if shutil.which(self.config.command) is None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from orchestrator.engines.base import (
     BuildRequest,
     docker_style_flags,
     raise_if_failed,
+    scratch,
 )
 from orchestrator.engines.runner import CommandRunner, log_tail
 
@@ -49,7 +49,7 @@ class DockerBuildKitBuilder:
         return argv + docker_style_flags(req, iidfile)
 
     async def build(self, request: BuildRequest) -> BuildOutput:
-        with tempfile.TemporaryDirectory(prefix="orchestrator-") as tmp:
+        with scratch(request) as tmp:
             iidfile = Path(tmp, "iid")
             rc = await self.runner.run(self.build_argv(request, iidfile), log=request.log_path,
                                        env=self.env(), timeout_s=request.timeout_s)
@@ -89,6 +89,9 @@ class DockerBuildKitBuilder:
         # Docker's image store cannot name a never-pushed image by digest; the
         # build-key tag is immutable by construction, so it pins just as well.
         return key_tag_ref
+
+    async def clean_up_after_crash(self, base_refs: set[str]) -> int:
+        return 0  # BuildKit keeps no working containers: its session ended with the client
 
     async def ping(self) -> None:
         if shutil.which(self.config.docker) is None:
@@ -147,7 +150,7 @@ class BuildctlBuilder:
         return argv
 
     async def build(self, request: BuildRequest) -> BuildOutput:
-        with tempfile.TemporaryDirectory(prefix="orchestrator-") as tmp:
+        with scratch(request) as tmp:
             metadata = Path(tmp, "metadata.json")
             rc = await self.runner.run(self.build_argv(request, metadata), log=request.log_path,
                                        env=self.env(), timeout_s=request.timeout_s)
@@ -167,6 +170,9 @@ class BuildctlBuilder:
 
     def base_reference(self, repository: str, digest: str, key_tag_ref: str) -> str:
         return f"{repository}@{digest}"
+
+    async def clean_up_after_crash(self, base_refs: set[str]) -> int:
+        return 0  # BuildKit keeps no working containers: its session ended with the client
 
     async def ping(self) -> None:
         assert self.config.addr is not None

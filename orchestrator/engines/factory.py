@@ -29,21 +29,25 @@ def insecure_hosts(config: Config) -> set[str]:
 
 
 @contextlib.contextmanager
-def docker_config_dir(auth_file: Path | None) -> Iterator[Path | None]:
+def docker_config_dir(auth_file: Path | None, parent: Path | None = None
+                      ) -> Iterator[Path | None]:
     """Docker-style clients read credentials from $DOCKER_CONFIG/config.json; point
     a private directory's config.json at the configured auth file (a link, so
-    no copy of the secret is made)."""
+    no copy of the secret is made). ``parent``: where to make it (the state
+    dir's tmp/, which the next start empties after a crash)."""
     if auth_file is None:
         yield None
         return
-    with tempfile.TemporaryDirectory(prefix="orchestrator-auth-") as tmp:
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="orchestrator-auth-", dir=parent) as tmp:
         Path(tmp, "config.json").symlink_to(auth_file)
         yield Path(tmp)
 
 
 def make_builder(config: Config, spec: BuilderSpec, runner: CommandRunner | None = None,
                  docker_config: Path | None = None) -> Builder:
-    runner = runner or SubprocessRunner()
+    runner = runner or SubprocessRunner(log_cap_bytes=config.daemon.log_max_bytes)
     insecure = insecure_hosts(config)
     if spec.backend == "buildah":
         return BuildahBuilder(config.build.buildah, runner, authfile=config.auth_file,

@@ -43,10 +43,14 @@ async def _resolve_git(spec: UpstreamSpec) -> ResolvedUpstream:
     assert spec.git is not None and spec.track is not None
     # No terminal prompts: a remote that wants credentials must fail, not hang.
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-    proc = await asyncio.create_subprocess_exec(
-        "git", "ls-remote", "--tags", "--refs", spec.git,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "git", "ls-remote", "--tags", "--refs", spec.git,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        )
+    except OSError as exc:
+        raise UpstreamError(spec.name, f"cannot run git ({exc.strerror}): install git to "
+                            "follow a git upstream") from exc
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     except TimeoutError:
@@ -136,7 +140,8 @@ class UpstreamPoller:
         self.on_value = on_value
         self.on_error = on_error
         self.rng = rng or random.Random()
-        self.backoff = Backoff(base_s=min(5.0, spec.poll_s), cap_s=max(spec.poll_s, 60.0))
+        # Failures back off up to the poll interval itself, never beyond it.
+        self.backoff = Backoff(base_s=min(5.0, spec.poll_s), cap_s=spec.poll_s)
         self.last_check: float | None = None
         self.next_check: float | None = None
         self.last_error: str | None = None
@@ -147,17 +152,28 @@ class UpstreamPoller:
         self.last_check = time.time()
         try:
             value = await self.resolver(self.spec)
-        except UpstreamError as exc:
-            delay = self.backoff.failure(exc.retry_after_s)
-            self.last_error = str(exc)
-            self.next_delay_s = delay
-            self.on_error(exc, delay)
-            return delay
+        except Exception as exc:
+            # Whatever goes wrong (a hanging token server, a missing binary), the
+            # poller lives on and tries again later: it must never die for good.
+            if not isinstance(exc, UpstreamError):
+                exc = UpstreamError(self.spec.name, f"{type(exc).__name__}: {exc}")
+            return self._failed(exc)
+        try:
+            await self.on_value(value)
+        except Exception as exc:  # recording it failed (a full disk): try again later
+            return self._failed(UpstreamError(self.spec.name, f"cannot record {value.tag}: "
+                                              f"{exc}"))
         self.backoff.success()
         self.last_error = None
-        await self.on_value(value)
         self.next_delay_s = jittered(self.spec.poll_s, self.rng)
         return self.next_delay_s
+
+    def _failed(self, error: UpstreamError) -> float:
+        delay = self.backoff.failure(error.retry_after_s)
+        self.last_error = str(error)
+        self.next_delay_s = delay
+        self.on_error(error, delay)
+        return delay
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop``; the first poll waits out the delay the last check chose."""

@@ -2,8 +2,11 @@
 and Podman APIs do. JSON bodies, errors as ``{"message": …}`` with real codes.
 
 Mode 0660 (group from ``[control] group``), the peer's uid (SO_PEERCRED)
-logged with each request. A slow or broken client costs only its own
-connection: bodies are capped at 1 MiB and must arrive within a deadline.
+logged with each request. A slow, broken or hostile client costs only its own
+connection: bodies are capped at 1 MiB and must arrive within a deadline,
+nesting is bounded, every rejection (the HTTP parser's included) is a JSON
+4xx and one info-level line, and logs are streamed in bounded chunks read off
+the event loop.
 """
 
 from __future__ import annotations
@@ -21,19 +24,23 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from orchestrator.core.errors import InputError
+from orchestrator.engines.guard import marker_end
 from orchestrator.service.daemon import Daemon, Refused
 
 MAX_BODY = 1024 * 1024
 BODY_TIMEOUT_S = 5.0
 LOG_POLL_S = 0.2
-log = structlog.get_logger("orchestrator.service.api")
+LOG_CHUNK = 64 * 1024
+MAX_LIMIT = 1000
+log = structlog.get_logger("orchestrator.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def peer_uid(request: web.Request) -> int | None:
+def peer_uid(request: web.BaseRequest) -> int | None:
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is None or sock.family != socket.AF_UNIX:
         return None
@@ -65,9 +72,59 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except InputError as exc:
         status = 404 if "unknown layer" in exc.problem else 400
         response = error(status, str(exc))
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception as exc:
+        # Our bug, not the client's: say so in JSON, log it once with its traceback.
+        log.error("api_error", method=request.method, path=request.path, error=repr(exc),
+                  exc_info=exc)
+        response = error(500, f"internal error: {type(exc).__name__}")
     log.info("api_request", method=request.method, path=request.path, status=response.status,
              peer_uid=uid)
     return response
+
+
+class JsonErrorHandler(RequestHandler):
+    """What aiohttp's own HTTP parser rejects (a URL over 8 kB, a path that is not
+    UTF-8, too many headers) gets the same JSON error as everything else, and
+    one info line instead of an error-level traceback any local client could
+    use to flood the log."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        reason = message or (str(exc) if exc else "bad request")
+        if status >= 500:
+            log.error("api_error", status=status, error=reason, exc_info=exc)
+        else:
+            log.info("api_rejected", status=status, reason=reason[:200],
+                     peer_uid=peer_uid(request))
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started")
+        response = error(status, reason[:500] if status < 500 else "internal error")
+        response.force_close()
+        return response
+
+
+class JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class JsonErrorRunner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = JsonErrorServer  # same state, our connection handler
+        return server
+
+
+def _bounded_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise Refused("malformed JSON: nested too deeply", 400) from None
+    except ValueError as exc:
+        raise Refused(f"malformed JSON: {exc}", 400) from None
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
@@ -77,13 +134,33 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise Refused(f"request body not received within {BODY_TIMEOUT_S:g} s", 408) from None
     if not body:
         return {}
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise Refused(f"malformed JSON: {exc}", 400) from None
+    data = _bounded_json(body)
     if not isinstance(data, dict):
         raise Refused("expected a JSON object", 400)
     return data
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "50")
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise Refused(f"limit: expected a number from 1 to {MAX_LIMIT}, got {raw!r}",
+                      400) from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise Refused(f"limit: expected a number from 1 to {MAX_LIMIT}, got {limit}", 400)
+    return limit
+
+
+def _read_chunk(path: Path, offset: int) -> tuple[bytes, int]:
+    """Up to LOG_CHUNK bytes of ``path`` from ``offset``, and the file's size."""
+    try:
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            fh.seek(offset)
+            return fh.read(LOG_CHUNK), size
+    except FileNotFoundError:
+        return b"", 0
 
 
 class ControlServer:
@@ -112,8 +189,8 @@ class ControlServer:
 
     async def start(self, inherited: list[socket.socket]) -> None:
         # A slow client is one connection among many; drop idle keep-alives quickly.
-        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
-                                    keepalive_timeout=15)
+        self.runner = JsonErrorRunner(self.app(), access_log=None, handle_signals=False,
+                                      keepalive_timeout=15)
         await self.runner.setup()
         if inherited:
             sock = inherited[0]
@@ -125,10 +202,10 @@ class ControlServer:
         listen = self.daemon.config.daemon.metrics_listen
         if listen is not None:
             # Prometheus scrapes over TCP: that listener serves /metrics and nothing else.
-            metrics_app = web.Application()
+            metrics_app = web.Application(middlewares=[errors_as_json])
             metrics_app.router.add_get("/metrics", self.metrics)
-            self.metrics_runner = web.AppRunner(metrics_app, access_log=None,
-                                                handle_signals=False)
+            self.metrics_runner = JsonErrorRunner(metrics_app, access_log=None,
+                                                  handle_signals=False)
             await self.metrics_runner.setup()
             await web.TCPSite(self.metrics_runner, listen[0], listen[1]).start()
 
@@ -179,10 +256,10 @@ class ControlServer:
         return web.Response(text="OK")
 
     async def status(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(self.daemon.status())
+        return web.json_response(await self.daemon.views.status())
 
     async def layers(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"layers": await self.daemon.layers_view()})
+        return web.json_response({"layers": await self.daemon.views.layers()})
 
     async def create_build(self, request: web.Request) -> web.StreamResponse:
         data = await read_json(request)
@@ -199,53 +276,53 @@ class ControlServer:
             raise Refused("force: expected true or false", 400)
         uid = peer_uid(request)
         who = f"uid {uid}" if uid is not None else "unknown peer"
-        answer = self.daemon.trigger(layers, force=force, cause=f"manual trigger by {who}")
+        answer = await self.daemon.trigger(layers, force=force,
+                                           cause=f"manual trigger by {who}")
         return web.json_response(answer, status=202)
 
     async def list_builds(self, request: web.Request) -> web.StreamResponse:
-        try:
-            limit = int(request.query.get("limit", "50"))
-        except ValueError:
-            raise Refused("limit: expected a number", 400) from None
+        limit = _limit(request)
         layer = request.query.get("layer")
-        return web.json_response({"builds": self.daemon.state.builds(layer, min(limit, 1000))})
+        return web.json_response({"builds": await self.daemon.state.builds(layer, limit)})
 
     async def get_build(self, request: web.Request) -> web.StreamResponse:
         build_id = request.match_info["id"]
-        build = self.daemon.state.build(build_id)
+        build = await self.daemon.state.build(build_id)
         if build is not None:
             return web.json_response(build)
-        # A request id (from POST /v1/builds): its queue entries and its builds.
-        builds = self.daemon.state.builds(request_id=build_id, limit=1000)
-        queued = [q for q in self.daemon.state.queued() if q["request_id"] == build_id]
-        if not builds and not queued:
+        # A request id (from POST /v1/builds): what it asked, its state, its builds.
+        found = await self.daemon.queue.request(build_id)
+        if found is None:
             raise Refused(f"no build or request {build_id}", 404)
-        state = "queued" if queued else "done"
-        if any(b["outcome"] == "running" for b in builds):
-            state = "running"
-        return web.json_response({"id": build_id, "state": state, "queued": queued,
-                                  "builds": builds})
+        return web.json_response(found)
 
     async def build_log(self, request: web.Request) -> web.StreamResponse:
         build_id = request.match_info["id"]
-        build = self.daemon.state.build(build_id)
+        build = await self.daemon.state.build(build_id)
         if build is None or not build.get("log_path"):
             raise Refused(f"no build {build_id}", 404)
         follow = request.query.get("follow") in ("1", "true", "yes")
         path = Path(build["log_path"])
+        cap = self.daemon.config.daemon.log_max_bytes
         response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
         await response.prepare(request)
         offset = 0
         while True:
-            with contextlib.suppress(FileNotFoundError), path.open("rb") as fh:
-                fh.seek(offset)
-                chunk = fh.read()
-                if chunk:
-                    await response.write(chunk)
-                    offset += len(chunk)
+            chunk, size = await asyncio.to_thread(_read_chunk, path, offset)
+            if size < offset and cap > 0:
+                # The log passed its cap and its tail was compacted: go on from
+                # where the kept tail starts.
+                offset = marker_end(cap)
+                await response.write(b"\n[orchestrator: log compacted; newest output "
+                                     b"follows]\n")
+                continue
+            if chunk:
+                await response.write(chunk)  # waits while the client is slow: bounded
+                offset += len(chunk)
+                continue
             if not follow:
                 break
-            row = self.daemon.state.build(build_id)
+            row = await self.daemon.state.build(build_id)
             if row is None or row["outcome"] != "running":
                 follow = False  # one last read picks up the final lines
                 continue
@@ -255,7 +332,10 @@ class ControlServer:
 
     async def cancel_build(self, request: web.Request) -> web.StreamResponse:
         build_id = request.match_info["id"]
-        self.daemon.cancel(build_id)
+        if not self.daemon.cancel(build_id):
+            if await self.daemon.state.build(build_id) is None:
+                raise Refused(f"no build {build_id}", 404)
+            raise Refused(f"build {build_id} is not running", 409)
         return web.json_response({"id": build_id, "cancelled": True}, status=202)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
@@ -270,6 +350,7 @@ class ControlServer:
         return response
 
     async def reload(self, request: web.Request) -> web.StreamResponse:
+        await read_json(request)  # the body limit and deadline hold here too
         await self.daemon.reload()
         return web.json_response({"reloaded": True, "layers": len(self.daemon.catalog.layers)})
 

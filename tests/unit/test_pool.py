@@ -137,17 +137,18 @@ async def test_an_idle_re_ping_does_not_let_two_builds_share_one_slot() -> None:
     for member in pool.members:  # idle long enough to be pinged again before use
         member.last_ping = 0.0
     placed: list[str] = []
-    release = asyncio.Event()
+    release, both = asyncio.Event(), asyncio.Event()
 
     async def build() -> None:
         async with pool.lease() as member:
             placed.append(member.name)
             assert member.running <= member.spec.slots
+            if len(placed) == 2:
+                both.set()
             await release.wait()
 
     tasks = [asyncio.create_task(build()) for _ in range(2)]
-    while len(placed) < 2:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(both.wait(), 5)
     assert sorted(placed) == ["a", "b"]
     release.set()
     await asyncio.gather(*tasks)
