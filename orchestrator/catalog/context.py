@@ -3,10 +3,13 @@
 What the key covers is exactly what the engine is given: the files and
 directories the engine's own ignore file keeps (``.dockerignore``, or
 ``.containerignore`` / ``<Dockerfile>.dockerignore`` where that engine reads
-those), each with its relative path, permission bits (setuid/setgid/sticky
-included: the engines copy them) and content; symlinks by their target. The
-build itself then runs on a private copy of exactly these files
-(``build/snapshot.py``), so the engine can never see anything else.
+those), matched with that engine's own rules (``core/dockerignore.py``), each
+with its relative path, permission bits and content; symlinks by their
+target. All permission bits are hashed: BuildKit copies setuid/setgid, buildah
+strips them on COPY, so for buildah a flip of those bits rebuilds an image
+that comes out the same (never the other way round). The build itself then
+runs on a private copy of exactly these files (``build/snapshot.py``), so the
+engine can never see anything else.
 """
 
 from __future__ import annotations
@@ -17,20 +20,10 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from orchestrator.catalog.tomlfile import display
-from orchestrator.core.dockerignore import DockerIgnore
-
-try:  # TEMPORARY until the exact matcher lands
-    from orchestrator.core.dockerignore import ignore_file_for  # type: ignore[attr-defined]
-except ImportError:
-    def ignore_file_for(engine: str, dockerfile_rel: str, exists: Any) -> str | None:
-        if engine == "buildah" and exists(".containerignore"):
-            return ".containerignore"
-        if engine == "docker" and exists(dockerfile_rel + ".dockerignore"):
-            return dockerfile_rel + ".dockerignore"
-        return ".dockerignore" if exists(".dockerignore") else None
+from orchestrator.core.buildkey import first_changed_path
+from orchestrator.core.dockerignore import DockerIgnore, ignore_file_for
 from orchestrator.core.errors import InputError
 from orchestrator.core.model import FileEntry, Layer
 
@@ -79,7 +72,8 @@ def ignore_file(layer: Layer, engines: Iterable[str]) -> str | None:
     """The ignore file (relative to the context) the configured engines read.
 
     The key must not depend on which engine of a pool builds the layer: when
-    the engines would read different files here, that is a configuration error."""
+    the engines would read different files here, that is a configuration error
+    (so is the same file meaning different things to them: see read_context)."""
     context = layer.context
     try:
         dockerfile_rel = layer.dockerfile.relative_to(context).as_posix()
@@ -100,16 +94,22 @@ def ignore_file(layer: Layer, engines: Iterable[str]) -> str | None:
     return names.pop() if names else None
 
 
-def load_ignore(context: Path, name: str | None) -> DockerIgnore:
+def load_ignore(context: Path, name: str | None, engine: str = "buildah") -> DockerIgnore:
+    """The ignore file as ``engine`` reads it (a byte-order mark, for one, is
+    stripped by Docker and kept by buildah: the engine's parser decides)."""
     if name is None:
-        return DockerIgnore([])
+        return DockerIgnore([], engine)
     path = context / name
     try:
-        return DockerIgnore.parse(path.read_text(encoding="utf-8-sig"))
+        ignore = DockerIgnore.parse(path.read_text(encoding="utf-8"), engine)
     except FileNotFoundError:
-        return DockerIgnore([])
+        return DockerIgnore([], engine)
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(display(path), f"cannot read: {exc}") from exc
+    if ignore.error is not None:
+        raise InputError(display(path), f"{engine} would refuse this file and fail the build: "
+                         f"{ignore.error}")
+    return ignore
 
 
 def scan_context(context: Path, ignore: DockerIgnore) -> tuple[FileEntry, ...]:
@@ -168,7 +168,7 @@ def _directories(root: Path, entries: list[FileEntry], ignore: DockerIgnore) -> 
             rel = rel_dir + name
             if Path(dirpath, name).is_symlink():
                 continue
-            if not ignore.excluded(rel):
+            if not ignore.excluded(rel, directory=True):
                 wanted.add(rel)
             if ignore.may_include_below(rel):
                 kept.append(name)
@@ -221,9 +221,19 @@ def read_context(layer: Layer, engines: Iterable[str] = ("buildah",)) -> Context
         dockerfile = file_digest(layer.dockerfile)
     except OSError as exc:
         raise InputError(display(layer.dockerfile), f"cannot read: {exc.strerror}") from exc
-    name = ignore_file(layer, engines)
-    return Context(dockerfile, scan_context(layer.context, load_ignore(layer.context, name)),
-                   name)
+    kinds = sorted(set(engines)) or ["buildah"]
+    name = ignore_file(layer, kinds)
+    scans = {kind: scan_context(layer.context, load_ignore(layer.context, name, kind))
+             for kind in kinds}
+    first, *others = kinds
+    for kind in others:
+        if scans[kind] != scans[first]:
+            path = first_changed_path(scans[first], scans[kind]) or "?"
+            raise InputError(display(layer.context / (name or ".dockerignore")),
+                             f"{first} and {kind} match this ignore file differently (e.g. "
+                             f"{path}), so the image would depend on the engine that builds "
+                             "it: simplify the patterns, or use one kind of engine")
+    return Context(dockerfile, scans[first], name)
 
 
 def read_contexts(layers: Iterable[Layer], engines: Iterable[str] = ("buildah",)
