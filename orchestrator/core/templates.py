@@ -2,7 +2,8 @@
 
 Names are matrix variables (``{python}``) or upstream values
 (``{upstream.pyenv.tag}``, ``.digest``, ``.version`` — the tag without a
-leading "v"). ``{{`` and ``}}`` stand for literal braces.
+leading "v" — and ``.url``, the git remote or repository it is read from).
+``{{`` and ``}}`` stand for literal braces.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from orchestrator.core.errors import TemplateError
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
-UPSTREAM_FIELDS = ("tag", "digest", "version")
+UPSTREAM_FIELDS = ("tag", "digest", "version", "url")
 
 
 def placeholders(template: str) -> list[str]:
@@ -37,8 +38,13 @@ def expand(template: str, values: Mapping[str, str], *, keep_unknown: bool = Fal
     return _PLACEHOLDER.sub(sub, template)
 
 
-def upstream_values(name: str, tag: str | None, digest: str) -> dict[str, str]:
+def upstream_values(name: str, tag: str | None, digest: str,
+                    url: str | None = None) -> dict[str, str]:
+    """``url``: where the upstream lives (a git remote, a registry repository):
+    an air-gapped host points it at its mirror, and the build clones from there."""
     values = {f"upstream.{name}.digest": digest}
+    if url is not None:
+        values[f"upstream.{name}.url"] = url
     if tag is not None:
         values[f"upstream.{name}.tag"] = tag
         values[f"upstream.{name}.version"] = tag[1:] if tag[:1] in "vV" else tag

@@ -1,26 +1,45 @@
-"""End to end: examples/debian built from nothing by the orchestrator, the app
-container answering over HTTP, the helper script at work, and an app edit that
-rebuilds the app layer alone."""
+"""The seed's hierarchy built for real, by the daemon: examples/debian from nothing
+(OS -> pyenv -> CPython compiled by pyenv -> flask -> app), the helpers at work
+inside the images, a new pyenv tag on the (loopback) remote cascading down to
+the app once, and an app edit that rebuilds the app alone.
+
+One long test on purpose: CPython is compiled twice (pyenv v2.8.0, then the
+cascade after v2.8.1), and every step stands on the images of the one before.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import shutil
 import socket
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Testbed, built, unique_namespace
-from tests.integration.daemon_helpers import wait_until
+from tests.conftest import (
+    ROOT,
+    Project,
+    Testbed,
+    _testbed_settings,
+    image_config,
+    manifest_digest,
+    unique_namespace,
+)
+from tests.integration.daemon_helpers import DaemonProcess, wait_until
 
 pytestmark = pytest.mark.integration
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "upstream-git"
+PYTHON = "3.13.5"
+CHAIN = ["os", "pyenv", f"python:{PYTHON}", "flask", "flask-helloworld"]
 
 
 def free_port() -> int:
@@ -29,85 +48,202 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout
+
+
 class Example:
-    def __init__(self, root: Path, testbed: Testbed, namespace: str) -> None:
+    def __init__(self, root: Path, testbed: Testbed, namespace: str, remotes: Path) -> None:
         self.root = root
         self.testbed = testbed
         self.namespace = namespace
+        self.remotes = remotes
         self.docker_env = {**os.environ, "DOCKER_HOST": testbed.docker_host}
-
-    def orchestrator(self, *args: str) -> tuple[int, dict[str, object], str]:
-        proc = subprocess.run(["orchestrator", "-c", str(self.root / "config.toml"), *args,
-                               "--json"], capture_output=True, text=True, timeout=1200)
-        return proc.returncode, json.loads(proc.stdout or "{}"), proc.stderr
 
     def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["/usr/bin/docker", *args], capture_output=True, text=True,
-                              env=self.docker_env, check=check, timeout=300)
+                              env=self.docker_env, check=check, timeout=600)
 
     def image(self, name: str, tag: str) -> str:
         return f"{self.testbed.registry}/{self.namespace}/{name}:{tag}"
 
+    def run_in(self, image: str, script: str) -> subprocess.CompletedProcess[str]:
+        return self.docker("run", "--rm", "--network", "host", "--entrypoint", "bash", image,
+                           "-c", script, check=False)
+
 
 @pytest.fixture
 def example(tmp_path: Path, testbed: Testbed) -> Iterator[Example]:
+    settings = _testbed_settings()
     root = tmp_path / "debian"
-    shutil.copytree(ROOT / "examples" / "debian", root,
-                    ignore=shutil.ignore_patterns("*.crt"))
+    shutil.copytree(ROOT / "examples" / "debian", root, ignore=shutil.ignore_patterns("*.crt"))
     namespace = unique_namespace()
+    # Our own pyenv remote holding only the older release; the test "releases"
+    # v2.8.1 by pushing the tag there. pyenv-virtualenv: both tags, as shipped.
+    remotes = Path(settings["ORCH_TEST_GIT_BASE"]) / namespace
+    remotes.mkdir(parents=True)
+    git("clone", "-q", "--mirror", str(FIXTURES / "pyenv.bundle"), str(remotes / "pyenv.git"))
+    git("-C", str(remotes / "pyenv.git"), "tag", "-d", "v2.8.1")
+    git_url = f"{settings['ORCH_TEST_GIT_URL']}/{namespace}"
     config = (root / "config.toml").read_text()
     config = config.replace("127.0.0.1:5000/debian-example", f"{testbed.registry}/{namespace}")
     config = config.replace("127.0.0.1:5000/seed/debian", f"{testbed.registry}/seed/debian")
+    config = config.replace("git://127.0.0.1:9418/pyenv.git", f"{git_url}/pyenv.git")
+    config = config.replace("git://127.0.0.1:9418/pyenv-virtualenv.git",
+                            f"{settings['ORCH_TEST_GIT_URL']}/pyenv-virtualenv.git")
+    config = re.sub(r'(\[upstream\.pyenv\][^\[]*?)poll = "6h"', r'\1poll = "3s"', config)
     config = re.sub(r'dir = ".*"', 'dir = "state"', config)
     config = re.sub(r'socket = ".*"', 'socket = "control.sock"', config)
+    config += '\n[daemon]\ndebounce = "300ms"\n'
     (root / "config.toml").write_text(config)
+    pyenv = root / "layers" / "pyenv" / "layer.toml"
+    pyenv.write_text(pyenv.read_text().replace('"../../../../layers/pyenv"',
+                                               f'"{ROOT / "layers" / "pyenv"}"'))
+    python = root / "layers" / "python" / "layer.toml"
+    python.write_text(python.read_text().replace("http://127.0.0.1:8765",
+                                                 settings["ORCH_TEST_CPYTHON_MIRROR"]))
     if HOST_CA.exists():  # the intercepting proxy's CA, so pip reaches PyPI
         shutil.copy(HOST_CA, root / "layers" / "os" / "ca" / "host.crt")
-    yield Example(root, testbed, namespace)
+    yield Example(root, testbed, namespace, remotes)
+    shutil.rmtree(remotes, ignore_errors=True)
 
 
-def test_debian_example_end_to_end(example: Example) -> None:
-    rc, report, err = example.orchestrator("build")
-    assert rc == 0, err[-3000:]
-    assert built(report) == {"os", "python", "flask", "flask-helloworld"}
+def builds_by_layer(daemon: DaemonProcess) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for build in reversed(daemon.builds()):
+        out.setdefault(build["layer"], []).append(build)
+    return out
 
-    app = example.image("flask-helloworld", "1.0.0")
-    port = free_port()
-    name = f"hello-{example.namespace}"
-    example.docker("run", "-d", "--name", name, "--network", "host",
-                   "-e", f"FLASK_RUN_PORT={port}", app)
+
+def answers(example: Example, port: int) -> str | None:
     try:
-        def get(path: str) -> str | None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-                    return str(r.read().decode())
-            except OSError:
-                return None
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+            return str(resp.read().decode())
+    except OSError:
+        return None
 
-        assert wait_until(lambda: get("/"), 60, 0.2, "the app to answer") == "Hello, World!"
-        assert get("/index") == "Hello, World!"
+
+def serve_app(example: Example) -> tuple[str, int]:
+    port = free_port()
+    name = f"hello-{example.namespace}-{port}"
+    example.docker("pull", example.image("flask-helloworld", "1.0.0"))
+    example.docker("run", "-d", "--name", name, "--network", "host",
+                   "-e", f"FLASK_RUN_PORT={port}", example.image("flask-helloworld", "1.0.0"))
+    return name, port
+
+
+@pytest.mark.timeout(3000)
+def test_the_seed_chain_builds_answers_and_cascades(example: Example) -> None:
+    started = time.monotonic()
+    daemon = DaemonProcess(Project(example.root)).ready(120)
+    try:
+        daemon.idle(1800)
+        cold = time.monotonic() - started
+        history = builds_by_layer(daemon)
+        assert {layer: [b["outcome"] for b in builds] for layer, builds in history.items()} == \
+            {layer: ["built"] for layer in CHAIN}, daemon.logs()[-4000:]
+        compile_s = history[f"python:{PYTHON}"][0]["finished_at"] - \
+            history[f"python:{PYTHON}"][0]["started_at"]
+        print(f"cold build of the chain: {cold:.0f} s (CPython compile layer {compile_s:.0f} s)")
+
+        check_app_and_labels(example, pyenv_tag="v2.8.0")
+        check_helpers(example)
+
+        # -- a new pyenv release on the remote cascades to the app, once ------
+        pushed = time.monotonic()
+        git("-C", str(example.remotes / "pyenv.git"), "fetch", "-q",
+            str(FIXTURES / "pyenv.bundle"), "refs/tags/v2.8.1:refs/tags/v2.8.1")
+        wait_until(lambda: len(builds_by_layer(daemon).get("flask-helloworld", [])) == 2
+                   and builds_by_layer(daemon)["flask-helloworld"][-1]["outcome"] != "running",
+                   1800, 2, "the cascade to reach the app")
+        daemon.idle(300)
+        cascade = time.monotonic() - pushed
+        history = builds_by_layer(daemon)
+        # pyenv and everything under it once more; the OS layer does not stand on pyenv.
+        assert {layer: [b["outcome"] for b in builds] for layer, builds in history.items()} == \
+            {"os": ["built"], **{layer: ["built", "built"] for layer in CHAIN[1:]}}
+        pyenv_build = history["pyenv"][-1]
+        assert pyenv_build["cause"].startswith("upstream pyenv changed: v2.8.0@")
+        assert "-> v2.8.1@" in pyenv_build["cause"]
+        # Each child names the change and the parent build it stood on, in order.
+        for parent, child in itertools.pairwise(CHAIN):
+            build = history[child][-1]
+            assert f"parent build {history[parent][-1]['id']}" in build["cause"], build
+            assert "upstream pyenv changed" in build["cause"], build
+            assert build["started_at"] >= history[parent][-1]["finished_at"]
+        print(f"cascade after the pyenv tag push: {cascade:.0f} s")
+        check_app_and_labels(example, pyenv_tag="v2.8.1")
+
+        # A second poll with nothing new rebuilds nothing.
+        before = len(daemon.builds())
+        time.sleep(8)  # more than two polls of 3 s
+        assert len(daemon.builds()) == before
+
+        # -- an app edit rebuilds the app alone, in seconds ---------------------
+        source = example.root / "layers" / "flask-helloworld" / "app" / "helloworld.py"
+        source.write_text(source.read_text().replace('"Hello, World!"',
+                                                     '"Hello, World! (v2)"'))
+        wait_until(lambda: len(daemon.builds()) == before + 1
+                   and daemon.builds()[0]["outcome"] == "built", 300, 0.5, "app rebuild")
+        daemon.idle(120)
+        app = daemon.builds()[0]
+        assert app["layer"] == "flask-helloworld" and len(daemon.builds()) == before + 1
+        print(f"app-only rebuild: {app['finished_at'] - app['started_at']:.1f} s")
+    finally:
+        daemon.stop()
+
+
+def check_app_and_labels(example: Example, pyenv_tag: str) -> None:
+    name, port = serve_app(example)
+    try:
+        assert wait_until(lambda: answers(example, port), 60, 0.3, "the app") == "Hello, World!"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/index", timeout=5) as resp:
+            assert resp.read().decode() == "Hello, World!"
         assert example.docker("exec", name, "id", "-u").stdout.strip() == "1000"
     finally:
         example.docker("rm", "-f", name, check=False)
+    labels = image_config(example.testbed.registry, f"{example.namespace}/flask-helloworld",
+                          "1.0.0")["config"]["Labels"]
+    assert labels["io.github.pyenv.version"] == pyenv_tag
+    assert labels["org.python.version"] == PYTHON
+    flask_digest = api_digest(example, "flask", "3.1.0")
+    assert labels["org.opencontainers.image.base.digest"] == flask_digest
+    for key in ("title", "version", "created", "source", "base.name"):
+        assert labels[f"org.opencontainers.image.{key}"], key
 
-    # The requirements helper, inside the framework image it serves.
+
+def api_digest(example: Example, image: str, tag: str) -> str:
+    digest = manifest_digest(example.testbed.registry, f"{example.namespace}/{image}", tag)
+    assert digest is not None
+    return digest
+
+
+def check_helpers(example: Example) -> None:
+    python = example.image("python", PYTHON)
     flask = example.image("flask", "3.1.0")
-    helper = ["run", "--rm", "--network", "host", "--entrypoint", "install-requirements.sh"]
-    usage = example.docker(*helper, flask, check=False)
+    example.docker("pull", python)
+    example.docker("pull", flask)
+    run = example.run_in
+    usage = run(python, "install-python.sh")
+    assert usage.returncode == 2 and "usage: install-python.sh VERSION" in usage.stderr
+    unknown = run(python, "install-python.sh 9.99.99")
+    assert unknown.returncode == 2 and "no definition for '9.99.99'" in unknown.stderr
+    again = run(python, f"time -p install-python.sh {PYTHON}")
+    assert again.returncode == 0 and f"Python {PYTHON}" in again.stdout, again.stderr
+    as_user = run(python, "id -u; python -V; pyenv versions --bare")
+    assert as_user.stdout.split() == ["1000", "Python", PYTHON, PYTHON], as_user
+    venv = run(python, f"pyenv virtualenv {PYTHON} demo-env >/dev/null && "
+                       "pyenv versions --bare && "
+                       "$(pyenv root)/versions/demo-env/bin/python -c 'import sys; "
+                       "print(sys.prefix)'")
+    assert venv.returncode == 0 and "demo-env" in venv.stdout, venv.stderr[-2000:]
+    usage = run(flask, "install-requirements.sh")
     assert usage.returncode == 2 and "usage: install-requirements.sh" in usage.stderr
-    missing = example.docker(*helper, flask, "/nope.txt", check=False)
+    missing = run(flask, "install-requirements.sh /nope.txt")
     assert missing.returncode == 2 and "no file /nope.txt" in missing.stderr
-    install = example.docker("run", "--rm", "--network", "host", "--entrypoint", "sh", flask,
-                             "-c", "echo six==1.16.0 > /tmp/r.txt && "
-                             "install-requirements.sh /tmp/r.txt && python -c 'import six'",
-                             check=False)
-    assert install.returncode == 0, install.stderr[-2000:]
-
-    # Editing the app rebuilds the app layer only.
-    source = example.root / "layers" / "flask-helloworld" / "app" / "helloworld.py"
-    source.write_text(source.read_text().replace('"Hello, World!"', '"Hello, World! (v2)"'))
-    rc, report, err = example.orchestrator("build")
-    assert rc == 0, err[-3000:]
-    assert built(report) == {"flask-helloworld"}
-    entry = next(e for e in report["layers"] if e["layer"] == "flask-helloworld")  # type: ignore[attr-defined]
-    print(f"app-only rebuild: {entry['finished'] - entry['started']:.2f} s")
+    real = run(flask, "echo six==1.16.0 > /tmp/r.txt && install-requirements.sh /tmp/r.txt && "
+                      "python -c 'import six, flask; print(six.__version__, flask.__version__)'")
+    assert real.returncode == 0 and "1.16.0 3.1.0" in real.stdout, real.stderr[-2000:]
+    versions = run(flask, "python -m pip list --format json")
+    assert {p["name"].lower(): p["version"] for p in json.loads(versions.stdout)}["flask"] \
+        == "3.1.0"

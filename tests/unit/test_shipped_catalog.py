@@ -22,7 +22,7 @@ from orchestrator.core.model import BuilderSpec, Outcome
 from tests.fakes import MemoryBuilder, fixed_upstreams
 
 ROOT = Path(__file__).resolve().parents[2]
-HELPERS = ROOT / "layers" / "pyenv" / "build" / "home" / "alpine" / "bin"
+HELPERS = ROOT / "layers" / "pyenv" / "bin"
 UPSTREAMS = {"alpine": ("3.20.3", "sha256:" + "a" * 64),
              "pyenv": ("v2.4.17", "b" * 40),
              "pyenv-virtualenv": ("v1.2.4", "c" * 40)}
@@ -49,7 +49,7 @@ def test_graph_shows_the_hierarchy(capsys: pytest.CaptureFixture[str]) -> None:
         "alpine  (from upstream:alpine)",
         "└── pyenv",
         "    ├── python:3.12.8",
-        "    ├── python:3.13.1",
+        "    ├── python:3.13.5",
         "    │   └── flask",
         "    │       └── flask-helloworld",
         "    └── python:3.14.0",
@@ -67,9 +67,26 @@ def test_plan_resolves_templates_from_upstreams(shipped: tuple[Path, MemoryBuild
     report = asyncio.run(runs.execute(config, catalog, dry_run=True))
     assert [lid for lid, r in report.results.items() if r.value and r.value.decision.build] \
         == list(catalog.layers)
-    assert catalog.layers["pyenv"].args == (
-        ("PYENV_VERSION", "{upstream.pyenv.tag}"),
-        ("PYENV_VIRTUALENV_VERSION", "{upstream.pyenv-virtualenv.tag}"))
+    assert dict(catalog.layers["pyenv"].args) == {
+        "PYENV_GIT": "{upstream.pyenv.url}",
+        "PYENV_VERSION": "{upstream.pyenv.tag}",
+        "PYENV_COMMIT": "{upstream.pyenv.digest}",
+        "PYENV_VIRTUALENV_GIT": "{upstream.pyenv-virtualenv.url}",
+        "PYENV_VIRTUALENV_VERSION": "{upstream.pyenv-virtualenv.tag}",
+        "PYENV_VIRTUALENV_COMMIT": "{upstream.pyenv-virtualenv.digest}"}
+
+
+def test_both_catalogs_use_the_same_helpers() -> None:
+    """The example's pyenv layer builds from the shipped layer's helpers (its
+    context), so what the tests prove about them is what ships."""
+    import orchestrator.build.runs as runs_module
+    from orchestrator.catalog.context import read_context
+
+    _, example = runs_module.load(ROOT / "examples" / "debian" / "config.toml")
+    pyenv = example.layers["pyenv"]
+    assert pyenv.context == ROOT / "layers" / "pyenv"
+    sent = {entry.path for entry in read_context(pyenv).files}
+    assert sent == {"bin/", "bin/install-python.sh", "bin/install-requirements.sh"}
 
 
 def test_a_new_python_version_plans_exactly_one_new_variant(
@@ -103,13 +120,13 @@ def test_helpers_are_executable() -> None:
 
 
 def test_install_python_usage_errors() -> None:
-    for args in ((), ("3.13.1", "extra"), ("latest",)):
+    for args in ((), ("3.13.5", "extra"), ("latest",)):
         proc = _run("install-python.sh", *args)
         assert proc.returncode == 2 and "usage: install-python.sh VERSION" in proc.stderr
 
 
 def test_install_python_without_pyenv_fails(tmp_path: Path) -> None:
-    proc = _run("install-python.sh", "3.13.1",
+    proc = _run("install-python.sh", "3.13.5",
                 env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert proc.returncode == 1 and "pyenv not found" in proc.stderr
 

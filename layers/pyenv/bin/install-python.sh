@@ -1,11 +1,15 @@
 #!/bin/sh
 # install-python.sh VERSION
-# Builds CPython VERSION with pyenv for the current user and makes it the
-# global default. Meant for one RUN line of a python image:
-#   RUN /home/alpine/bin/install-python.sh 3.13.1
+# Compiles CPython VERSION with pyenv for the current user and makes it the
+# global default. One RUN line of a python image:
+#   RUN install-python.sh 3.13.5
+# Air-gapped hosts: set PYTHON_BUILD_MIRROR_URL to a server that holds the
+# source tarballs under their sha256 (python-build fetches <mirror>/<sha256>
+# and verifies the checksum of its own definition either way).
+# Running it again for an installed version changes nothing.
 set -eu
 
-usage() { echo "usage: install-python.sh VERSION   (e.g. 3.13.1)" >&2; exit 2; }
+usage() { echo "usage: install-python.sh VERSION   (e.g. 3.13.5)" >&2; exit 2; }
 [ $# -eq 1 ] || usage
 case "$1" in
     [0-9]*.[0-9]*) ;;
@@ -14,12 +18,18 @@ esac
 version=$1
 
 export PYENV_ROOT="${PYENV_ROOT:-$HOME/.pyenv}"
-export PATH="$PYENV_ROOT/bin:$PATH"
+export PATH="$PYENV_ROOT/shims:$PYENV_ROOT/bin:$PATH"
 command -v pyenv >/dev/null 2>&1 || {
     echo "install-python.sh: pyenv not found in $PYENV_ROOT" >&2; exit 1; }
-eval "$(pyenv init -)"
+if ! pyenv install --list | grep -qx "  *$version"; then
+    echo "install-python.sh: pyenv $(pyenv --version | cut -d' ' -f2) has no definition" \
+         "for '$version' (see: pyenv install --list)" >&2
+    exit 2
+fi
 
+# Both cores (or however many the builder has) for the compile.
+export MAKE_OPTS="${MAKE_OPTS:--j$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)}"
 pyenv install --skip-existing "$version"
 pyenv global "$version"
-python -m pip install --no-cache-dir --upgrade pip
+pyenv rehash
 python --version
