@@ -30,16 +30,7 @@ from orchestrator.catalog.context import Context, read_context
 from orchestrator.core import graph
 from orchestrator.core.buildkey import build_key, key_tag
 from orchestrator.core.errors import BuildFailed, InputError, TemplateError
-from orchestrator.core.imageref import ImageRef, parse_repository
-
-try:  # TEMPORARY until the reference grammar lands
-    from orchestrator.core.imageref import check_tag  # type: ignore[attr-defined]
-except ImportError:
-    import re as _re
-
-    def check_tag(tag: str) -> str | None:
-        ok = _re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", tag)
-        return None if ok else "not a valid tag"
+from orchestrator.core.imageref import ImageRef, check_tag, parse_reference, parse_repository
 from orchestrator.core.model import (
     Catalog,
     Config,
@@ -135,8 +126,10 @@ def targets(catalog: Catalog, selected: list[str] | None) -> list[str]:
 
 
 def upstreams_used(layer: Layer) -> set[str]:
-    """Upstreams a layer stands on or names in its tags and args."""
+    """Upstreams a layer stands on, names in its tags and args, or uses as another
+    base (a builder stage's FROM)."""
     names = {layer.upstream} if layer.upstream else set()
+    names.update(base.upstream for base in layer.bases if base.upstream)
     for text in (*layer.tags, *(v for _, v in layer.args)):
         for name in placeholders(text):
             parts = name.strip().split(".")
@@ -168,6 +161,7 @@ class Pipeline:
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         cause_of: Callable[[str], tuple[str | None, str | None]] | None = None,
         superseded: Callable[[list[str]], bool] | None = None,
+        resolver: RegistryClient | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -176,6 +170,9 @@ class Pipeline:
         self.local = pool.members[0].builder
         self.state = state
         self.registry = registry
+        # For images a Dockerfile names that nothing watches: looked up once a run.
+        self.resolver = resolver or registry
+        self._externals: dict[str, asyncio.Future[str]] = {}
         self.upstreams = dict(upstreams)
         self.upstream_errors = dict(upstream_errors or {})
         self.contexts = dict(contexts or {})
@@ -200,7 +197,8 @@ class Pipeline:
         self.work_dir = config.state_dir / "builds"
         self._values: dict[str, str] = {}
         for up in self.upstreams.values():
-            self._values.update(upstream_values(up.name, up.tag, up.digest))
+            self._values.update(upstream_values(up.name, up.tag, up.digest,
+                                                up.ref.split("@", 1)[0]))
         if config.registry and not config.registry.tls_verify and registry is not None:
             registry.allow_insecure(config.registry.host)
 
@@ -283,7 +281,8 @@ class Pipeline:
             return LayerResult(layer_id, decision, Outcome.BUILT, None, None, display_ref, None)
 
         context = await self._context(layer)
-        inputs = self._inputs(layer, context, args, parent_digest)
+        bases, pins = await self._bases(layer, base_ref)
+        inputs = self._inputs(layer, context, args, parent_digest, bases)
         key = build_key(inputs)
         found = None if forced else await self._lookup(repo, key)
         due = is_due(previous.built_at if previous else None, layer.rebuild_every_s, time.time())
@@ -302,7 +301,7 @@ class Pipeline:
                                key)
         assert base_ref is not None
         return await self._build(layer, decision, context, inputs, repo, base_ref, base_name,
-                                 tags, display_ref, parent)
+                                 tags, display_ref, parent, pins)
 
     async def _reuse(self, layer: Layer, decision: Decision, inputs: Inputs, key: str,
                      repo: ImageRef, found: str, tags: tuple[str, ...], display_ref: str,
@@ -352,9 +351,47 @@ class Pipeline:
         return parent.base_ref, parent.display_ref, parent.digest
 
     def _inputs(self, layer: Layer, context: Context, args: tuple[tuple[str, str], ...],
-                parent_digest: str) -> Inputs:
-        return Inputs(context.dockerfile, context.files, args, parent_digest,
+                parent_digest: str, bases: tuple[tuple[str, str], ...] = ()) -> Inputs:
+        return Inputs(context.dockerfile, context.files, args, parent_digest, bases=bases,
                       platforms=layer.platforms, secrets=layer.secrets)
+
+    async def _bases(self, layer: Layer, parent_ref: str | None
+                     ) -> tuple[tuple[tuple[str, str], ...], dict[str, str]]:
+        """For a Dockerfile that names images literally: the digests of the bases
+        other than the parent (for the key) and every FROM text's pinned
+        reference (for the engine)."""
+        digests: dict[str, str] = {}
+        pins: dict[str, str] = {}
+        for base in layer.bases:
+            if base.role == "parent":
+                if parent_ref is not None:
+                    pins[base.text] = parent_ref
+                continue
+            if base.role == "upstream":
+                assert base.upstream is not None
+                up = self.upstreams[base.upstream]  # step() raised if it was not resolved
+                digests[base.ref], pins[base.text] = up.digest, up.ref
+                continue
+            digest = await self._external(base.ref)
+            digests[base.ref] = digest
+            pins[base.text] = f"{parse_reference(base.ref).name}@{digest}"
+        return tuple(sorted(digests.items())), pins
+
+    async def _external(self, ref: str) -> str:
+        """An unwatched base's digest, asked once per run (it is in the key)."""
+        if ref not in self._externals:
+            self._externals[ref] = asyncio.ensure_future(self._resolve_external(ref))
+        return await asyncio.shield(self._externals[ref])
+
+    async def _resolve_external(self, ref: str) -> str:
+        if self.resolver is None:
+            raise InputError("", f"cannot resolve {ref}: no registry client")
+        reference = parse_reference(ref)
+        digest = await self.resolver.manifest_digest(
+            reference.image, reference.digest or reference.effective_tag or "latest")
+        if digest is None:
+            raise InputError("", f"base image {ref} not found in its registry")
+        return digest
 
     async def _lookup(self, repo: ImageRef, key: str) -> str | None:
         if self.registry is not None and self.config.registry is not None:
@@ -399,7 +436,8 @@ class Pipeline:
 
     async def _build(self, layer: Layer, decision: Decision, context: Context, inputs: Inputs,
                      repo: ImageRef, base_ref: str, base_name: str, tags: tuple[str, ...],
-                     display_ref: str, parent: LayerResult | None) -> LayerResult:
+                     display_ref: str, parent: LayerResult | None,
+                     pins: dict[str, str]) -> LayerResult:
         """Build on a pooled engine; if the engine (not the build) fails, once more
         on another one."""
         tried: list[str] = []
@@ -412,7 +450,7 @@ class Pipeline:
                 try:
                     return await self._build_on(member, layer, decision, context, inputs,
                                                 repo, base_ref, base_name, tags, display_ref,
-                                                parent)
+                                                parent, pins)
                 except BuildFailed:
                     engine_lost = len(self.pool) > 1 and not tried and \
                         not await self.pool.check(member)
@@ -425,7 +463,7 @@ class Pipeline:
     async def _build_on(self, member: Member, layer: Layer, decision: Decision,
                         context: Context, inputs: Inputs, repo: ImageRef, base_ref: str,
                         base_name: str, tags: tuple[str, ...], display_ref: str,
-                        parent: LayerResult | None) -> LayerResult:
+                        parent: LayerResult | None, pins: dict[str, str]) -> LayerResult:
         build_id = uuid.uuid4().hex[:12]
         work = self.work_dir / build_id
         for attempt in range(SNAPSHOT_ATTEMPTS):
@@ -433,7 +471,7 @@ class Pipeline:
                 with snapshot(layer, context, work) as (snap_context, snap_dockerfile):
                     return await self._run_build(
                         member, build_id, work, snap_context, snap_dockerfile, layer, decision,
-                        inputs, repo, base_ref, base_name, tags, display_ref, parent)
+                        inputs, repo, base_ref, base_name, tags, display_ref, parent, pins)
             except ContextChanged as exc:
                 if attempt == SNAPSHOT_ATTEMPTS - 1:
                     raise BuildFailed(layer.id, None, str(exc), "") from exc
@@ -444,7 +482,8 @@ class Pipeline:
                 if isinstance(fresh, InputError):
                     raise fresh from exc
                 context = fresh
-                inputs = self._inputs(layer, context, inputs.args, inputs.parent_digest)
+                inputs = self._inputs(layer, context, inputs.args, inputs.parent_digest,
+                                      inputs.bases)
                 found = await self._lookup(repo, build_key(inputs))
                 if found is not None and layer.id not in self.forced:
                     previous = await self.state.layer(layer.id)
@@ -456,7 +495,7 @@ class Pipeline:
                          snap_dockerfile: Path, layer: Layer, decision: Decision,
                          inputs: Inputs, repo: ImageRef, base_ref: str, base_name: str,
                          tags: tuple[str, ...], display_ref: str,
-                         parent: LayerResult | None) -> LayerResult:
+                         parent: LayerResult | None, pins: dict[str, str]) -> LayerResult:
         key = build_key(inputs)
         key_ref = repo.tagged(key_tag(key))
         created = await self.state.key_first_built(key, layer.id, float(int(time.time())))
@@ -467,7 +506,9 @@ class Pipeline:
             layer=layer.id,
             context=snap_context,
             dockerfile=snap_dockerfile,
-            args={"BASE_IMAGE": base_ref, **dict(inputs.args)},
+            # A literal parent comes through its named context; BASE_IMAGE only
+            # where the Dockerfile takes it that way.
+            args={**({} if layer.bases else {"BASE_IMAGE": base_ref}), **dict(inputs.args)},
             labels=labels,
             tags=(*(repo.tagged(t) for t in tags if t != key_tag(key)), key_ref),
             push=self.config.registry is not None,
@@ -476,6 +517,7 @@ class Pipeline:
             no_cache=decision.reason in (Reason.FORCED, Reason.SCHEDULED),
             timestamp=int(created),
             work_dir=work,
+            from_pins=pins,
         )
         cause, request_id = self.cause_of(layer.id)
         if parent is not None and parent.build_id is not None:  # the chain to the parent

@@ -19,7 +19,6 @@ from orchestrator.catalog.context import Context, read_contexts
 from orchestrator.catalog.layers import dockerfile_texts, load_catalog, select
 from orchestrator.catalog.lint import lint
 from orchestrator.catalog.tomlfile import display
-from orchestrator.core import graph
 from orchestrator.core.errors import InputError, PolicyError, UpstreamError
 from orchestrator.core.model import Catalog, Config, ResolvedUpstream
 from orchestrator.engines.factory import docker_config_dir, insecure_hosts, make_builders
@@ -118,9 +117,9 @@ async def execute(
     emit = on_event or (lambda event, fields: None)
     selected = select(catalog, names) if names else None
     order = targets(catalog, selected)
-    parents = {lid: layer.parent for lid, layer in catalog.layers.items()}
-    forced = frozenset(graph.descendants(parents, selected or list(catalog.layers))) \
-        if force else frozenset()
+    # Forced: the named layers (or all). Their descendants follow by key: a
+    # rebuild that gives the same image (reproducible) stops the cascade there.
+    forced = frozenset(selected or catalog.layers) if force else frozenset()
     needed = set().union(*(upstreams_used(catalog.layers[lid]) for lid in order))
     contexts = await asyncio.to_thread(read_contexts, (catalog.layers[lid] for lid in order),
                                        engine_kinds(config))

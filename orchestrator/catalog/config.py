@@ -7,6 +7,7 @@ from typing import Literal, cast
 
 from orchestrator.catalog.tomlfile import Table, display, read_toml
 from orchestrator.core.errors import InputError
+from orchestrator.core.imageref import check_repository, normalize
 from orchestrator.core.model import (
     BuildahConfig,
     BuildConfig,
@@ -46,6 +47,9 @@ def load_config(path: Path) -> Config:
         if "://" in url or not url:
             raise reg.error("url", "give host[:port]/namespace without a scheme, e.g. "
                             "registry.example:5000/base")
+        problem = check_repository(url if "/" in url else f"{url}/x")
+        if problem:
+            raise reg.error("url", f"{url!r}: {problem}")
         registry = RegistryConfig(url=url, tls_verify=reg.get("tls_verify", bool, True))
         if "auth_file" in reg.data:
             auth_file = resolve(reg.require("auth_file", str))
@@ -194,7 +198,7 @@ def _upstreams(table: Table) -> dict[str, UpstreamSpec]:
         up = table.table(name)
         if not isinstance(table.data[name], dict):
             raise table.error(name, "expected a table [upstream.NAME]")
-        up.check_keys(["image", "git", "tag", "track", "poll", "tls_verify"])
+        up.check_keys(["image", "git", "tag", "track", "poll", "tls_verify", "names"])
         image, git = up.optional_str("image"), up.optional_str("git")
         if (image is None) == (git is None):
             raise up.error("image", "give exactly one of image = \"repo\" (a registry "
@@ -211,6 +215,17 @@ def _upstreams(table: Table) -> dict[str, UpstreamSpec]:
             if problem:
                 raise up.error("track", problem)
         poll = up.duration("poll", 900.0, minimum=1.0)
+        names = []
+        for written in up.string_list("names"):
+            try:
+                names.append(normalize(written))
+            except ValueError as exc:
+                raise up.error("names", f"{written!r} is not an image reference: {exc}") \
+                    from None
+        if image is not None:
+            problem = check_repository(image)
+            if problem:
+                raise up.error("image", f"{image!r} is not a valid repository: {problem}")
         assert poll is not None
         out[name] = UpstreamSpec(
             name=name,
@@ -221,5 +236,6 @@ def _upstreams(table: Table) -> dict[str, UpstreamSpec]:
             git=git,
             poll_s=poll,
             tls_verify=up.get("tls_verify", bool, True),
+            names=tuple(names),
         )
     return out

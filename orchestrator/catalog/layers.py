@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import itertools
+import os
+import re
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 
+from orchestrator.catalog.parents import LAYER_FILE as LAYER_FILE
+from orchestrator.catalog.parents import Linker, Pending
 from orchestrator.catalog.tomlfile import Table, display, read_toml
-from orchestrator.core import dockerfile as df
 from orchestrator.core import graph
 from orchestrator.core.errors import CycleError, InputError, TemplateError
-from orchestrator.core.model import UPSTREAM_PREFIX, Catalog, Layer, UpstreamSpec
+from orchestrator.core.imageref import check_repository, check_tag
+from orchestrator.core.model import Catalog, Layer, UpstreamSpec
 from orchestrator.core.templates import UPSTREAM_FIELDS, expand, placeholders
 
-LAYER_FILE = "layer.toml"
-LAYER_KEYS = ["from", "image", "tags", "args", "matrix", "rebuild", "allow_root", "dockerfile"]
+LAYER_KEYS = ["from", "image", "tags", "args", "matrix", "rebuild", "allow_root", "dockerfile",
+              "context", "platforms", "secrets"]
 
 
 def dockerfile_texts(catalog: Catalog) -> dict[str, str]:
@@ -35,43 +38,66 @@ def dockerfile_texts(catalog: Catalog) -> dict[str, str]:
 def load_catalog(layers_dir: Path, upstreams: Mapping[str, UpstreamSpec]) -> Catalog:
     if not layers_dir.is_dir():
         raise InputError(display(layers_dir), "layers folder not found ([catalog] layers)")
-    raw: dict[str, tuple[Layer, str]] = {}  # id -> (layer, its unresolved `from`)
+    pending: dict[str, Pending] = {}
     for folder in sorted(p for p in layers_dir.iterdir() if p.is_dir()):
         if folder.name.startswith("."):
             continue
         if not (folder / LAYER_FILE).is_file():
             if (folder / "Dockerfile").is_file():
                 raise InputError(display(folder / LAYER_FILE),
-                                 "missing: every layer folder needs a layer.toml with from = …")
+                                 "missing: every layer folder needs a layer.toml (see README)")
             continue
-        for layer, parent_ref in _load_layer(folder, upstreams):
-            raw[layer.id] = (layer, parent_ref)
+        for entry in _load_layer(folder, upstreams):
+            pending[entry.layer.id] = entry
 
-    layers = _link_parents(raw, upstreams)
+    layers = Linker(pending, upstreams).link()
     parents = {lid: layer.parent for lid, layer in layers.items()}
     cycle = graph.find_cycle(parents)
     if cycle:
         raise CycleError(display(layers[cycle[0]].folder / LAYER_FILE), cycle)
-    for layer in layers.values():
-        if layer.parent is not None or layer.upstream is not None:
-            _check_dockerfile(layer)
     ordered = {lid: layers[lid] for lid in graph.topological_order(parents)}
     return Catalog(layers=ordered, upstreams=dict(upstreams))
 
 
-def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[tuple[Layer, str]]:
+def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[Pending]:
     where = display(folder / LAYER_FILE)
     table = Table(read_toml(folder / LAYER_FILE), where)
     table.check_keys(LAYER_KEYS)
-    parent_ref = table.require("from", str).strip()
-    if not parent_ref:
+    # Optional: a Dockerfile that names its parent literally says it already.
+    parent_ref = table.get("from", str, "").strip()
+    if "from" in table.data and not parent_ref:
         raise table.error("from", "empty; name a parent layer or \"upstream:NAME\"")
-    dockerfile = folder / table.get("dockerfile", str, "Dockerfile")
+    # An existing repository can stay where it is: context and Dockerfile may
+    # point out of the layer folder (paths relative to it).
+    context_dir: Path | None = None
+    if "context" in table.data:
+        context_dir = Path(os.path.normpath(folder / table.require("context", str)))
+        if not context_dir.is_dir():
+            raise table.error("context", f"{display(context_dir)} is not a folder")
+    dockerfile = Path(os.path.normpath(folder / table.get("dockerfile", str, "Dockerfile")))
     if not dockerfile.is_file():
         raise InputError(display(dockerfile), "Dockerfile not found")
+    try:
+        dockerfile_text = dockerfile.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(display(dockerfile), f"cannot read: {exc}") from exc
 
     image = table.get("image", str, folder.name)
+    problem = check_repository(image)
+    if problem:
+        raise table.error("image", f"{image!r} is not a valid image name: {problem}")
     tags = table.string_list("tags")
+    for tag in tags:
+        # A tag with upstream placeholders is checked again once they are filled in.
+        literal = tag if not placeholders(tag) else None
+        if literal is not None and (problem := check_tag(literal)):
+            raise table.error("tags", f"{tag!r} is not a valid tag: {problem}")
+    platforms = tuple(table.string_list("platforms"))
+    for platform in platforms:
+        if not re.fullmatch(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", platform):
+            raise table.error("platforms", f"{platform!r} is not a platform: write "
+                              "OS/ARCH[/VARIANT], e.g. linux/amd64, linux/arm64")
+    secrets = tuple(table.string_list("secrets"))
     args = table.string_map("args")
     if "BASE_IMAGE" in args:
         raise table.error("args.BASE_IMAGE", "reserved: the orchestrator passes the parent "
@@ -84,7 +110,7 @@ def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[tup
     names = list(matrix)
     variants = [tuple(zip(names, combo, strict=True))
                 for combo in itertools.product(*(matrix[n] for n in names))] if names else [()]
-    out: list[tuple[Layer, str]] = []
+    out: list[Pending] = []
     for variant in variants:
         values = dict(variant)
         suffix = "-".join(v for _, v in variant)
@@ -95,7 +121,7 @@ def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[tup
             expanded_from = expand(parent_ref, values)
         except TemplateError as exc:
             raise InputError(where, str(exc) + _placeholder_hint(names, upstreams)) from None
-        out.append((
+        out.append(Pending(
             Layer(
                 id=f"{folder.name}:{suffix}" if suffix else folder.name,
                 name=folder.name,
@@ -109,8 +135,12 @@ def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[tup
                 variant=variant,
                 rebuild_every_s=every,
                 allow_root=table.get("allow_root", bool, False),
+                context_dir=context_dir,
+                platforms=platforms,
+                secrets=secrets,
             ),
             expanded_from,
+            dockerfile_text,
         ))
     return out
 
@@ -145,46 +175,6 @@ def _expand(template: str, values: dict[str, str], upstreams: Mapping[str, Upstr
 def _placeholder_hint(matrix: list[str], upstreams: Mapping[str, UpstreamSpec]) -> str:
     known = [f"{{{m}}}" for m in matrix] + [f"{{upstream.{u}.tag}}" for u in upstreams]
     return f" (known: {', '.join(known)})" if known else " (no matrix values or upstreams defined)"
-
-
-def _link_parents(
-    raw: dict[str, tuple[Layer, str]], upstreams: Mapping[str, UpstreamSpec]
-) -> dict[str, Layer]:
-    by_name: dict[str, list[str]] = {}
-    for lid, (layer, _) in raw.items():
-        by_name.setdefault(layer.name, []).append(lid)
-    linked: dict[str, Layer] = {}
-    for lid, (layer, ref) in raw.items():
-        where = display(layer.folder / LAYER_FILE)
-        if ref.startswith(UPSTREAM_PREFIX):
-            name = ref[len(UPSTREAM_PREFIX):]
-            if name not in upstreams:
-                known = ", ".join(sorted(upstreams)) or "none defined"
-                raise InputError(where, f"from: unknown upstream {name!r}: add "
-                                 f"[upstream.{name}] to config.toml (known: {known})")
-            linked[lid] = replace(layer, upstream=name)
-            continue
-        if ref in raw:
-            linked[lid] = replace(layer, parent=ref)
-            continue
-        if ref in by_name:
-            variants = ", ".join(by_name[ref])
-            raise InputError(where, f"from: {ref!r} is a matrix layer; name one variant "
-                             f"(one of: {variants})")
-        known = ", ".join(sorted(raw)) or "none"
-        raise InputError(where, f"from: unknown parent {ref!r} (layers: {known}; or "
-                         "\"upstream:NAME\" for an [upstream.NAME] in config.toml)")
-    return linked
-
-
-def _check_dockerfile(layer: Layer) -> None:
-    try:
-        text = layer.dockerfile.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(display(layer.dockerfile), f"cannot read: {exc}") from exc
-    problem = df.base_image_problem(df.parse(text))
-    if problem:
-        raise InputError(display(layer.dockerfile), problem)
 
 
 def select(catalog: Catalog, names: list[str]) -> list[str]:

@@ -286,3 +286,11 @@ def check_digest(digest: str) -> str | None:
 
 def _first_bad(text: str, allowed: str) -> str | None:
     return next((c for c in text if c not in allowed), None)
+
+
+def is_loopback(host: str) -> bool:
+    """A registry on this machine (127.0.0.0/8, ::1, localhost), with or without a
+    port. Engines speak plain HTTP to these by default, and so do we."""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.strip("[]")
+    return name == "localhost" or name.startswith("127.") or name in ("::1", "0:0:0:0:0:0:0:1")

@@ -19,10 +19,24 @@ class UpstreamSpec:
     kind: Literal["registry", "git"]
     image: str | None = None  # registry upstreams: repository reference
     tag: str | None = None  # follow this tag's digest …
+    # What Dockerfiles call it ("debian:bookworm" while the host pulls from a
+    # mirror), normalised; FROM lines naming these get this upstream, pinned.
+    names: tuple[str, ...] = ()
     track: str | None = None  # … or the newest tag matching "semver[:RANGE]" / "regex:…"
     git: str | None = None  # git upstreams: remote URL
     poll_s: float = 900.0
     tls_verify: bool = True
+
+
+@dataclass(frozen=True)
+class BaseUse:
+    """An image a Dockerfile names literally (``FROM debian:bookworm``,
+    ``COPY --from=golang:1.22``), and what it stands for here."""
+
+    text: str  # as the FROM/--from names it, ARGs resolved: what named contexts match
+    ref: str  # normalised reference: docker.io/library/debian:bookworm
+    role: Literal["parent", "upstream", "external"]
+    upstream: str | None = None  # for role "upstream": the [upstream.NAME]
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,9 @@ class Layer:
     rebuild_every_s: float | None = None
     allow_root: bool = False
     context_dir: Path | None = None  # ``context = "PATH"``; default: the layer folder
+    # Images the Dockerfile names literally; empty when it takes its parent
+    # through ARG BASE_IMAGE / FROM ${BASE_IMAGE}.
+    bases: tuple[BaseUse, ...] = ()
     platforms: tuple[str, ...] = ()  # empty: the host's platform
     secrets: tuple[str, ...] = ()  # names of [secrets.NAME] the build may mount
 

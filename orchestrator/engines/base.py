@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +33,10 @@ class BuildRequest:
     # This build's private folder (removed afterwards): scratch files go here,
     # never to /tmp, so nothing is left behind by a crash.
     work_dir: Path | None = None
+    # Images the Dockerfile names literally -> the exact reference to use
+    # ("debian:bookworm" -> "mirror/library/debian@sha256:…"). The user's file
+    # is never edited: engines use named contexts, or a pinned copy of it.
+    from_pins: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,8 @@ class Builder(Protocol):
         ...
 
 
-def docker_style_flags(req: BuildRequest, iidfile: Path) -> list[str]:
+def docker_style_flags(req: BuildRequest, iidfile: Path,
+                       dockerfile: Path | None = None) -> list[str]:
     """The flags ``buildah bud`` and ``docker build`` share, context last."""
     argv: list[str] = []
     for name, value in req.args.items():
@@ -75,7 +80,8 @@ def docker_style_flags(req: BuildRequest, iidfile: Path) -> list[str]:
         argv += ["--label", f"{name}={value}"]
     for tag in req.tags:
         argv += ["--tag", tag]
-    return [*argv, "--file", str(req.dockerfile), "--iidfile", str(iidfile), str(req.context)]
+    return [*argv, "--file", str(dockerfile or req.dockerfile), "--iidfile", str(iidfile),
+            str(req.context)]
 
 
 def raise_if_failed(req: BuildRequest, returncode: int | None) -> None:

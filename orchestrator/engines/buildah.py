@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from orchestrator.core.errors import BackendError, BuildFailed
+from orchestrator.core.imageref import is_loopback
 from orchestrator.core.model import BuildahConfig
 from orchestrator.engines.base import (
     BuildOutput,
@@ -44,7 +45,9 @@ class BuildahBuilder:
         return argv
 
     def _tls(self, ref: str) -> list[str]:
-        return ["--tls-verify=false"] if _host(ref) in self.insecure else []
+        host = _host(ref)
+        plain = host in self.insecure or is_loopback(host)
+        return ["--tls-verify=false"] if ref and plain else []
 
     def _auth(self) -> list[str]:
         return ["--authfile", str(self.authfile)] if self.authfile else []
@@ -52,8 +55,13 @@ class BuildahBuilder:
     def build_argv(self, req: BuildRequest, iidfile: Path) -> list[str]:
         # The parent is pinned by digest, so the default pull policy ("missing")
         # never fetches a moving tag.
+        pulls = [req.args.get("BASE_IMAGE", ""), *req.from_pins.values()]
+        insecure = any(self._tls(ref) for ref in pulls)
         argv = [*self._global(), "bud", "--isolation", self.config.isolation,
-                *self._tls(req.args.get("BASE_IMAGE", "")), *self._auth()]
+                *(["--tls-verify=false"] if insecure else []), *self._auth()]
+        for text, pinned in sorted(req.from_pins.items()):
+            # Matches the FROM (and COPY --from) text literally, in every stage.
+            argv += ["--build-context", f"{text}=docker-image://{pinned}"]
         if self.config.layers and not req.no_cache:
             argv.append("--layers")
         if req.timestamp is not None:

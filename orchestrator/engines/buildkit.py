@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from orchestrator.core.errors import BackendError, BuildFailed
+from orchestrator.core.fromlines import pin
 from orchestrator.core.model import BuildKitConfig
 from orchestrator.engines.base import (
     BuildOutput,
@@ -42,17 +43,33 @@ class DockerBuildKitBuilder:
             env["DOCKER_CONFIG"] = str(self.docker_config_dir)
         return env
 
-    def build_argv(self, req: BuildRequest, iidfile: Path) -> list[str]:
+    def build_argv(self, req: BuildRequest, iidfile: Path,
+                   dockerfile: Path | None = None) -> list[str]:
         argv = [self.config.docker, "build", "--progress=plain"]
         if req.no_cache:
             argv.append("--no-cache")
-        return argv + docker_style_flags(req, iidfile)
+        return argv + docker_style_flags(req, iidfile, dockerfile)
+
+    @staticmethod
+    def pinned_dockerfile(req: BuildRequest, folder: Path) -> Path | None:
+        """Docker 20.10's CLI has no named build contexts and its engine forwards no
+        context: options: it gets a copy of the Dockerfile whose FROM lines name
+        the pinned references (the user's file is hashed and left alone)."""
+        if not req.from_pins:
+            return None
+        text = req.dockerfile.read_text(encoding="utf-8-sig")
+        pins = {written: pinned for written, pinned in req.from_pins.items()}
+        copy = folder / "Dockerfile.pinned"
+        copy.write_text(pin(text, pins, {k: v for k, v in req.args.items()}))
+        return copy
 
     async def build(self, request: BuildRequest) -> BuildOutput:
         with scratch(request) as tmp:
             iidfile = Path(tmp, "iid")
-            rc = await self.runner.run(self.build_argv(request, iidfile), log=request.log_path,
-                                       env=self.env(), timeout_s=request.timeout_s)
+            dockerfile = self.pinned_dockerfile(request, Path(tmp))
+            rc = await self.runner.run(self.build_argv(request, iidfile, dockerfile),
+                                       log=request.log_path, env=self.env(),
+                                       timeout_s=request.timeout_s)
             raise_if_failed(request, rc)
             image_id = iidfile.read_text().strip()
         if not request.push:
@@ -138,6 +155,8 @@ class BuildctlBuilder:
                 "--opt", f"filename={req.dockerfile.name}"]
         if req.no_cache:
             argv.append("--no-cache")
+        for text, pinned in sorted(req.from_pins.items()):
+            argv += ["--opt", f"context:{text}=docker-image://{pinned}"]
         for name, value in req.args.items():
             argv += ["--opt", f"build-arg:{name}={value}"]
         for name, value in req.labels.items():

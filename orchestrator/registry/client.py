@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchestrator.core.errors import RegistryError
-from orchestrator.core.imageref import ImageRef
+from orchestrator.core.imageref import ImageRef, is_loopback
 from orchestrator.registry.auth import AuthStore, Credentials
 from orchestrator.registry.transport import PooledTransport, Transport, TransportError
 
@@ -69,8 +69,13 @@ class RegistryClient:
     async def close(self) -> None:
         await self._transport.close()
 
+    def _scheme(self, ref: ImageRef) -> str:
+        # Loopback registries speak plain HTTP, as every engine assumes for them.
+        plain = ref.registry in self._insecure or is_loopback(ref.registry)
+        return "http" if plain else "https"
+
     def _base(self, ref: ImageRef) -> str:
-        scheme = "http" if ref.registry in self._insecure else "https"
+        scheme = self._scheme(ref)
         return f"{scheme}://{ref.api_host}/v2/{ref.repository}"
 
     async def manifest_digest(self, ref: ImageRef, reference: str) -> str | None:
@@ -120,7 +125,7 @@ class RegistryClient:
             url = None
             if match:
                 nxt = match.group(1)
-                scheme = "http" if ref.registry in self._insecure else "https"
+                scheme = self._scheme(ref)
                 url = nxt if "://" in nxt else f"{scheme}://{ref.api_host}{nxt}"
         return out
 

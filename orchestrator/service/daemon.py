@@ -39,6 +39,7 @@ from orchestrator.build.state import AsyncStateStore, StateStore, prune_logs, re
 from orchestrator.catalog.context import ignore_file, load_ignore, read_contexts
 from orchestrator.catalog.layers import LAYER_FILE, select
 from orchestrator.core import graph
+from orchestrator.core.dockerignore import DockerIgnore
 from orchestrator.core.errors import InputError, OrchestratorError
 from orchestrator.core.model import Catalog, Config, Outcome, UpstreamSpec
 from orchestrator.core.plan import is_due
@@ -334,21 +335,24 @@ class Daemon:
     # -- watchers -------------------------------------------------------------
 
     def _folder_rules(self, folder: str) -> FolderRules:
+        """What matters in a layer folder: never raises (a broken ignore file
+        makes every change relevant until it is fixed; the run reports it)."""
+        metadata = {LAYER_FILE, "Dockerfile", *IGNORE_FILES}
         layers = [layer for layer in self.catalog.layers.values() if layer.name == folder]
-        if not layers:
-            return FolderRules(load_ignore(self.config.layers_dir / folder, ".dockerignore"),
-                               frozenset({LAYER_FILE, "Dockerfile", *IGNORE_FILES}))
-        layer = layers[0]
         try:
+            if not layers:
+                return FolderRules(load_ignore(self.config.layers_dir / folder,
+                                               ".dockerignore"), frozenset(metadata))
+            layer = layers[0]
+            with contextlib.suppress(ValueError):
+                metadata.add(layer.dockerfile.relative_to(layer.folder).as_posix())
+            if layer.context != layer.folder:  # the context lives elsewhere
+                return FolderRules(DockerIgnore([]), frozenset(metadata))
             name = ignore_file(layer, self.engines)
+            return FolderRules(load_ignore(layer.context, name, self.engines[0]),
+                               frozenset(metadata))
         except InputError:
-            name = ".dockerignore"
-        ignore = load_ignore(layer.context, name) if layer.context == layer.folder else \
-            load_ignore(layer.folder, None)
-        metadata = {LAYER_FILE, *IGNORE_FILES}
-        with contextlib.suppress(ValueError):
-            metadata.add(layer.dockerfile.relative_to(layer.folder).as_posix())
-        return FolderRules(ignore, frozenset(metadata))
+            return FolderRules(DockerIgnore([]), frozenset(metadata))
 
     def _start_watchers(self) -> None:
         if self.once:
@@ -551,7 +555,7 @@ class Daemon:
             return
         parents = {lid: layer.parent for lid, layer in catalog.layers.items()}
         order = targets(catalog, [e.layer for e in entries])
-        forced = frozenset(graph.descendants(parents, [e.layer for e in entries if e.force]))
+        forced = frozenset(e.layer for e in entries if e.force)
         by_layer = {e.layer: e for e in entries}
         run_id = f"run-{time.monotonic_ns() % 10**10:010d}"
         self.current_run = {"id": run_id, "started": time.time(), "layers": order,

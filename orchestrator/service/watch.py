@@ -13,6 +13,7 @@ import watchfiles
 from orchestrator.catalog.context import load_ignore
 from orchestrator.catalog.layers import LAYER_FILE
 from orchestrator.core.dockerignore import DockerIgnore
+from orchestrator.core.errors import InputError
 
 # Files editors write next to the real one while saving. Narrow on purpose: a
 # pattern that also matches a real file name (``config.tmp.json``) would hide an
@@ -35,8 +36,11 @@ class FolderRules:
 
 
 def default_rules(folder: Path) -> FolderRules:
-    return FolderRules(load_ignore(folder, ".dockerignore"),
-                       frozenset({LAYER_FILE, "Dockerfile", *IGNORE_FILES}))
+    metadata = frozenset({LAYER_FILE, "Dockerfile", *IGNORE_FILES})
+    try:
+        return FolderRules(load_ignore(folder, ".dockerignore"), metadata)
+    except InputError:  # a broken ignore file: every change counts until it is fixed
+        return FolderRules(DockerIgnore([]), metadata)
 
 
 @dataclass(frozen=True)

@@ -75,13 +75,27 @@ def test_unknown_layer_on_command_line(
     assert "unknown layer 'nope'" in err and "base, child" in err
 
 
-def test_dockerfile_must_take_base_image(
+def test_a_literal_from_must_name_the_declared_parent(
     ok_project: Project, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # Literal FROMs are welcome (existing Dockerfiles), but one that contradicts
+    # layer.toml's `from` is a mistake, named with both files.
     (ok_project.layers / "child" / "Dockerfile").write_text("FROM alpine:3.20\nRUN true\n")
     code, err = run(ok_project, capsys, "plan")
     assert code == 2
-    assert "layers/child/Dockerfile: line 1: the first FROM must be FROM ${BASE_IMAGE}" in err
+    assert "layers/child/Dockerfile: line 1: FROM alpine:3.20 does not name base" in err
+    assert "layer.toml from" in err
+
+
+def test_a_literal_parent_that_matches_nothing_says_how_to_watch_it(
+    ok_project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (ok_project.layers / "child" / "layer.toml").write_text("")  # from inferred
+    (ok_project.layers / "child" / "Dockerfile").write_text("FROM alpine:3.20\nUSER 1000\n")
+    code, err = run(ok_project, capsys, "plan")
+    assert code == 2
+    assert "FROM alpine:3.20 matches no layer or upstream" in err
+    assert '[upstream.alpine] image = "docker.io/library/alpine" tag = "3.20"' in err
 
 
 def test_dockerfile_must_declare_base_image_arg(
