@@ -258,9 +258,19 @@ class Pipeline:
             problem = check_tag(tag)
             if problem:
                 raise InputError(f"{layer.folder.name}/layer.toml",
-                                 f"tags: {template!r} expands to {tag!r}: {problem}")
+                                 f"tags: {template!r} expands to {tag!r}, which is not a "
+                                 f"valid tag: {problem}")
             out.append(tag)
         return tuple(out)
+
+    def check_tags(self, order: list[str]) -> None:
+        """Raise InputError for the first layer whose tags do not expand to valid
+        tags: a one-shot run refuses before anything builds (the daemon instead
+        fails that layer, with the reason)."""
+        for lid in order:
+            layer = self.catalog.layers[lid]
+            if not upstreams_used(layer) & self.upstream_errors.keys():
+                self.tags(layer)
 
     async def step(self, layer_id: str, parent: LayerResult | None) -> LayerResult:
         layer = self.catalog.layers[layer_id]

@@ -164,6 +164,7 @@ async def _execute(config: Config, catalog: Catalog, state: AsyncStateStore, ord
                 client if config.registry is not None else None,
                 resolved, upstream_errors=failed, jobs=jobs, forced=forced,
                 dry_run=dry_run, revision=lambda: catalog_revision(config.layers_dir),
-                contexts=contexts, on_event=on_event,
+                contexts=contexts, on_event=on_event, resolver=client,
             )
+            pipeline.check_tags(order)
             return await pipeline.run(order)

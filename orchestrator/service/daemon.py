@@ -537,14 +537,22 @@ class Daemon:
             self.queue.wakeup.clear()
             waiting = await self.queue.waiting()
             if waiting and self.blocked is None:
-                await self._execute(await self.queue.take())
+                # Visible as a run from before the queue is taken: a status read in
+                # between must not see "nothing queued, nothing running".
+                run_id = f"run-{time.monotonic_ns() % 10**10:010d}"
+                self.current_run = {"id": run_id, "started": time.time(), "layers": [],
+                                    "requests": []}
+                try:
+                    await self._execute(await self.queue.take(), run_id)
+                finally:
+                    self.current_run = None
                 continue
             if self.once and (not waiting or self.blocked is not None):
                 self._stop.set()
                 return
             await self.queue.wakeup.wait()
 
-    async def _execute(self, entries: list[Entry]) -> None:
+    async def _execute(self, entries: list[Entry], run_id: str) -> None:
         catalog, config = self.catalog, self.config
         unknown = [e for e in entries if e.layer not in catalog.layers]
         if unknown:  # a layer renamed away since it was queued: its requests end here
@@ -557,7 +565,6 @@ class Daemon:
         order = targets(catalog, [e.layer for e in entries])
         forced = frozenset(e.layer for e in entries if e.force)
         by_layer = {e.layer: e for e in entries}
-        run_id = f"run-{time.monotonic_ns() % 10**10:010d}"
         self.current_run = {"id": run_id, "started": time.time(), "layers": order,
                             "requests": sorted({r for e in entries for r in e.requests})}
         await self._queue_changed()
@@ -595,7 +602,7 @@ class Daemon:
             self.upstreams.values, upstream_errors=self.upstreams.unresolved(),
             contexts=contexts, revision=lambda: catalog_revision(config.layers_dir),
             forced=forced, on_event=self._on_pipeline_event, cause_of=cause_of,
-            superseded=superseded,
+            superseded=superseded, resolver=self.registry,
         )
         self.bus.publish("run_started", {"run_id": run_id, "layers": len(order)})
         started = time.time()

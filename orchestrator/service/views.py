@@ -97,7 +97,7 @@ class Views:
         planner = Pipeline(config, catalog, d.pool, d.state,
                            d.registry if config.registry is not None else None,
                            d.upstreams.values, upstream_errors=d.upstreams.unresolved(),
-                           contexts=contexts, dry_run=True)
+                           contexts=contexts, dry_run=True, resolver=d.registry)
         report = await planner.run(order)
         out = []
         for lid in order:

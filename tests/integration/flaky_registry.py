@@ -4,6 +4,7 @@ that hangs, 500s, 429 with Retry-After, a 200 without Docker-Content-Digest."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import threading
 from types import TracebackType
@@ -31,15 +32,18 @@ class FlakyRegistry:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+            # A hanging token request is still open: do not wait for it.
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
     async def _start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/v2/{repo:.+}/manifests/{ref}", self.manifest)
         app.router.add_get("/token", self.token)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

@@ -96,7 +96,7 @@ def test_a_forced_trigger_followed_by_a_plain_one_is_never_dropped(
     project: Project, testbed: Testbed, daemon_for: list[DaemonProcess]
 ) -> None:
     # Every build of "stamp" gives new bytes, so a forced build is a new digest.
-    catalog(project, testbed, stamp="RUN date +%s%N > /stamp\n")
+    catalog(project, testbed, stamp="RUN date +%s%N > /tmp/stamp\n")
     daemon = DaemonProcess(project).ready()
     daemon_for.append(daemon)
     daemon.idle()
@@ -123,7 +123,7 @@ def test_a_forced_trigger_followed_by_a_plain_one_is_never_dropped(
 def test_huge_logs_stay_bounded_on_disk_and_in_memory(
     project: Project, testbed: Testbed, daemon_for: list[DaemonProcess]
 ) -> None:
-    catalog(project, testbed, extra='[state]\nlog_max_size = "1M"\n'.replace("[state]\n", ""),
+    catalog(project, testbed,
             noisy="RUN yes 0123456789abcdefghij0123456789abcdefghij | head -c 6000000\n")
     config = project.config.read_text().replace('dir = "state"',
                                                 'dir = "state"\nlog_max_size = "1M"')
@@ -159,6 +159,7 @@ def test_huge_logs_stay_bounded_on_disk_and_in_memory(
         resp = conn.getresponse()
         while resp.read(1 << 20):
             pass
+        resp.close()
         conn.close()
 
     sampler = threading.Thread(target=sample)
@@ -204,7 +205,7 @@ def test_an_edit_while_the_parent_builds_never_lands_under_the_old_key(
 ) -> None:
     namespace = catalog(project, testbed)
     project.layer("base", 'from = "upstream:seed"\n',
-                  "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo base; sleep 4\n")
+                  "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo base; sleep 4\nUSER 1000\n")
     project.layer("child", 'from = "base"\n',
                   "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY data.txt /data.txt\n",
                   files={"data.txt": "old\n"})
@@ -357,6 +358,7 @@ def test_stop_with_an_events_follower_and_reloads_at_once(
     assert time.monotonic() - started < 5
     with contextlib.suppress(Exception):
         stream.read()
+    stream.close()
     follower.close()
 
 
