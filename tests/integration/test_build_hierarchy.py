@@ -84,7 +84,10 @@ def test_hierarchy_builds_reuses_and_rebuilds_exactly_what_changed(
     rc, report, err = project.cli_json("build")
     assert rc == 0 and built(report) == set(), err
 
-    # --force on a layer: it and its descendants.
+    # --force on a layer rebuilds it; its descendants follow by key. buildah
+    # rebuilds unchanged inputs to the same digest, so the cascade stops there;
+    # Docker 20.10's BuildKit stamps a new time, so it goes on.
     rc, report, err = project.cli_json("build", "runtime:1", "--force")
     assert rc == 0, err
-    assert built(report) == {"runtime:1", "framework", "app"}
+    assert built(report) == ({"runtime:1"} if backend == "buildah"
+                             else {"runtime:1", "framework", "app"})
