@@ -1,10 +1,12 @@
 """Image policy checks over the catalog's Dockerfiles. Pure: texts in, findings out.
 
 Errors (exit 2, and no build starts): an image whose final user is root
-without ``allow_root = true``; a layer with a parent whose first FROM does
-not use BASE_IMAGE; a ``latest`` tag; an ARG, ENV or LABEL named like a
-secret. Warnings: ``apk add`` without ``--no-cache``; ``apt-get install``
-without removing /var/lib/apt/lists in the same RUN.
+without ``allow_root = true``; a ``${BASE_IMAGE}`` Dockerfile that does not
+declare the ARG first; a ``latest`` tag; an ARG, ENV or LABEL named like a
+secret. Warnings: an image the Dockerfile names that no upstream watches
+(pinned at plan time, but nothing rebuilds when it moves); ``apk add``
+without ``--no-cache``; ``apt-get install`` without removing
+/var/lib/apt/lists in the same RUN.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.core import dockerfile as df
+from orchestrator.core.imageref import parse_reference
 from orchestrator.core.model import Catalog, Layer
 
 _SECRET_NAME = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET", re.IGNORECASE)
@@ -73,10 +76,20 @@ def lint(catalog: Catalog, dockerfiles: Mapping[str, str]) -> list[Finding]:
 def _layer_findings(layer: Layer, instructions: list[df.Instruction]) -> list[Finding]:
     out: list[Finding] = []
     path = layer.dockerfile
-    if layer.parent is not None or layer.upstream is not None:
+    if (layer.parent is not None or layer.upstream is not None) and not layer.bases:
         problem = df.base_image_problem(instructions)
         if problem:
             out.append(Finding(path, _line_of(problem), "error", "base-image", problem))
+    for base in layer.bases:
+        if base.role == "external":
+            ref = parse_reference(base.ref)
+            name = ref.repository.rsplit("/", 1)[-1]
+            out.append(Finding(path, _line_naming(instructions, base.text), "warning",
+                               "unwatched-base",
+                               f"{base.text} is pinned to its digest at plan time but not "
+                               f"watched: add [upstream.{name}] image = \"{ref.name}\" "
+                               f"tag = \"{ref.effective_tag}\" to config.toml to rebuild "
+                               "when it changes"))
     for tag in layer.tags:
         if tag == "latest":
             out.append(Finding(layer.folder / "layer.toml", 1, "error", "no-latest",
@@ -131,6 +144,13 @@ def _user_findings(catalog: Catalog, layer: Layer,
     return [Finding(layer.dockerfile, 1, "error", "non-root",
                     "the image runs as root (no USER in it or its parents): add USER "
                     "<non-root>, or set allow_root = true in layer.toml")]
+
+
+def _line_naming(instructions: list[df.Instruction], text: str) -> int:
+    for ins in instructions:
+        if ins.keyword in ("FROM", "COPY", "RUN") and text in ins.value:
+            return ins.line
+    return 1
 
 
 def _line_of(problem: str) -> int:

@@ -46,8 +46,24 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("lint", help="check the image policy (also run before every build)")
 
+    init = sub.add_parser("init", help="write a catalog for an existing tree of Dockerfiles")
+    init.add_argument("dir", type=Path, help="the tree to adopt (its files are never edited)")
+    init.add_argument("--out", type=Path, default=Path("."),
+                      help="where to write config.toml and layers/ (default: here)")
+
     gr = sub.add_parser("graph", help="print the hierarchy")
     gr.add_argument("--format", choices=["tree", "dot", "json"], default="tree")
+
+    explain = sub.add_parser("explain", help="an image's chain of builds and causes, read "
+                             "from its provenance in the registry")
+    explain.add_argument("image", metavar="IMAGE[:TAG|@DIGEST]")
+    explain.add_argument("--verify", type=Path, metavar="KEY",
+                         help="a public key (PEM): every statement must verify")
+    explain.add_argument("--json", action="store_true")
+    sbom = sub.add_parser("sbom", help="an image's attached SBOM, or what changed between two")
+    sbom.add_argument("image", metavar="IMAGE[:TAG|@DIGEST]")
+    sbom.add_argument("--diff", metavar="OTHER", help="compare with another image: OTHER -> IMAGE")
+    sbom.add_argument("--json", action="store_true")
 
     run = sub.add_parser("run", help="the daemon: reconcile, then watch and take triggers")
     run.add_argument("--once", action="store_true",
@@ -110,6 +126,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _client(args)
     if args.command == "run":
         return _run_daemon(args)
+    if args.command in ("explain", "sbom"):
+        code: int = _run_interruptible(_papers(args))
+        return code
+    if args.command == "init":
+        from orchestrator.catalog.adopt import scan, write
+
+        if not args.dir.is_dir():
+            raise InputError(str(args.dir), "not a folder")
+        print(write(scan(args.dir), args.out))
+        return EXIT_OK
     from orchestrator.build.runs import enforce_policy, load, policy
     from orchestrator.catalog.layers import select
     from orchestrator.cli import render
@@ -150,6 +176,54 @@ def _dispatch(args: argparse.Namespace) -> int:
         # never reached) is part of that answer, not a failed command.
         return EXIT_OK
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+async def _papers(args: argparse.Namespace) -> int:
+    """explain / sbom: read from the registry (auth and plain-HTTP hosts from the
+    config when there is one), never from local state."""
+    import json
+
+    from orchestrator.registry import explain as papers
+    from orchestrator.registry.auth import AuthStore
+    from orchestrator.registry.client import RegistryClient
+
+    auth, insecure = AuthStore.empty(), frozenset[str]()
+    if Path(args.config).exists():
+        from orchestrator.catalog.config import load_config
+        from orchestrator.engines.factory import insecure_hosts
+
+        config = load_config(args.config)
+        auth, insecure = AuthStore.load(config.auth_file), frozenset(insecure_hosts(config))
+    async with RegistryClient(auth, insecure=insecure) as client:
+        try:
+            if args.command == "explain":
+                key = args.verify.read_bytes() if args.verify else None
+                chain = await papers.explain(client, args.image, key)
+                print(json.dumps([level.as_json() for level in chain], indent=2)
+                      if args.json else papers.render(chain))
+                return EXIT_OK
+            repo, digest = await papers.resolve(client, args.image)
+            document = await papers.sbom_of(client, repo, digest)
+            if document is None:
+                raise papers.NotFound(f"{args.image}: no SBOM is attached")
+            if args.diff is None:
+                print(document.decode())
+                return EXIT_OK
+            from orchestrator.core.sbom import diff, render_diff
+
+            other_repo, other_digest = await papers.resolve(client, args.diff)
+            older = await papers.sbom_of(client, other_repo, other_digest)
+            if older is None:
+                raise papers.NotFound(f"{args.diff}: no SBOM is attached")
+            changes = diff(older, document)
+            print(json.dumps([c.__dict__ for c in changes], indent=2, default=str)
+                  if args.json else (render_diff(changes) or "no change"))
+            return EXIT_OK
+        except papers.NotFound as exc:
+            print(f"orchestrator: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except OSError as exc:
+            raise InputError(str(args.verify), f"cannot read: {exc.strerror}") from exc
 
 
 def _run_daemon(args: argparse.Namespace) -> int:

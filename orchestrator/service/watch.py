@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,10 +57,14 @@ class LayerFilter:
     layer's Dockerfile name)."""
 
     def __init__(self, layers_dir: Path,
-                 rules_of: Callable[[str], FolderRules] | None = None) -> None:
+                 rules_of: Callable[[str], FolderRules] | None = None,
+                 contexts: Mapping[Path, tuple[str, DockerIgnore]] | None = None) -> None:
+        """``contexts``: build contexts outside the layers folder (``context =
+        "PATH"``), each with the layer folder it belongs to and its ignore rules."""
         self.layers_dir = layers_dir.resolve()
         self._rules_of = rules_of or (lambda folder: default_rules(self.layers_dir / folder))
         self._rules: dict[str, FolderRules] = {}
+        self.contexts = {root.resolve(): value for root, value in (contexts or {}).items()}
 
     def rules(self, folder: str) -> FolderRules:
         if folder not in self._rules:
@@ -76,6 +80,18 @@ class LayerFilter:
 
     def relevant(self, path: str) -> tuple[str, str] | None:
         """(layer folder, path inside it) when ``path`` matters, else None."""
+        for root, (folder, ignore) in self.contexts.items():
+            try:
+                inner = Path(path).resolve().relative_to(root).as_posix()
+            except (ValueError, OSError):
+                continue
+            name = inner.rsplit("/", 1)[-1]
+            if any(p in VCS for p in inner.split("/")) or \
+                    any(fnmatch.fnmatchcase(name, pattern) for pattern in EDITOR_TEMP):
+                return None
+            if name not in IGNORE_FILES and ignore.excluded(inner):
+                return None
+            return folder, f"(context) {inner}"
         try:
             rel = Path(path).resolve().relative_to(self.layers_dir)
         except (ValueError, OSError):
@@ -128,9 +144,11 @@ async def watch_layers(
         pending, catalog_changed, catalog_folders = {}, False, set()
         await on_change(change)
 
+    roots = [layers_dir, *(root for root in path_filter.contexts
+                           if not root.is_relative_to(path_filter.layers_dir))]
     try:
         async for changes in watchfiles.awatch(
-            layers_dir, watch_filter=path_filter, debounce=50, step=20, stop_event=stop,
+            *roots, watch_filter=path_filter, debounce=50, step=20, stop_event=stop,
             rust_timeout=1000, yield_on_timeout=False,
         ):
             for _, path in sorted(changes, key=lambda c: c[1]):
