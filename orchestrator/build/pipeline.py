@@ -15,6 +15,7 @@ and the cascade stops there.
 from __future__ import annotations
 
 import asyncio
+import platform
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -23,12 +24,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from orchestrator import __version__
+from orchestrator.build.attest import Attestor
 from orchestrator.build.scheduler import STOPPED, NodeResult, run_graph
 from orchestrator.build.snapshot import ContextChanged, snapshot
 from orchestrator.build.state import AsyncStateStore, LayerRecord
 from orchestrator.catalog.context import Context, read_context
+from orchestrator.catalog.tomlfile import display
 from orchestrator.core import graph
-from orchestrator.core.buildkey import build_key, key_tag
+from orchestrator.core.buildkey import build_key, context_digest, key_tag
 from orchestrator.core.errors import BuildFailed, InputError, TemplateError
 from orchestrator.core.imageref import ImageRef, check_tag, parse_reference, parse_repository
 from orchestrator.core.model import (
@@ -138,6 +142,13 @@ def upstreams_used(layer: Layer) -> set[str]:
     return names
 
 
+def host_platform() -> str:
+    """This host's platform in OCI terms (linux/amd64, linux/arm64)."""
+    machine = platform.machine().lower()
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm/v7"}.get(machine, machine)
+    return f"linux/{arch}"
+
+
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -162,6 +173,7 @@ class Pipeline:
         cause_of: Callable[[str], tuple[str | None, str | None]] | None = None,
         superseded: Callable[[list[str]], bool] | None = None,
         resolver: RegistryClient | None = None,
+        attestor: Attestor | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -173,6 +185,7 @@ class Pipeline:
         # For images a Dockerfile names that nothing watches: looked up once a run.
         self.resolver = resolver or registry
         self._externals: dict[str, asyncio.Future[str]] = {}
+        self.attestor = attestor  # provenance + SBOM after each push (registry mode)
         self.upstreams = dict(upstreams)
         self.upstream_errors = dict(upstream_errors or {})
         self.contexts = dict(contexts or {})
@@ -501,6 +514,51 @@ class Pipeline:
                                              found, tags, display_ref, previous)
         raise AssertionError("unreachable")
 
+    async def _attest(self, member: Member, layer: Layer, decision: Decision, inputs: Inputs,
+                      repo: ImageRef, digest: str, base_ref: str, tags: tuple[str, ...],
+                      parent: LayerResult | None, build_id: str, cause: str | None,
+                      started: float, finished: float, work: Path) -> None:
+        """Provenance and SBOM for the image just pushed. A failure here is reported
+        and does not undo the build: the image is complete; it lacks its papers."""
+        from orchestrator.core import provenance as prov
+
+        assert self.attestor is not None
+        if layer.upstream is not None:
+            spec, up = self.catalog.upstreams[layer.upstream], self.upstreams[layer.upstream]
+            parent_image = prov.ParentImage(spec.image or up.ref.split("@")[0], up.digest,
+                                            up.tag)
+        else:
+            tag = parse_reference(parent.display_ref).tag if parent else None
+            parent_image = prov.ParentImage(base_ref.split("@")[0], inputs.parent_digest, tag)
+        upstreams: list[prov.Upstream] = []
+        for name in sorted(upstreams_used(layer)):
+            spec, up = self.catalog.upstreams[name], self.upstreams[name]
+            if spec.kind == "git":
+                upstreams.append(prov.GitUpstream(name, spec.git or up.ref, up.digest, up.tag))
+            else:
+                upstreams.append(prov.RegistryUpstream(name, spec.image or up.ref, up.digest,
+                                                       up.tag))
+        facts = prov.BuildFacts(
+            subject=prov.ImageSubject(repo.name, digest), layer=layer.id,
+            dockerfile_path=display(layer.dockerfile), dockerfile_sha256=inputs.dockerfile,
+            context_digest="sha256:" + context_digest(inputs.files),
+            build_args=dict(inputs.args), platform=host_platform(),
+            builder=prov.Builder(member.spec.backend,
+                                 getattr(member.builder, "version", None) or "unknown"),
+            orchestrator_version=__version__, build_id=build_id, started=started,
+            finished=finished, cause=cause or decision.describe(),
+            parent=parent_image, upstreams=upstreams, reason=decision.describe(),
+            parent_build_id=parent.build_id if parent else None, build_key=build_key(inputs))
+        try:
+            found = await self.attestor.attest(repo, digest, facts, tags[0] if tags else None,
+                                               work)
+        except Exception as exc:
+            self.on_event("attestation_failed", {"layer": layer.id, "build_id": build_id,
+                                                 "error": f"{type(exc).__name__}: {exc}"})
+            return
+        self.on_event("attested", {"layer": layer.id, "build_id": build_id,
+                                   "artifacts": found})
+
     async def _run_build(self, member: Member, build_id: str, work: Path, snap_context: Path,
                          snap_dockerfile: Path, layer: Layer, decision: Decision,
                          inputs: Inputs, repo: ImageRef, base_ref: str, base_name: str,
@@ -562,6 +620,9 @@ class Pipeline:
             self.running.pop(build_id, None)
         finished = time.time()
         child_ref = self._child_ref(repo, output.digest, key_ref)
+        if self.attestor is not None and self.config.registry is not None:
+            await self._attest(member, layer, decision, inputs, repo, output.digest, base_ref,
+                               tags, parent, build_id, cause, started, finished, work)
         await self.state.finish_build(build_id, Outcome.BUILT.value, digest=output.digest)
         await self.state.save_layer(LayerRecord(layer.id, key, output.digest, child_ref, inputs,
                                                 finished))

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from orchestrator.build.attest import Attestor, AttestSettings
 from orchestrator.build.lock import StateLock
 from orchestrator.build.pipeline import Pipeline, RunReport, targets, upstreams_used
 from orchestrator.build.snapshot import remove_tree
@@ -19,7 +20,7 @@ from orchestrator.catalog.context import Context, read_contexts
 from orchestrator.catalog.layers import dockerfile_texts, load_catalog, select
 from orchestrator.catalog.lint import lint
 from orchestrator.catalog.tomlfile import display
-from orchestrator.core.errors import InputError, PolicyError, UpstreamError
+from orchestrator.core.errors import InputError, OrchestratorError, PolicyError, UpstreamError
 from orchestrator.core.model import Catalog, Config, ResolvedUpstream
 from orchestrator.engines.factory import docker_config_dir, insecure_hosts, make_builders
 from orchestrator.engines.pool import BuilderPool
@@ -61,6 +62,23 @@ def catalog_revision(layers_dir: Path) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def make_attestor(config: Config, client: RegistryClient) -> Attestor | None:
+    """Provenance and SBOMs go to the registry: none without one, or when off."""
+    if config.registry is None or not config.provenance.enabled:
+        return None
+    key = None
+    if config.provenance.key is not None:
+        try:
+            key = config.provenance.key.read_bytes()
+        except OSError as exc:
+            raise InputError(str(config.provenance.key), f"cannot read: {exc.strerror}") \
+                from exc
+    try:
+        return Attestor(client, AttestSettings(True, config.provenance.sbom, key))
+    except OrchestratorError as exc:
+        raise InputError(str(config.provenance.key), f"[provenance] key: {exc}") from exc
 
 
 def engine_kinds(config: Config) -> tuple[str, ...]:
@@ -165,6 +183,7 @@ async def _execute(config: Config, catalog: Catalog, state: AsyncStateStore, ord
                 resolved, upstream_errors=failed, jobs=jobs, forced=forced,
                 dry_run=dry_run, revision=lambda: catalog_revision(config.layers_dir),
                 contexts=contexts, on_event=on_event, resolver=client,
+                attestor=None if dry_run else make_attestor(config, client),
             )
             pipeline.check_tags(order)
             return await pipeline.run(order)

@@ -44,6 +44,17 @@ def build_key(inputs: Inputs) -> str:
     return h.hexdigest()
 
 
+def context_digest(files: tuple[FileEntry, ...]) -> str:
+    """Hex sha256 of a context's file set alone (what provenance calls the context)."""
+    h = hashlib.sha256()
+    for entry in sorted(files, key=lambda e: e.path):
+        for value in (entry.path, format(entry.mode, "o"), entry.digest):
+            data = value.encode("utf-8", "surrogateescape")
+            h.update(len(data).to_bytes(8, "big"))
+            h.update(data)
+    return h.hexdigest()
+
+
 def key_tag(key: str) -> str:
     """The tag that marks an image as built from ``key``. Full length: a tag
     prefix collision would make the orchestrator reuse the wrong image."""

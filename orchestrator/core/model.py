@@ -150,6 +150,15 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class ProvenanceConfig:
+    """``[provenance]``: what is attached to every pushed image."""
+
+    enabled: bool = True  # an in-toto SLSA provenance statement
+    sbom: bool = True  # a CycloneDX SBOM read from the image's filesystem
+    key: Path | None = None  # PEM private key (ed25519 / ECDSA P-256): sign statements
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     layers_dir: Path
@@ -161,6 +170,7 @@ class Config:
     upstreams: Mapping[str, UpstreamSpec]
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     builders: tuple[BuilderSpec, ...] = ()
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ class BuildOutput:
 
 class Builder(Protocol):
     name: str
+    version: str | None  # the engine's version once it answered a ping (for provenance)
 
     async def build(self, request: BuildRequest) -> BuildOutput:
         """Build (and push); raise BuildFailed with the log's tail on failure."""

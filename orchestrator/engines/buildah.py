@@ -29,6 +29,7 @@ class BuildahBuilder:
                  authfile: Path | None = None, insecure_hosts: Iterable[str] = (),
                  name: str = "buildah") -> None:
         self.name = name
+        self.version: str | None = None
         self.config = config
         self.runner = runner
         self.authfile = authfile
@@ -143,3 +144,6 @@ class BuildahBuilder:
         out = await self.runner.capture([*self._global(), "version"])
         if out.returncode != 0:
             raise BackendError(f"buildah does not answer: {out.stderr.strip()}")
+        for line in out.stdout.splitlines():
+            if line.startswith("Version:"):
+                self.version = line.split(":", 1)[1].strip()

@@ -31,6 +31,7 @@ class DockerBuildKitBuilder:
     def __init__(self, config: BuildKitConfig, runner: CommandRunner, *,
                  docker_config_dir: Path | None = None, name: str = "docker") -> None:
         self.name = name
+        self.version: str | None = None
         self.config = config
         self.runner = runner
         self.docker_config_dir = docker_config_dir
@@ -120,6 +121,7 @@ class DockerBuildKitBuilder:
             where = f" at {self.config.docker_host}" if self.config.docker_host else ""
             raise BackendError(f"the Docker engine does not answer{where}: "
                                f"{out.stderr.strip()}")
+        self.version = out.stdout.strip() or None
 
 
 class BuildctlBuilder:
@@ -130,6 +132,7 @@ class BuildctlBuilder:
                  docker_config_dir: Path | None = None,
                  insecure_hosts: Iterable[str] = (), name: str = "buildkit") -> None:
         self.name = name
+        self.version: str | None = None
         assert config.addr is not None
         self.config = config
         self.runner = runner

@@ -4,6 +4,7 @@ for its control socket anyway, and talks to registries all day)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import aiohttp
 
@@ -21,7 +22,7 @@ class AiohttpTransport:
         self._session: aiohttp.ClientSession | None = None
 
     async def request(self, method: str, url: str, headers: Mapping[str, str],
-                      data: bytes | None = None) -> Response:
+                      data: bytes | None = None, dest: Path | None = None) -> Response:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         try:
@@ -29,6 +30,11 @@ class AiohttpTransport:
             async with self._session.request(method, url, headers=dict(headers), data=data,
                                              allow_redirects=True,
                                              max_redirects=MAX_REDIRECTS) as resp:
+                if dest is not None and resp.status == 200:
+                    with dest.open("wb") as out:
+                        async for chunk in resp.content.iter_chunked(1 << 20):
+                            out.write(chunk)
+                    return Response(resp.status, Headers(resp.headers.items()), b"")
                 body = b"" if method == "HEAD" else await resp.read()
                 return Response(resp.status, Headers(resp.headers.items()), body)
         except (aiohttp.ClientError, TimeoutError) as exc:

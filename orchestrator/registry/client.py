@@ -17,6 +17,8 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from orchestrator.core.errors import RegistryError
@@ -30,8 +32,19 @@ MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 ])
+INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 _NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+
+
+@dataclass(frozen=True)
+class Manifest:
+    digest: str
+    media_type: str
+    body: bytes
+
+    def json(self) -> dict[str, Any]:
+        return _json(self.body)
 
 
 def basic_auth(creds: Credentials) -> str:
@@ -96,6 +109,93 @@ class RegistryClient:
         self._raise_for(ref, status, "GET manifest", resp_headers)
         return "sha256:" + hashlib.sha256(body).hexdigest()
 
+    async def get_manifest(self, ref: ImageRef, reference: str) -> Manifest | None:
+        """A manifest's bytes, media type and digest (None when it does not exist)."""
+        url = f"{self._base(ref)}/manifests/{reference}"
+        status, headers, body = await self._request("GET", ref, url, {"Accept": MANIFEST_TYPES})
+        if status == 404:
+            return None
+        self._raise_for(ref, status, "GET manifest", headers)
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        media_type = headers.get("Content-Type") or str(_json(body).get("mediaType") or "")
+        return Manifest(digest, media_type, body)
+
+    async def put_manifest(self, ref: ImageRef, reference: str, body: bytes,
+                           media_type: str) -> Mapping[str, str]:
+        """PUT a manifest under a tag or its digest; returns the response headers
+        (``OCI-Subject`` tells a registry with the referrers API indexed it)."""
+        status, headers, _ = await self._request(
+            "PUT", ref, f"{self._base(ref)}/manifests/{reference}", {"Content-Type": media_type},
+            data=body, actions="pull,push")
+        self._raise_for(ref, status, "PUT manifest", headers)
+        return headers
+
+    async def referrers_index(self, ref: ImageRef, digest: str) -> dict[str, Any] | None:
+        """The OCI 1.1 referrers API's index for ``digest``; None where the registry
+        has no such API (then the referrers tag scheme applies)."""
+        status, headers, body = await self._request(
+            "GET", ref, f"{self._base(ref)}/referrers/{digest}", {"Accept": INDEX_TYPE})
+        if status in (404, 405, 400):
+            return None
+        self._raise_for(ref, status, "GET referrers", headers)
+        data = _json(body)
+        return data if data.get("manifests") is not None else None
+
+    async def delete_manifest(self, ref: ImageRef, digest: str) -> bool:
+        """DELETE by digest (the registry must allow deletes); False when already gone."""
+        status, headers, _ = await self._request(
+            "DELETE", ref, f"{self._base(ref)}/manifests/{digest}", {}, actions="pull,push,delete")
+        if status == 404:
+            return False
+        self._raise_for(ref, status, "DELETE manifest", headers)
+        return True
+
+    async def upload_blob(self, ref: ImageRef, data: bytes) -> str:
+        """Push a small blob (a statement, an SBOM) in one request; returns its digest."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        status, headers, _ = await self._request(
+            "HEAD", ref, f"{self._base(ref)}/blobs/{digest}", {}, actions="pull,push")
+        if status == 200:
+            return digest
+        status, headers, _ = await self._request(
+            "POST", ref, f"{self._base(ref)}/blobs/uploads/", {"Content-Length": "0"},
+            data=b"", actions="pull,push")
+        self._raise_for(ref, status, "POST blob upload", headers)
+        location = headers.get("Location") or ""
+        if not location:
+            raise RegistryError(ref.registry, "blob upload: no Location in the answer")
+        if "://" not in location:
+            location = f"{self._scheme(ref)}://{ref.api_host}{location}"
+        location += ("&" if "?" in location else "?") + urllib.parse.urlencode(
+            {"digest": digest})
+        status, headers, _ = await self._request(
+            "PUT", ref, location, {"Content-Type": "application/octet-stream"}, data=data,
+            actions="pull,push")
+        self._raise_for(ref, status, "PUT blob", headers)
+        return digest
+
+    async def get_blob(self, ref: ImageRef, digest: str) -> bytes:
+        """A blob, checked against its digest (registries redirect these to storage)."""
+        status, headers, body = await self._request(
+            "GET", ref, f"{self._base(ref)}/blobs/{digest}", {})
+        self._raise_for(ref, status, "GET blob", headers)
+        if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+            raise RegistryError(ref.registry, f"blob {digest[:19]} does not match its digest")
+        return body
+
+    async def download_blob(self, ref: ImageRef, digest: str, dest: Path) -> None:
+        """A blob streamed to ``dest`` (image layers: never held in memory), checked
+        against its digest."""
+        status, headers, _ = await self._request(
+            "GET", ref, f"{self._base(ref)}/blobs/{digest}", {}, dest=dest)
+        self._raise_for(ref, status, "GET blob", headers)
+        h = hashlib.sha256()
+        with dest.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        if "sha256:" + h.hexdigest() != digest:
+            raise RegistryError(ref.registry, f"blob {digest[:19]} does not match its digest")
+
     async def retag(self, ref: ImageRef, digest: str, tag: str) -> bool:
         """Point ``tag`` at the manifest ``digest`` (no blobs move: a manifest PUT).
         Returns False when the tag already pointed there."""
@@ -143,7 +243,8 @@ class RegistryClient:
 
     async def _request(self, method: str, ref: ImageRef, url: str,
                        headers: Mapping[str, str], data: bytes | None = None,
-                       actions: str = "pull") -> tuple[int, Mapping[str, str], bytes]:
+                       actions: str = "pull", dest: Path | None = None
+                       ) -> tuple[int, Mapping[str, str], bytes]:
         scope = f"repository:{ref.repository}:{actions}"
         creds = self._auth.lookup(ref.registry, ref.repository)
         token_key = (ref.api_host, scope)
@@ -151,7 +252,7 @@ class RegistryClient:
             sent = dict(headers)
             if token_key in self._tokens:
                 sent["Authorization"] = self._tokens[token_key]
-            status, resp_headers, body = await self._send(method, ref, url, sent, data)
+            status, resp_headers, body = await self._send(method, ref, url, sent, data, dest)
             if status != 401 or attempt == 1:
                 return status, resp_headers, body
             challenge = resp_headers.get("WWW-Authenticate", "")
@@ -187,9 +288,10 @@ class RegistryClient:
         return token
 
     async def _send(self, method: str, ref: ImageRef, url: str, headers: Mapping[str, str],
-                    data: bytes | None = None) -> tuple[int, Mapping[str, str], bytes]:
+                    data: bytes | None = None, dest: Path | None = None
+                    ) -> tuple[int, Mapping[str, str], bytes]:
         try:
-            resp = await self._transport.request(method, url, headers, data)
+            resp = await self._transport.request(method, url, headers, data, dest)
         except TransportError as exc:
             self.on_request(ref.registry, method, "error")
             raise RegistryError(ref.registry, f"{method} {url.split('?')[0]}: {exc}") from exc

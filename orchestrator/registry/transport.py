@@ -20,6 +20,7 @@ import threading
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 MAX_REDIRECTS = 5
@@ -59,8 +60,10 @@ class Response:
 
 class Transport(Protocol):
     async def request(self, method: str, url: str, headers: Mapping[str, str],
-                      data: bytes | None = None) -> Response:
-        """Send one request, following redirects; raise TransportError on failure."""
+                      data: bytes | None = None, dest: Path | None = None) -> Response:
+        """Send one request, following redirects; raise TransportError on failure.
+        With ``dest``, a successful answer's body is streamed to that file (and the
+        returned body is empty)."""
         ...
 
     async def close(self) -> None: ...
@@ -90,8 +93,8 @@ class PooledTransport:
         self._closed = False
 
     async def request(self, method: str, url: str, headers: Mapping[str, str],
-                      data: bytes | None = None) -> Response:
-        return await asyncio.to_thread(self.fetch, method, url, headers, data)
+                      data: bytes | None = None, dest: Path | None = None) -> Response:
+        return await asyncio.to_thread(self.fetch, method, url, headers, data, dest)
 
     async def close(self) -> None:
         with self._lock:
@@ -104,10 +107,10 @@ class PooledTransport:
     # -- blocking part, runs in a worker thread --------------------------------
 
     def fetch(self, method: str, url: str, headers: Mapping[str, str],
-              data: bytes | None = None) -> Response:
+              data: bytes | None = None, dest: Path | None = None) -> Response:
         sent = dict(headers)
         for _ in range(MAX_REDIRECTS + 1):
-            response = self._once(method, url, sent, data)
+            response = self._once(method, url, sent, data, dest)
             location = response.headers.get("Location")
             if response.status not in REDIRECTS or not location:
                 return response
@@ -119,7 +122,7 @@ class PooledTransport:
         raise TransportError(f"more than {MAX_REDIRECTS} redirects from {url}")
 
     def _once(self, method: str, url: str, headers: Mapping[str, str],
-              data: bytes | None) -> Response:
+              data: bytes | None, dest: Path | None = None) -> Response:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise TransportError(f"unsupported URL {url!r}")
@@ -133,7 +136,13 @@ class PooledTransport:
             try:
                 conn.request(method, target, body=data, headers=dict(headers))
                 resp = conn.getresponse()
-                body = resp.read()
+                if dest is not None and resp.status == 200:
+                    with dest.open("wb") as out:
+                        while chunk := resp.read(1 << 20):
+                            out.write(chunk)
+                    body = b""
+                else:
+                    body = resp.read()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
                 conn.close()
                 # A kept-alive connection the server has since closed: once more on a

@@ -26,7 +26,7 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from orchestrator.core.errors import InputError
+from orchestrator.core.errors import InputError, OrchestratorError
 from orchestrator.engines.guard import marker_end
 from orchestrator.service.daemon import Daemon, Refused
 
@@ -184,6 +184,7 @@ class ControlServer:
         r.add_post("/v1/builds/{id}/cancel", self.cancel_build)
         r.add_get("/v1/events", self.events)
         r.add_post("/v1/reload", self.reload)
+        r.add_get("/v1/images/{ref:.+}/explain", self.explain)
         r.add_get("/metrics", self.metrics)
         return app
 
@@ -353,6 +354,17 @@ class ControlServer:
         await read_json(request)  # the body limit and deadline hold here too
         await self.daemon.reload()
         return web.json_response({"reloaded": True, "layers": len(self.daemon.catalog.layers)})
+
+    async def explain(self, request: web.Request) -> web.StreamResponse:
+        from orchestrator.registry import explain as papers
+
+        try:
+            chain = await papers.explain(self.daemon.registry, request.match_info["ref"])
+        except papers.NotFound as exc:
+            raise Refused(str(exc), 404) from None
+        except OrchestratorError as exc:
+            raise Refused(str(exc), 400) from None
+        return web.json_response({"chain": [level.as_json() for level in chain]})
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=self.daemon.metrics.render(),

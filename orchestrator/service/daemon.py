@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from orchestrator.build.attest import Attestor
 from orchestrator.build.lock import StateLock
 from orchestrator.build.pipeline import LayerResult, Pipeline, RunReport, targets, upstreams_used
 from orchestrator.build.runs import (
@@ -33,6 +34,7 @@ from orchestrator.build.runs import (
     enforce_policy,
     engine_kinds,
     load,
+    make_attestor,
 )
 from orchestrator.build.scheduler import NodeResult
 from orchestrator.build.state import AsyncStateStore, StateStore, prune_logs, restrict
@@ -113,6 +115,7 @@ class Daemon:
         self.upstreams: UpstreamWatch
         self.pool: BuilderPool | None = None
         self.registry: RegistryClient
+        self.attestor: Attestor | None = None
         self.views = Views(self)
         self.phase = "starting"
         self.backend_error: str | None = None
@@ -214,6 +217,7 @@ class Daemon:
                                        on_request=self.metrics.registry_request)
         self.pool = BuilderPool(make_builders(config, self.runner, docker_config),
                                 on_event=self.bus.publish)
+        self.attestor = make_attestor(config, self.registry)
 
     @property
     def _pool(self) -> BuilderPool:
@@ -354,16 +358,36 @@ class Daemon:
         except InputError:
             return FolderRules(DockerIgnore([]), frozenset(metadata))
 
+    def _outside_contexts(self) -> dict[Path, tuple[str, DockerIgnore]]:
+        """Contexts that live outside the layers folder, watched too (with their
+        ignore rules: a change there rebuilds the layer like one in its folder)."""
+        out: dict[Path, tuple[str, DockerIgnore]] = {}
+        for layer in self.catalog.layers.values():
+            if layer.context == layer.folder or layer.context in out:
+                continue
+            try:
+                ignore = load_ignore(layer.context, ignore_file(layer, self.engines),
+                                     self.engines[0])
+            except InputError:
+                ignore = DockerIgnore([])
+            out[layer.context] = (layer.name, ignore)
+        return out
+
     def _start_watchers(self) -> None:
         if self.once:
             return
         self._watch_stop = asyncio.Event()
-        self._filter = LayerFilter(self.config.layers_dir, self._folder_rules)
+        self._filter = LayerFilter(self.config.layers_dir, self._folder_rules,
+                                   self._outside_contexts())
         self._own("watch-files", watch_layers(self.config.layers_dir, self._on_files,
                                               self._watch_stop, self.config.daemon.debounce_s,
                                               self._filter))
         self._own("schedule", self._schedule_loop())
         self._own("housekeeping", self._housekeeping_loop())
+
+    async def _rewatch(self) -> None:
+        await self._stop_watchers()
+        self._start_watchers()
 
     async def _stop_watchers(self) -> None:
         self._watch_stop.set()
@@ -393,7 +417,12 @@ class Daemon:
 
     async def _reload_catalog(self) -> None:
         _, catalog = await asyncio.to_thread(load, self.config_path)
+        before = set(self._outside_contexts())
         self.catalog = catalog
+        if set(self._outside_contexts()) != before and not self.once:
+            # New folders to watch: restart the watcher from its own task (this
+            # runs inside the watcher's callback, which a restart cancels).
+            self._own(f"rewatch-{time.monotonic_ns()}", self._rewatch())
         self.views.changed()
         if self._filter is not None:
             self._filter.forget()
@@ -602,7 +631,7 @@ class Daemon:
             self.upstreams.values, upstream_errors=self.upstreams.unresolved(),
             contexts=contexts, revision=lambda: catalog_revision(config.layers_dir),
             forced=forced, on_event=self._on_pipeline_event, cause_of=cause_of,
-            superseded=superseded, resolver=self.registry,
+            superseded=superseded, resolver=self.registry, attestor=self.attestor,
         )
         self.bus.publish("run_started", {"run_id": run_id, "layers": len(order)})
         started = time.time()

@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -166,7 +167,7 @@ def test_the_seed_chain_builds_answers_and_cascades(example: Example) -> None:
         assert pyenv_build["cause"].startswith("upstream pyenv changed: v2.8.0@")
         assert "-> v2.8.1@" in pyenv_build["cause"]
         # Each child names the change and the parent build it stood on, in order.
-        for parent, child in itertools.pairwise(CHAIN):
+        for parent, child in itertools.pairwise(CHAIN[1:]):
             build = history[child][-1]
             assert f"parent build {history[parent][-1]['id']}" in build["cause"], build
             assert "upstream pyenv changed" in build["cause"], build
@@ -178,6 +179,10 @@ def test_the_seed_chain_builds_answers_and_cascades(example: Example) -> None:
         before = len(daemon.builds())
         time.sleep(8)  # more than two polls of 3 s
         assert len(daemon.builds()) == before
+
+        # -- papers: the chain and the bill of materials, from the registry -----
+        check_papers(example, daemon)
+        before = len(daemon.builds())
 
         # -- an app edit rebuilds the app alone, in seconds ---------------------
         source = example.root / "layers" / "flask-helloworld" / "app" / "helloworld.py"
@@ -216,6 +221,42 @@ def api_digest(example: Example, image: str, tag: str) -> str:
     digest = manifest_digest(example.testbed.registry, f"{example.namespace}/{image}", tag)
     assert digest is not None
     return digest
+
+
+def orchestrator_cli(example: Example, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator", "-c",
+                           str(example.root / "config.toml"), *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def check_papers(example: Example, daemon: DaemonProcess) -> None:
+    """explain on the app prints every level down to the Debian upstream with its
+    cause; the flask SBOM lists Flask and the base's Debian packages; a
+    requirements change shows up as exactly that change in sbom --diff."""
+    app = example.image("flask-helloworld", "1.0.0")
+    out = orchestrator_cli(example, "explain", app, "--json")
+    assert out.returncode == 0, out.stderr
+    chain = json.loads(out.stdout)
+    assert [level["layer"] for level in chain] == [*reversed(CHAIN), None]
+    assert "seed/debian" in chain[-1]["image"]
+    assert all("upstream pyenv changed" in level["cause"] for level in chain[:4])
+    flask = example.image("flask", "3.1.0")
+    sbom = json.loads(orchestrator_cli(example, "sbom", flask).stdout)
+    purls = {c.get("purl", "") for c in sbom["components"]}
+    assert any(p.startswith("pkg:pypi/flask@3.1.0") for p in purls)
+    assert any(p.startswith("pkg:deb/debian/libc6@") for p in purls)
+    assert any(p.startswith(f"pkg:generic/cpython@{PYTHON}") for p in purls)
+    old_flask = api_digest(example, "flask", "3.1.0")
+    requirements = example.root / "layers" / "flask" / "requirements.txt"
+    requirements.write_text(requirements.read_text() + "six==1.16.0\n")
+    count = len(daemon.builds())
+    wait_until(lambda: len(daemon.builds()) >= count + 2
+               and daemon.builds()[0]["outcome"] != "running", 600, 1, "flask and app rebuilt")
+    daemon.idle(300)
+    diff = orchestrator_cli(example, "sbom", flask, "--diff",
+                            f"{example.testbed.registry}/{example.namespace}/flask@{old_flask}")
+    assert diff.returncode == 0, diff.stderr
+    assert diff.stdout.strip().splitlines() == ["+ pypi six 1.16.0"], diff.stdout
 
 
 def check_helpers(example: Example) -> None:
