@@ -15,6 +15,7 @@ from orchestrator.core.model import (
     BuildKitConfig,
     Config,
     DaemonConfig,
+    ProvenanceConfig,
     RegistryConfig,
     UpstreamSpec,
 )
@@ -28,7 +29,7 @@ DEFAULT_LOG_MAX = 64 * 1024 * 1024  # per build log; the head and the newest tai
 def load_config(path: Path) -> Config:
     root = Table(read_toml(path), display(path))
     root.check_keys(["catalog", "registry", "build", "state", "control", "daemon", "metrics",
-                     "upstream", "builders"])
+                     "upstream", "builders", "provenance"])
     base = path.resolve().parent
 
     def resolve(p: str) -> Path:
@@ -63,6 +64,14 @@ def load_config(path: Path) -> Config:
     daemon = root.table("daemon")
     daemon.check_keys(["debounce", "drain_timeout", "schedule_check"])
 
+    prov = root.table("provenance")
+    prov.check_keys(["enabled", "sbom", "key"])
+    key = resolve(prov.require("key", str)) if "key" in prov.data else None
+    if key is not None and not key.is_file():
+        raise prov.error("key", f"{key} not found: a PEM private key (ed25519 or ECDSA "
+                         "P-256), e.g. made with `openssl genpkey -algorithm ed25519`")
+    provenance = ProvenanceConfig(enabled=prov.get("enabled", bool, True),
+                                  sbom=prov.get("sbom", bool, True), key=key)
     build = _build(root.table("build"))
     builders = _builders(root, build)
     if len(builders) > 1 and registry is None:
@@ -79,6 +88,7 @@ def load_config(path: Path) -> Config:
         auth_file=auth_file,
         upstreams=_upstreams(root.table("upstream")),
         builders=builders,
+        provenance=provenance,
         daemon=DaemonConfig(
             socket_group=control.optional_str("group"),
             debounce_s=daemon.duration("debounce", 0.5) or 0.0,
