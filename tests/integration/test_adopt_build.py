@@ -87,7 +87,7 @@ def test_an_existing_tree_is_adopted_and_built_as_it_is(tmp_path: Path, testbed:
                   'tls_verify = false', text)
     # init watches every base it finds; drop the builder stage's one, as a
     # hand-written catalog might: it is then an unwatched base, still pinned.
-    text = re.sub(r'\[upstream\.debian\][^\[]*', "", text)
+    text = re.sub(r"\[upstream\.debian\]\n(?:(?!\[).*\n?)*", "", text)
     namespace = unique_namespace()
     text += (f'\n[registry]\nurl = "{testbed.registry}/{namespace}"\ntls_verify = false\n'
              f'[build]\nbackend = "{backend}"\n[build.buildkit]\n'
