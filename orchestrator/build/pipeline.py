@@ -15,6 +15,7 @@ and the cascade stops there.
 from __future__ import annotations
 
 import asyncio
+import os
 import platform
 import time
 import uuid
@@ -514,6 +515,34 @@ class Pipeline:
                                              found, tags, display_ref, previous)
         raise AssertionError("unreachable")
 
+    def _secrets(self, layer: Layer, work: Path) -> dict[str, Path]:
+        """Each secret as a file the engine mounts: the configured file, or the
+        environment variable's value written into this build's private folder
+        (0600, removed with it). Values are never logged, hashed or stored."""
+        out: dict[str, Path] = {}
+        for name in layer.secrets:
+            spec = self.config.secrets[name]
+            if spec.file is not None:
+                if not os.access(spec.file, os.R_OK):
+                    raise BuildFailed(layer.id, None, f"secret {name}: {spec.file} cannot be "
+                                      "read", "")
+                out[name] = spec.file
+                continue
+            assert spec.env is not None
+            value = os.environ.get(spec.env)
+            if value is None:
+                raise BuildFailed(layer.id, None, f"secret {name}: ${spec.env} is not set in "
+                                  "the orchestrator's environment", "")
+            folder = work / "secrets"
+            folder.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
+            out[name] = folder / name
+        return out
+
     async def _attest(self, member: Member, layer: Layer, decision: Decision, inputs: Inputs,
                       repo: ImageRef, digest: str, base_ref: str, tags: tuple[str, ...],
                       parent: LayerResult | None, build_id: str, cause: str | None,
@@ -586,6 +615,7 @@ class Pipeline:
             timestamp=int(created),
             work_dir=work,
             from_pins=pins,
+            secrets=self._secrets(layer, work),
         )
         cause, request_id = self.cause_of(layer.id)
         if parent is not None and parent.build_id is not None:  # the chain to the parent

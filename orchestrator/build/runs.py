@@ -34,7 +34,16 @@ STATE_DB = "state.db"
 
 def load(config_path: Path) -> tuple[Config, Catalog]:
     config = load_config(config_path)
-    return config, load_catalog(config.layers_dir, config.upstreams)
+    catalog = load_catalog(config.layers_dir, config.upstreams)
+    for layer in catalog.layers.values():
+        for name in layer.secrets:
+            if name not in config.secrets:
+                known = ", ".join(sorted(config.secrets)) or "none defined"
+                raise InputError(display(layer.folder / "layer.toml"),
+                                 f"secrets: {name!r} is not defined: add [secrets.{name}] "
+                                 f"with file = … or env = … to {display(config.path)} "
+                                 f"(defined: {known})")
+    return config, catalog
 
 
 def policy(catalog: Catalog) -> tuple[list[str], list[str]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, cast
 
@@ -17,6 +19,7 @@ from orchestrator.core.model import (
     DaemonConfig,
     ProvenanceConfig,
     RegistryConfig,
+    SecretSpec,
     UpstreamSpec,
 )
 from orchestrator.core.versions import check_track
@@ -29,7 +32,7 @@ DEFAULT_LOG_MAX = 64 * 1024 * 1024  # per build log; the head and the newest tai
 def load_config(path: Path) -> Config:
     root = Table(read_toml(path), display(path))
     root.check_keys(["catalog", "registry", "build", "state", "control", "daemon", "metrics",
-                     "upstream", "builders", "provenance"])
+                     "upstream", "builders", "provenance", "secrets"])
     base = path.resolve().parent
 
     def resolve(p: str) -> Path:
@@ -89,6 +92,7 @@ def load_config(path: Path) -> Config:
         upstreams=_upstreams(root.table("upstream")),
         builders=builders,
         provenance=provenance,
+        secrets=_secrets(root.table("secrets"), resolve),
         daemon=DaemonConfig(
             socket_group=control.optional_str("group"),
             debounce_s=daemon.duration("debounce", 0.5) or 0.0,
@@ -146,6 +150,22 @@ def _builders(root: Table, build: BuildConfig) -> tuple[BuilderSpec, ...]:
         specs.append(BuilderSpec(name, cast(Literal["buildah", "buildkit", "docker"], backend),
                                  address, slots, tls))
     return tuple(specs)
+
+
+def _secrets(table: Table, resolve: Callable[[str], Path]) -> dict[str, SecretSpec]:
+    out: dict[str, SecretSpec] = {}
+    for name in table.data:
+        if not isinstance(table.data[name], dict):
+            raise table.error(name, "expected a table [secrets.NAME] with file = … or env = …")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise table.error(name, "a secret id is letters, digits, '_', '.' and '-'")
+        spec = table.table(name)
+        spec.check_keys(["file", "env"])
+        file, env = spec.optional_str("file"), spec.optional_str("env")
+        if (file is None) == (env is None):
+            raise spec.error("file", "give exactly one of file = \"PATH\" or env = \"VAR\"")
+        out[name] = SecretSpec(name, resolve(file) if file else None, env)
+    return out
 
 
 def _listen(table: Table) -> tuple[str, int] | None:

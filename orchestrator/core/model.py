@@ -150,6 +150,17 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class SecretSpec:
+    """``[secrets.NAME]``: where a build secret's value comes from. The value is
+    read at build time, handed to the engine as a file, and never stored,
+    logged, labelled or hashed: only the name is an input."""
+
+    name: str
+    file: Path | None = None
+    env: str | None = None
+
+
+@dataclass(frozen=True)
 class ProvenanceConfig:
     """``[provenance]``: what is attached to every pushed image."""
 
@@ -171,6 +182,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     builders: tuple[BuilderSpec, ...] = ()
     provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
+    secrets: Mapping[str, SecretSpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

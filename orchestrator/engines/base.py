@@ -37,6 +37,8 @@ class BuildRequest:
     # ("debian:bookworm" -> "mirror/library/debian@sha256:…"). The user's file
     # is never edited: engines use named contexts, or a pinned copy of it.
     from_pins: Mapping[str, str] = field(default_factory=dict)
+    # Build secrets: id -> a file holding the value (RUN --mount=type=secret,id=…).
+    secrets: Mapping[str, Path] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ def docker_style_flags(req: BuildRequest, iidfile: Path,
         argv += ["--label", f"{name}={value}"]
     for tag in req.tags:
         argv += ["--tag", tag]
+    for name, path in sorted(req.secrets.items()):
+        argv += ["--secret", f"id={name},src={path}"]
     return [*argv, "--file", str(dockerfile or req.dockerfile), "--iidfile", str(iidfile),
             str(req.context)]
 

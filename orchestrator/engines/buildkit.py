@@ -162,6 +162,8 @@ class BuildctlBuilder:
             argv += ["--opt", f"context:{text}=docker-image://{pinned}"]
         for name, value in req.args.items():
             argv += ["--opt", f"build-arg:{name}={value}"]
+        for name, path in sorted(req.secrets.items()):
+            argv += ["--secret", f"id={name},src={path}"]
         for name, value in req.labels.items():
             argv += ["--opt", f"label:{name}={value}"]
         # The output's option list is CSV: several names go in one quoted field.
