@@ -31,14 +31,16 @@ def bridge_address() -> str:
 
 
 class Index(ThreadingHTTPServer):
-    token = ""
-    hits: list[str] = []
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(address, Handler)
+        self.token = ""
+        self.hits: list[str] = []
 
 
 class Handler(BaseHTTPRequestHandler):
     server: Index
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         ok = self.headers.get("Authorization") == f"Bearer {self.server.token}"
         self.server.hits.append("ok" if ok else "denied")
         self.send_response(200 if ok else 401)
@@ -52,8 +54,7 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def index() -> Iterator[Index]:
-    server = Index((bridge_address(), 0), Handler)
-    server.hits = []
+    server = Index((bridge_address(), 0))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
