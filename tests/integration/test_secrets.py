@@ -4,6 +4,7 @@ labels, logs, state, events), and rotating it rebuilds nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import subprocess
@@ -70,10 +71,8 @@ def everything_contains(root: Path, canary: bytes) -> list[str]:
         data = path.read_bytes()
         candidates = [data]
         for opener in (gzip.decompress, zlib.decompress):
-            try:
+            with contextlib.suppress(Exception):  # not compressed that way
                 candidates.append(opener(data))
-            except Exception:
-                pass
         if any(canary in blob for blob in candidates):
             found.append(str(path))
     return found
