@@ -515,6 +515,21 @@ class Pipeline:
                                              found, tags, display_ref, previous)
         raise AssertionError("unreachable")
 
+    async def _prune(self, member: Member, layer: Layer, repo: ImageRef, digest: str) -> None:
+        """The engine's local store keeps the newest ``[build] keep_local`` images of
+        this layer (its step cache) and drops older ones: it must not grow forever."""
+        try:
+            removed = await member.builder.prune_local(
+                repo.name, f"{self.config.build.label_prefix}.layer={layer.id}",
+                self.config.build.keep_local, {digest})
+        except Exception as exc:  # housekeeping: never a reason to fail a build
+            self.on_event("local_prune_failed", {"layer": layer.id, "builder": member.name,
+                                                 "error": str(exc)})
+            return
+        if removed:
+            self.on_event("local_images_removed", {"layer": layer.id, "builder": member.name,
+                                                   "removed": removed})
+
     def _secrets(self, layer: Layer, work: Path) -> dict[str, Path]:
         """Each secret as a file the engine mounts: the configured file, or the
         environment variable's value written into this build's private folder
@@ -656,6 +671,7 @@ class Pipeline:
         await self.state.finish_build(build_id, Outcome.BUILT.value, digest=output.digest)
         await self.state.save_layer(LayerRecord(layer.id, key, output.digest, child_ref, inputs,
                                                 finished))
+        await self._prune(member, layer, repo, output.digest)
         self.on_event("build_finished", {**bound, "outcome": "built", "digest": output.digest,
                                          "duration_s": round(finished - started, 3)})
         return LayerResult(layer.id, decision, Outcome.BUILT, output.digest, child_ref,

@@ -21,7 +21,7 @@ from orchestrator.catalog.layers import dockerfile_texts, load_catalog, select
 from orchestrator.catalog.lint import lint
 from orchestrator.catalog.tomlfile import display
 from orchestrator.core.errors import InputError, OrchestratorError, PolicyError, UpstreamError
-from orchestrator.core.model import Catalog, Config, ResolvedUpstream
+from orchestrator.core.model import Catalog, Config, Outcome, ResolvedUpstream
 from orchestrator.engines.factory import docker_config_dir, insecure_hosts, make_builders
 from orchestrator.engines.pool import BuilderPool
 from orchestrator.engines.runner import CommandRunner
@@ -195,4 +195,23 @@ async def _execute(config: Config, catalog: Catalog, state: AsyncStateStore, ord
                 attestor=None if dry_run else make_attestor(config, client),
             )
             pipeline.check_tags(order)
-            return await pipeline.run(order)
+            report = await pipeline.run(order)
+            keep = config.registry.keep if config.registry else None
+            if keep and not dry_run and report.by_outcome(Outcome.BUILT):
+                await apply_retention(config, catalog, state, client, keep, emit)
+            return report
+
+
+async def apply_retention(config: Config, catalog: Catalog, state: AsyncStateStore,
+                          client: RegistryClient, keep: int,
+                          emit: Callable[[str, dict[str, Any]], None]) -> None:
+    """[registry] keep after a build that pushed: never fails the build."""
+    from orchestrator.build.retention import apply_gc, plan_gc
+
+    try:
+        removed = await apply_gc(client, await plan_gc(config, catalog, state, client, keep))
+    except Exception as exc:
+        emit("gc_failed", {"error": f"{type(exc).__name__}: {exc}"})
+        return
+    if removed:
+        emit("gc_done", {"removed": removed})

@@ -230,6 +230,11 @@ class StateStore:
             self._db.execute("INSERT INTO keys VALUES (?, ?, ?)", (key, layer, now))
             return now
 
+    def keys(self) -> dict[str, tuple[str, float]]:
+        """Every build key this state knows: key -> (layer, first built)."""
+        return {row[0]: (row[1], float(row[2])) for row in
+                self._db.execute("SELECT build_key, layer, first_built FROM keys")}
+
     # -- builds -----------------------------------------------------------------
 
     def start_build(self, build_id: str, layer: str, key: str | None, reason: str,
@@ -464,6 +469,8 @@ class AsyncStateStore:
     layer = _off_loop(StateStore.layer)
     save_layer = _off_loop(StateStore.save_layer)
     key_first_built = _off_loop(StateStore.key_first_built)
+    keys = _off_loop(StateStore.keys)
+    layers = _off_loop(StateStore.layers)
     start_build = _off_loop(StateStore.start_build)
     finish_build = _off_loop(StateStore.finish_build)
     builds = _off_loop(StateStore.builds)

@@ -46,7 +46,7 @@ def load_config(path: Path) -> Config:
     auth_file: Path | None = None
     if "registry" in root.data:
         reg = root.table("registry")
-        reg.check_keys(["url", "tls_verify", "auth_file"])
+        reg.check_keys(["url", "tls_verify", "auth_file", "keep", "cache"])
         url = reg.require("url", str).strip().rstrip("/")
         if "://" in url or not url:
             raise reg.error("url", "give host[:port]/namespace without a scheme, e.g. "
@@ -54,7 +54,14 @@ def load_config(path: Path) -> Config:
         problem = check_repository(url if "/" in url else f"{url}/x")
         if problem:
             raise reg.error("url", f"{url!r}: {problem}")
-        registry = RegistryConfig(url=url, tls_verify=reg.get("tls_verify", bool, True))
+        keep = reg.require("keep", int) if "keep" in reg.data else None
+        if keep is not None and keep < 1:
+            raise reg.error("keep", "must be at least 1 (or leave it out to keep every image)")
+        cache = reg.optional_str("cache")
+        if cache is not None and (problem := check_repository(cache)):
+            raise reg.error("cache", f"{cache!r} is not a repository: {problem}")
+        registry = RegistryConfig(url=url, tls_verify=reg.get("tls_verify", bool, True),
+                                  keep=keep, cache=cache)
         if "auth_file" in reg.data:
             auth_file = resolve(reg.require("auth_file", str))
 
@@ -184,7 +191,7 @@ def _listen(table: Table) -> tuple[str, int] | None:
 
 def _build(table: Table) -> BuildConfig:
     table.check_keys(["backend", "jobs", "timeout", "label_prefix", "source", "buildah",
-                      "buildkit"])
+                      "buildkit", "keep_local"])
     backend = table.get("backend", str, "buildah")
     if backend not in ("buildah", "buildkit"):
         raise table.error("backend", f"unknown backend {backend!r} (use \"buildah\" or "
@@ -193,6 +200,10 @@ def _build(table: Table) -> BuildConfig:
     if jobs < 1:
         raise table.error("jobs", "must be at least 1")
     timeout = table.duration("timeout", 3600.0, minimum=1.0)
+    keep_local = table.get("keep_local", int, 2)
+    if keep_local < 1:
+        raise table.error("keep_local", "must be at least 1: the newest image of a layer "
+                          "is what its next build's step cache stands on")
     assert timeout is not None
 
     ba = table.table("buildah")
@@ -204,6 +215,7 @@ def _build(table: Table) -> BuildConfig:
         jobs=jobs,
         timeout_s=timeout,
         label_prefix=table.get("label_prefix", str, "dev.orchestrator"),
+        keep_local=keep_local,
         source=table.optional_str("source"),
         buildah=BuildahConfig(
             command=ba.get("command", str, "buildah"),

@@ -65,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
     sbom.add_argument("--diff", metavar="OTHER", help="compare with another image: OTHER -> IMAGE")
     sbom.add_argument("--json", action="store_true")
 
+    gc = sub.add_parser("gc", help="apply registry retention now ([registry] keep = N)")
+    gc.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
+
     run = sub.add_parser("run", help="the daemon: reconcile, then watch and take triggers")
     run.add_argument("--once", action="store_true",
                      help="reconcile, build what is queued, then exit (for CI)")
@@ -126,6 +129,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _client(args)
     if args.command == "run":
         return _run_daemon(args)
+    if args.command == "gc":
+        gc_code: int = _run_interruptible(_gc(args))
+        return gc_code
     if args.command in ("explain", "sbom"):
         code: int = _run_interruptible(_papers(args))
         return code
@@ -176,6 +182,33 @@ def _dispatch(args: argparse.Namespace) -> int:
         # never reached) is part of that answer, not a failed command.
         return EXIT_OK
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+async def _gc(args: argparse.Namespace) -> int:
+    from orchestrator.build.retention import apply_gc, plan_gc
+    from orchestrator.build.runs import STATE_DB, load
+    from orchestrator.build.state import AsyncStateStore, StateStore
+    from orchestrator.engines.factory import insecure_hosts
+    from orchestrator.registry.auth import AuthStore
+    from orchestrator.registry.client import RegistryClient
+
+    config, catalog = load(args.config)
+    if config.registry is None or config.registry.keep is None:
+        raise InputError(str(args.config), "[registry] keep: retention is off; set keep = N "
+                         "(key tags kept per layer) to use gc")
+    state = AsyncStateStore(StateStore(config.state_dir / STATE_DB))
+    try:
+        async with RegistryClient(AuthStore.load(config.auth_file),
+                                  insecure=frozenset(insecure_hosts(config))) as client:
+            plan = await plan_gc(config, catalog, state, client, config.registry.keep)
+            print(plan.render())
+            if not args.dry_run:
+                removed = await apply_gc(client, plan)
+                print(f"deleted {removed} images; the registry's garbage collection reclaims "
+                      "their blobs (registry garbage-collect)")
+    finally:
+        await state.close()
+    return EXIT_OK
 
 
 async def _papers(args: argparse.Namespace) -> int:

@@ -81,6 +81,8 @@ class Catalog:
 class RegistryConfig:
     url: str  # "host[:port]/namespace"; images go to <url>/<image>:<tag>
     tls_verify: bool = True
+    keep: int | None = None  # key tags kept per layer (retention); None: keep all
+    cache: str | None = None  # a repository for the engines' shared build cache
 
     @property
     def host(self) -> str:
@@ -132,6 +134,7 @@ class BuildConfig:
     jobs: int = 2
     timeout_s: float = 3600.0
     label_prefix: str = "dev.orchestrator"
+    keep_local: int = 2  # images per layer kept in an engine's local store
     source: str | None = None  # org.opencontainers.image.source; default: the layer folder
     buildah: BuildahConfig = field(default_factory=BuildahConfig)
     buildkit: BuildKitConfig = field(default_factory=BuildKitConfig)

@@ -66,6 +66,13 @@ class Builder(Protocol):
         """Raise BackendError when the engine cannot build."""
         ...
 
+    async def prune_local(self, repository: str, label: str, keep: int,
+                          protect: set[str]) -> int:
+        """Remove this layer's older images from the local store: those named under
+        ``repository`` with ``label``, beyond the newest ``keep``, except digests in
+        ``protect``. Returns how many were removed."""
+        ...
+
     async def clean_up_after_crash(self, base_refs: set[str]) -> int:
         """Remove what builds killed with the daemon left in the engine (working
         containers made from ``base_refs``, the exact parents those builds stood

@@ -137,6 +137,33 @@ class BuildahBuilder:
                 removed += rm.returncode == 0
         return removed
 
+    async def prune_local(self, repository: str, label: str, keep: int,
+                          protect: set[str]) -> int:
+        """Older images of one layer leave the local store (the newest ``keep`` stay:
+        the next build's step cache stands on them). Only images named under
+        ``repository`` and carrying ``label``: never anything else on the host."""
+        out = await self.runner.capture([*self._global(), "images", "--json", "--filter",
+                                         f"label={label}"])
+        if out.returncode != 0:
+            return 0
+        try:
+            images = json.loads(out.stdout or "[]") or []
+        except ValueError:
+            return 0
+        mine = [i for i in images
+                if any(str(n).startswith((f"{repository}:", f"{repository}@"))
+                       for n in i.get("names") or [])]
+        mine.sort(key=lambda i: int(i.get("created") or 0), reverse=True)
+        removed = 0
+        for image in mine[keep:]:
+            if image.get("digest") in protect or any(
+                    str(n).split("@")[-1] in protect for n in image.get("names") or []):
+                continue
+            # Fails (and is left alone) when a running build's container uses it.
+            rm = await self.runner.capture([*self._global(), "rmi", str(image["id"])])
+            removed += rm.returncode == 0
+        return removed
+
     async def ping(self) -> None:
         if shutil.which(self.config.command) is None:
             raise BackendError(f"{self.config.command} not found on PATH: install buildah "

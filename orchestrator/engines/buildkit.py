@@ -19,6 +19,7 @@ from orchestrator.engines.base import (
     raise_if_failed,
     scratch,
 )
+from orchestrator.engines.docker_api import DockerApi
 from orchestrator.engines.runner import CommandRunner, log_tail
 
 _PUSHED_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
@@ -35,6 +36,7 @@ class DockerBuildKitBuilder:
         self.config = config
         self.runner = runner
         self.docker_config_dir = docker_config_dir
+        self.api = DockerApi(config.docker_host)
 
     def env(self) -> dict[str, str]:
         env = {"DOCKER_BUILDKIT": "1", "BUILDKIT_PROGRESS": "plain"}
@@ -80,16 +82,13 @@ class DockerBuildKitBuilder:
             rc = await self.runner.run([self.config.docker, "push", ref], log=request.log_path,
                                        env=self.env(), timeout_s=request.timeout_s)
             raise_if_failed(request, rc)
-        # The registry digest of what was pushed: docker records it in RepoDigests.
+        # The registry digest of what was pushed: the engine records it in RepoDigests.
         repository = request.tags[-1].rsplit(":", 1)[0]
-        out = await self.runner.capture(
-            [self.config.docker, "image", "inspect", "--format", "{{json .RepoDigests}}",
-             request.tags[-1]], env=self.env())
-        if out.returncode == 0:
-            for entry in json.loads(out.stdout or "[]"):
-                name, _, found = entry.partition("@")
-                if name == repository:
-                    digest = found
+        image = await self.api.inspect(request.tags[-1])
+        for entry in (image or {}).get("RepoDigests") or []:
+            name, _, found = str(entry).partition("@")
+            if name == repository:
+                digest = found
         if not digest:
             found_in_log = _PUSHED_DIGEST.findall(log_tail(request.log_path, 5))
             digest = found_in_log[-1] if found_in_log else ""
@@ -99,9 +98,8 @@ class DockerBuildKitBuilder:
         return BuildOutput(digest)
 
     async def local_digest(self, ref: str) -> str | None:
-        out = await self.runner.capture(
-            [self.config.docker, "image", "inspect", "--format", "{{.Id}}", ref], env=self.env())
-        return out.stdout.strip() or None if out.returncode == 0 else None
+        image = await self.api.inspect(ref)
+        return str(image["Id"]) if image and image.get("Id") else None
 
     def base_reference(self, repository: str, digest: str, key_tag_ref: str) -> str:
         # Docker's image store cannot name a never-pushed image by digest; the
@@ -111,17 +109,27 @@ class DockerBuildKitBuilder:
     async def clean_up_after_crash(self, base_refs: set[str]) -> int:
         return 0  # BuildKit keeps no working containers: its session ended with the client
 
+    async def prune_local(self, repository: str, label: str, keep: int,
+                          protect: set[str]) -> int:
+        images = [i for i in await self.api.images(label)
+                  if any(str(name).startswith((f"{repository}:", f"{repository}@"))
+                         for name in [*(i.get("RepoTags") or []),
+                                      *(i.get("RepoDigests") or [])])]
+        images.sort(key=lambda i: int(i.get("Created") or 0), reverse=True)
+        removed = 0
+        for image in images[keep:]:
+            names = {*(image.get("RepoDigests") or []), str(image.get("Id"))}
+            if any(n.split("@")[-1] in protect or n in protect for n in names):
+                continue
+            removed += await self.api.remove_image(str(image["Id"]))
+        return removed
+
     async def ping(self) -> None:
+        # The build needs the CLI; the health check is the engine API's.
         if shutil.which(self.config.docker) is None:
             raise BackendError(f"{self.config.docker} not found: install docker.io or set "
                                "[build.buildkit] docker")
-        out = await self.runner.capture(
-            [self.config.docker, "version", "--format", "{{.Server.Version}}"], env=self.env())
-        if out.returncode != 0:
-            where = f" at {self.config.docker_host}" if self.config.docker_host else ""
-            raise BackendError(f"the Docker engine does not answer{where}: "
-                               f"{out.stderr.strip()}")
-        self.version = out.stdout.strip() or None
+        self.version = await self.api.version()
 
 
 class BuildctlBuilder:
@@ -191,6 +199,10 @@ class BuildctlBuilder:
 
     async def local_digest(self, ref: str) -> str | None:
         return None  # no local store: lookups go to the registry
+
+    async def prune_local(self, repository: str, label: str, keep: int,
+                          protect: set[str]) -> int:
+        return 0  # buildkitd's cache is bounded by its own garbage collection
 
     def base_reference(self, repository: str, digest: str, key_tag_ref: str) -> str:
         return f"{repository}@{digest}"

@@ -29,6 +29,7 @@ from orchestrator.build.lock import StateLock
 from orchestrator.build.pipeline import LayerResult, Pipeline, RunReport, targets, upstreams_used
 from orchestrator.build.runs import (
     STATE_DB,
+    apply_retention,
     catalog_revision,
     clear_scratch,
     enforce_policy,
@@ -679,6 +680,16 @@ class Daemon:
         self.current_run = None
         await self._close_retired()
         await self._queue_changed()
+        registry = self.config.registry
+        if registry is not None and registry.keep and "gc" not in self._tasks and \
+                counts.get("built"):
+            self._own("gc", self._gc(registry.keep))
+
+    async def _gc(self, keep: int) -> None:
+        """Registry retention after a run that pushed something (in the background)."""
+        await apply_retention(self.config, self.catalog, self.state, self.registry, keep,
+                              lambda event, fields: self.bus.publish(
+                                  event, fields, "warning" if "failed" in event else "info"))
 
     def _note_failure(self, lid: str, result: NodeResult[LayerResult]) -> None:
         """Consecutive failures per layer, for the scheduled-rebuild backoff."""

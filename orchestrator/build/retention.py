@@ -1,0 +1,121 @@
+"""Keeping the registry bounded: key tags beyond the newest N per layer go.
+
+Every build leaves a ``bk-<key>`` tag. With ``[registry] keep = N``, per layer
+the N newest keys (by when each key was first built) stay and older ones are
+deleted through the registry API (a manifest DELETE by digest), together with
+the artifacts attached to them. Never deleted: an image a human tag points at
+(``python:3.13.5``), or one the current hierarchy stands on (a child's
+``base.digest``, a layer's current image). A DELETE removes the manifest, not
+its blobs: the registry's own garbage collection reclaims the space
+(``registry garbage-collect`` for the distribution registry).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from orchestrator.build.state import AsyncStateStore
+from orchestrator.core.buildkey import KEY_TAG_PREFIX
+from orchestrator.core.imageref import ImageRef, parse_repository
+from orchestrator.core.model import Catalog, Config
+from orchestrator.registry.artifacts import referrers, referrers_tag
+from orchestrator.registry.client import RegistryClient
+
+
+@dataclass(frozen=True)
+class KeyImage:
+    repository: str
+    tag: str
+    digest: str
+    layer: str | None
+    first_built: float
+    why_kept: str | None = None
+
+
+@dataclass
+class GcPlan:
+    keep: list[KeyImage] = field(default_factory=list)
+    delete: list[KeyImage] = field(default_factory=list)
+
+    def render(self) -> str:
+        lines = [f"delete {k.repository}:{k.tag} ({k.layer or '?'}, {k.digest[:19]})"
+                 for k in self.delete]
+        lines += [f"keep   {k.repository}:{k.tag} ({k.layer or '?'}): {k.why_kept}"
+                  for k in self.keep]
+        lines.append(f"{len(self.delete)} to delete, {len(self.keep)} kept")
+        return "\n".join(lines)
+
+
+async def _label_of(client: RegistryClient, repo: ImageRef, digest: str,
+                    prefix: str) -> tuple[str | None, float]:
+    """(layer, created) from an image's config, for keys this host never built."""
+    manifest = await client.get_manifest(repo, digest)
+    config = (manifest.json().get("config") or {}).get("digest") if manifest else None
+    if not isinstance(config, str):
+        return None, 0.0
+    labels = (json.loads(await client.get_blob(repo, config)).get("config") or {}).get(
+        "Labels") or {}
+    created = labels.get("org.opencontainers.image.created", "")
+    try:
+        when = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        when = 0.0
+    return labels.get(f"{prefix}.layer"), when
+
+
+async def plan_gc(config: Config, catalog: Catalog, state: AsyncStateStore,
+                  client: RegistryClient, keep: int) -> GcPlan:
+    assert config.registry is not None
+    known = await state.keys()
+    records = await state.layers()
+    # What the hierarchy stands on now: every layer's image and every parent digest.
+    in_use = {r.digest for r in records.values()} | {r.inputs.parent_digest
+                                                     for r in records.values()}
+    plan = GcPlan()
+    for image in sorted({layer.image for layer in catalog.layers.values()}):
+        repo = parse_repository(config.registry.repository(image))
+        tags = await client.tags(repo)
+        digests = {tag: await client.manifest_digest(repo, tag) for tag in tags
+                   if not tag.startswith("sha256-")}
+        human = {d for t, d in digests.items() if not t.startswith(KEY_TAG_PREFIX) and d}
+        per_layer: dict[str | None, list[KeyImage]] = {}
+        for tag, digest in digests.items():
+            if not tag.startswith(KEY_TAG_PREFIX) or digest is None:
+                continue
+            key = tag[len(KEY_TAG_PREFIX):]
+            layer: str | None
+            if key in known:
+                layer, first = known[key]
+            else:
+                layer, first = await _label_of(client, repo, digest,
+                                               config.build.label_prefix)
+            per_layer.setdefault(layer, []).append(KeyImage(repo.name, tag, digest, layer,
+                                                            first))
+        for images in per_layer.values():
+            images.sort(key=lambda k: k.first_built, reverse=True)
+            for rank, item in enumerate(images):
+                why = ("among the newest" if rank < keep else
+                       "a human tag points at it" if item.digest in human else
+                       "the current hierarchy stands on it" if item.digest in in_use else None)
+                if why is None:
+                    plan.delete.append(item)
+                else:
+                    plan.keep.append(KeyImage(item.repository, item.tag, item.digest,
+                                              item.layer, item.first_built, why))
+    return plan
+
+
+async def apply_gc(client: RegistryClient, plan: GcPlan) -> int:
+    """Delete what the plan says, artifacts first (they name the image as subject)."""
+    removed = 0
+    for item in plan.delete:
+        repo = parse_repository(item.repository)
+        for referrer in await referrers(client, repo, item.digest):
+            await client.delete_manifest(repo, referrer.digest)
+        index = await client.manifest_digest(repo, referrers_tag(item.digest))
+        if index is not None:
+            await client.delete_manifest(repo, index)
+        removed += await client.delete_manifest(repo, item.digest)
+    return removed
