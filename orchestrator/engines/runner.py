@@ -78,13 +78,15 @@ class SubprocessRunner:
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         try:
             os.write(fd, ("$ " + " ".join(argv) + "\n").encode())
+            # The guard's own stderr goes to the log too: if it ever fails, the
+            # build log says how.
+            proc = await asyncio.create_subprocess_exec(
+                *self.guarded(argv, log), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=fd,
+                env=builder_env(env), start_new_session=True, preexec_fn=_die_with_parent,
+            )
         finally:
             os.close(fd)
-        proc = await asyncio.create_subprocess_exec(
-            *self.guarded(argv, log), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            env=builder_env(env), start_new_session=True, preexec_fn=_die_with_parent,
-        )
         # The guard stops the tree itself within its grace; this is the backstop.
         grace = self.stop_grace_s + 5.0
         try:

@@ -83,12 +83,15 @@ async def test_docker_buildkit_env_and_argv(tmp_path: Path) -> None:
             Path(argv[argv.index("--iidfile") + 1]).write_text("sha256:iid")
         return 0
 
-    def capture(argv: list[str]) -> Captured:
-        return Captured(0, json.dumps(["reg:5000/base/py@sha256:pushed"]), "")
+    class EngineApi:  # the Docker engine API seam (aiodocker in real use)
+        async def inspect(self, ref: str) -> dict[str, object]:
+            assert ref == "reg:5000/base/py:bk-k"
+            return {"RepoDigests": ["reg:5000/base/py@sha256:pushed"]}
 
-    runner = RecordingRunner(on_run, capture)
+    runner = RecordingRunner(on_run)
     config = BuildKitConfig(docker_host="unix:///run/d.sock")
     builder = DockerBuildKitBuilder(config, runner, docker_config_dir=Path("/tmp/dc"))
+    builder.api = EngineApi()  # type: ignore[assignment]
 
     output = await builder.build(request(tmp_path))
 
