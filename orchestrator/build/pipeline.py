@@ -659,7 +659,8 @@ class Pipeline:
                                           error=f"{first}\n{exc}" if first else str(exc))
             self.on_event("build_finished", {**bound, "outcome": "failed",
                                              "duration_s": round(time.time() - started, 3),
-                                             "error": first or str(exc)})
+                                             "error": first or str(exc), "trigger": cause,
+                                             "log": str(log_path)})
             raise
         finally:
             self.running.pop(build_id, None)
@@ -673,6 +674,8 @@ class Pipeline:
                                                 finished))
         await self._prune(member, layer, repo, output.digest)
         self.on_event("build_finished", {**bound, "outcome": "built", "digest": output.digest,
+                                         "image": repo.at(output.digest),
+                                         "trigger": cause,
                                          "duration_s": round(finished - started, 3)})
         return LayerResult(layer.id, decision, Outcome.BUILT, output.digest, child_ref,
                            display_ref, key, build_id, str(log_path), started, finished,

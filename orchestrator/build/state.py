@@ -77,6 +77,19 @@ CREATE TABLE IF NOT EXISTS requests (
     finished_at REAL
 );
 CREATE INDEX IF NOT EXISTS requests_by_time ON requests (created_at);
+-- Webhook deliveries, kept until delivered: at least once, across restarts.
+CREATE TABLE IF NOT EXISTS notifications (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    url          TEXT NOT NULL,
+    event        TEXT NOT NULL,
+    body         TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_at      REAL NOT NULL,
+    created_at   REAL NOT NULL,
+    delivered_at REAL,
+    last_error   TEXT
+);
+CREATE INDEX IF NOT EXISTS notifications_due ON notifications (delivered_at, next_at);
 -- When each build key was first built: its images carry that time, so a
 -- rebuild of the same inputs can give the same bytes (and digest).
 CREATE TABLE IF NOT EXISTS keys (
@@ -413,6 +426,37 @@ class StateStore:
         return self._db.execute("DELETE FROM requests WHERE state = 'done' AND "
                                 "finished_at < ?", (cutoff,)).rowcount
 
+    # -- webhook deliveries -------------------------------------------------------
+
+    def add_notification(self, url: str, event: str, body: str) -> int:
+        now = time.time()
+        cursor = self._db.execute("INSERT INTO notifications (url, event, body, next_at, "
+                                  "created_at) VALUES (?, ?, ?, ?, ?)",
+                                  (url, event, body, now, now))
+        return int(cursor.lastrowid or 0)
+
+    def due_notifications(self, now: float, limit: int = 50) -> list[dict[str, Any]]:
+        return _rows(self._db.execute(
+            "SELECT * FROM notifications WHERE delivered_at IS NULL AND next_at <= ? "
+            "ORDER BY id LIMIT ?", (now, limit)))
+
+    def next_notification_at(self) -> float | None:
+        row = self._db.execute("SELECT min(next_at) FROM notifications WHERE delivered_at "
+                               "IS NULL").fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def notification_done(self, ident: int) -> None:
+        self._db.execute("UPDATE notifications SET delivered_at = ?, attempts = attempts + 1 "
+                         "WHERE id = ?", (time.time(), ident))
+
+    def notification_failed(self, ident: int, next_at: float, error: str) -> None:
+        self._db.execute("UPDATE notifications SET attempts = attempts + 1, next_at = ?, "
+                         "last_error = ? WHERE id = ?", (next_at, error[:500], ident))
+
+    def prune_notifications(self, cutoff: float) -> int:
+        return self._db.execute("DELETE FROM notifications WHERE delivered_at < ?",
+                                (cutoff,)).rowcount
+
     # -- upstream values last seen -------------------------------------------
 
     def upstream(self, name: str) -> dict[str, Any] | None:
@@ -486,6 +530,12 @@ class AsyncStateStore:
     record_results = _off_loop(StateStore.record_results)
     request = _off_loop(StateStore.request)
     prune_requests = _off_loop(StateStore.prune_requests)
+    add_notification = _off_loop(StateStore.add_notification)
+    due_notifications = _off_loop(StateStore.due_notifications)
+    next_notification_at = _off_loop(StateStore.next_notification_at)
+    notification_done = _off_loop(StateStore.notification_done)
+    notification_failed = _off_loop(StateStore.notification_failed)
+    prune_notifications = _off_loop(StateStore.prune_notifications)
     upstream = _off_loop(StateStore.upstream)
     save_upstream = _off_loop(StateStore.save_upstream)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -11,12 +12,14 @@ from orchestrator.catalog.tomlfile import Table, display, read_toml
 from orchestrator.core.errors import InputError
 from orchestrator.core.imageref import check_repository, normalize
 from orchestrator.core.model import (
+    NOTIFY_EVENTS,
     BuildahConfig,
     BuildConfig,
     BuilderSpec,
     BuildKitConfig,
     Config,
     DaemonConfig,
+    NotifyTarget,
     ProvenanceConfig,
     RegistryConfig,
     SecretSpec,
@@ -32,7 +35,7 @@ DEFAULT_LOG_MAX = 64 * 1024 * 1024  # per build log; the head and the newest tai
 def load_config(path: Path) -> Config:
     root = Table(read_toml(path), display(path))
     root.check_keys(["catalog", "registry", "build", "state", "control", "daemon", "metrics",
-                     "upstream", "builders", "provenance", "secrets"])
+                     "upstream", "builders", "provenance", "secrets", "notify"])
     base = path.resolve().parent
 
     def resolve(p: str) -> Path:
@@ -100,6 +103,7 @@ def load_config(path: Path) -> Config:
         builders=builders,
         provenance=provenance,
         secrets=_secrets(root.table("secrets"), resolve),
+        notify=_notify(root),
         daemon=DaemonConfig(
             socket_group=control.optional_str("group"),
             debounce_s=daemon.duration("debounce", 0.5) or 0.0,
@@ -157,6 +161,35 @@ def _builders(root: Table, build: BuildConfig) -> tuple[BuilderSpec, ...]:
         specs.append(BuilderSpec(name, cast(Literal["buildah", "buildkit", "docker"], backend),
                                  address, slots, tls))
     return tuple(specs)
+
+
+def _notify(root: Table) -> tuple[NotifyTarget, ...]:
+    raw = root.data.get("notify")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise root.error("notify", "expected [[notify]] tables with url = …")
+    out = []
+    for index, item in enumerate(raw):
+        table = Table(item, root.where, f"notify[{index}].")
+        table.check_keys(["url", "events", "secret", "secret_env"])
+        url = table.require("url", str)
+        if not url.startswith(("http://", "https://")):
+            raise table.error("url", f"{url!r}: give an http:// or https:// URL")
+        events = tuple(table.string_list("events")) or NOTIFY_EVENTS
+        for event in events:
+            if event not in NOTIFY_EVENTS:
+                raise table.error("events", f"unknown event {event!r} (one of: "
+                                  f"{', '.join(NOTIFY_EVENTS)})")
+        secret = table.optional_str("secret")
+        env = table.optional_str("secret_env")
+        if env is not None:
+            # The secret can live in the service's environment rather than in a file.
+            secret = os.environ.get(env)
+            if secret is None:
+                raise table.error("secret_env", f"${env} is not set")
+        out.append(NotifyTarget(url, events, secret))
+    return tuple(out)
 
 
 def _secrets(table: Table, resolve: Callable[[str], Path]) -> dict[str, SecretSpec]:

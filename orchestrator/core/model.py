@@ -163,6 +163,18 @@ class SecretSpec:
     env: str | None = None
 
 
+NOTIFY_EVENTS = ("build_failed", "image_published", "upstream_changed")
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    """``[[notify]]``: a webhook that gets a signed JSON POST per event."""
+
+    url: str
+    events: tuple[str, ...] = NOTIFY_EVENTS
+    secret: str | None = field(default=None, repr=False)  # HMAC-SHA256 key; never logged
+
+
 @dataclass(frozen=True)
 class ProvenanceConfig:
     """``[provenance]``: what is attached to every pushed image."""
@@ -186,6 +198,7 @@ class Config:
     builders: tuple[BuilderSpec, ...] = ()
     provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
     secrets: Mapping[str, SecretSpec] = field(default_factory=dict)
+    notify: tuple[NotifyTarget, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,7 @@ from orchestrator.service.watch import (
     LayerFilter,
     watch_layers,
 )
+from orchestrator.service.webhooks import Webhooks
 
 log = structlog.get_logger("orchestrator.daemon")
 BACKEND_RETRY_S = (1, 2, 5, 10, 30)
@@ -184,6 +185,8 @@ class Daemon:
                              "error")
         self.upstreams = UpstreamWatch(self.state, self._resolve, self.bus.publish,
                                        self._on_upstream_change, self._count_check)
+        self.webhooks = Webhooks(self.state, config.notify)
+        self.bus.listeners.append(self.webhooks.notice)
         await self._connect(config)
         await self._recover(removed)
         self._api = self.control_factory(self)
@@ -385,6 +388,8 @@ class Daemon:
                                               self._filter))
         self._own("schedule", self._schedule_loop())
         self._own("housekeeping", self._housekeeping_loop())
+        if self.webhooks.targets:
+            self._own("webhooks", self.webhooks.run(self._watch_stop))
 
     async def _rewatch(self) -> None:
         await self._stop_watchers()
@@ -392,7 +397,8 @@ class Daemon:
 
     async def _stop_watchers(self) -> None:
         self._watch_stop.set()
-        names = [n for n in self._tasks if n.startswith(("watch-", "schedule", "housekeeping"))]
+        names = [n for n in self._tasks if n.startswith(("watch-", "schedule", "housekeeping",
+                                                          "webhooks"))]
         tasks = [self._tasks.pop(n) for n in names]
         await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -532,6 +538,7 @@ class Daemon:
             finally:
                 self.notifier.notify("READY=1", await self._status_line())
             self.config, self.catalog = config, catalog
+            self.webhooks.targets = list(config.notify)
             self.views.changed()
             if self.phase != "ready":
                 return

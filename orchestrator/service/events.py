@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
@@ -18,9 +18,13 @@ class EventBus:
     def __init__(self) -> None:
         self._log = structlog.get_logger("orchestrator")
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        # In-process listeners (webhooks): called synchronously, must not block.
+        self.listeners: list[Callable[[str, dict[str, Any], str], None]] = []
 
     def publish(self, event: str, fields: dict[str, Any], level: str = "info") -> None:
         getattr(self._log, level)(event, **fields)
+        for listener in self.listeners:
+            listener(event, fields, level)
         record = {"event": event, "timestamp": time.time(), "level": level, **fields}
         for queue in list(self._subscribers):
             try:
