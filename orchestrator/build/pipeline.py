@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -530,6 +531,17 @@ class Pipeline:
             self.on_event("local_images_removed", {"layer": layer.id, "builder": member.name,
                                                    "removed": removed})
 
+    def _cache_repo(self) -> str | None:
+        """``[registry] cache``: a full repository name (relative names go under the
+        registry url)."""
+        registry = self.config.registry
+        if registry is None or registry.cache is None:
+            return None
+        first = registry.cache.split("/", 1)[0]
+        if "." in first or ":" in first or first == "localhost":
+            return registry.cache
+        return registry.repository(registry.cache)
+
     def _secrets(self, layer: Layer, work: Path) -> dict[str, Path]:
         """Each secret as a file the engine mounts: the configured file, or the
         environment variable's value written into this build's private folder
@@ -631,6 +643,8 @@ class Pipeline:
             work_dir=work,
             from_pins=pins,
             secrets=self._secrets(layer, work),
+            cache_repo=self._cache_repo(),
+            cache_tag=re.sub(r"[^A-Za-z0-9_.-]", "-", layer.id),
         )
         cause, request_id = self.cause_of(layer.id)
         if parent is not None and parent.build_id is not None:  # the chain to the parent

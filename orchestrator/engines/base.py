@@ -39,6 +39,11 @@ class BuildRequest:
     from_pins: Mapping[str, str] = field(default_factory=dict)
     # Build secrets: id -> a file holding the value (RUN --mount=type=secret,id=…).
     secrets: Mapping[str, Path] = field(default_factory=dict)
+    # A registry repository the engines share their build cache through, and this
+    # layer's tag in it (``[registry] cache``): a build placed on an engine that
+    # did not build the layer before does not start cold.
+    cache_repo: str | None = None
+    cache_tag: str | None = None
 
 
 @dataclass(frozen=True)

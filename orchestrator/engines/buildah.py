@@ -56,15 +56,19 @@ class BuildahBuilder:
     def build_argv(self, req: BuildRequest, iidfile: Path) -> list[str]:
         # The parent is pinned by digest, so the default pull policy ("missing")
         # never fetches a moving tag.
-        pulls = [req.args.get("BASE_IMAGE", ""), *req.from_pins.values()]
+        pulls = [req.args.get("BASE_IMAGE", ""), *req.from_pins.values(),
+                 req.cache_repo or ""]
         insecure = any(self._tls(ref) for ref in pulls)
         argv = [*self._global(), "bud", "--isolation", self.config.isolation,
                 *(["--tls-verify=false"] if insecure else []), *self._auth()]
         for text, pinned in sorted(req.from_pins.items()):
             # Matches the FROM (and COPY --from) text literally, in every stage.
             argv += ["--build-context", f"{text}=docker-image://{pinned}"]
-        if self.config.layers and not req.no_cache:
+        if (self.config.layers or req.cache_repo) and not req.no_cache:
             argv.append("--layers")
+        if req.cache_repo and not req.no_cache:
+            # Step layers go to (and come from) the shared cache repository.
+            argv += ["--cache-to", req.cache_repo, "--cache-from", req.cache_repo]
         if req.timestamp is not None:
             # Fixes the created time and every file time in the new layers: the
             # same inputs give the same bytes, so the digest can stay the same.

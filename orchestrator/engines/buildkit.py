@@ -51,6 +51,11 @@ class DockerBuildKitBuilder:
         argv = [self.config.docker, "build", "--progress=plain"]
         if req.no_cache:
             argv.append("--no-cache")
+        elif req.cache_repo and req.cache_tag:
+            # Docker 20.10 has no registry cache exporter: the cache rides inline in
+            # the pushed image, which other engines then import from.
+            argv += ["--build-arg", "BUILDKIT_INLINE_CACHE=1",
+                     "--cache-from", f"{req.cache_repo}:{req.cache_tag}"]
         return argv + docker_style_flags(req, iidfile, dockerfile)
 
     @staticmethod
@@ -78,7 +83,14 @@ class DockerBuildKitBuilder:
         if not request.push:
             return BuildOutput(image_id)
         digest = ""
-        for ref in request.tags:  # the key tag is last: it commits the build
+        refs = list(request.tags)
+        if request.cache_repo and request.cache_tag:
+            cache_ref = f"{request.cache_repo}:{request.cache_tag}"
+            rc = await self.runner.run([self.config.docker, "tag", request.tags[-1], cache_ref],
+                                       log=request.log_path, env=self.env(), timeout_s=60)
+            raise_if_failed(request, rc)
+            refs.insert(len(refs) - 1, cache_ref)  # the key tag stays last
+        for ref in refs:  # the key tag is last: it commits the build
             rc = await self.runner.run([self.config.docker, "push", ref], log=request.log_path,
                                        env=self.env(), timeout_s=request.timeout_s)
             raise_if_failed(request, rc)
@@ -166,6 +178,9 @@ class BuildctlBuilder:
                 "--opt", f"filename={req.dockerfile.name}"]
         if req.no_cache:
             argv.append("--no-cache")
+        elif req.cache_repo and req.cache_tag:
+            cache = f"type=registry,ref={req.cache_repo}:{req.cache_tag}"
+            argv += ["--export-cache", cache + ",mode=max", "--import-cache", cache]
         for text, pinned in sorted(req.from_pins.items()):
             argv += ["--opt", f"context:{text}=docker-image://{pinned}"]
         for name, value in req.args.items():
