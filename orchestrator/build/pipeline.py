@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import platform
 import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from orchestrator.build.scheduler import STOPPED, NodeResult, run_graph
 from orchestrator.build.snapshot import ContextChanged, snapshot
 from orchestrator.build.state import AsyncStateStore, LayerRecord
 from orchestrator.catalog.context import Context, read_context
+from orchestrator.catalog.layers import host_platform
 from orchestrator.catalog.tomlfile import display
 from orchestrator.core import graph
 from orchestrator.core.buildkey import build_key, context_digest, key_tag
@@ -48,11 +48,13 @@ from orchestrator.core.model import (
     ResolvedUpstream,
 )
 from orchestrator.core.plan import decide, is_due
+from orchestrator.core.platforms import tag_suffix
 from orchestrator.core.templates import expand, placeholders, upstream_values
-from orchestrator.engines.base import BuildRequest
+from orchestrator.engines.base import BuildOutput, BuildRequest
 from orchestrator.engines.pool import BuilderPool, Member
 from orchestrator.engines.runner import first_error_line
 from orchestrator.registry.client import RegistryClient
+from orchestrator.registry.index import image_platform, platform_manifests, push_index
 
 LOCAL_REGISTRY = "localhost"
 # How often a layer whose context keeps changing under us is read again
@@ -76,6 +78,9 @@ class LayerResult:
     started: float | None = None  # wall clock around the builder call
     finished: float | None = None
     builder: str | None = None  # the engine that built it (None: reused)
+    # A multi-platform image: platform -> manifest digest (what each platform's
+    # children are built FROM); empty for a single-platform image.
+    platform_digests: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -144,13 +149,6 @@ def upstreams_used(layer: Layer) -> set[str]:
     return names
 
 
-def host_platform() -> str:
-    """This host's platform in OCI terms (linux/amd64, linux/arm64)."""
-    machine = platform.machine().lower()
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm/v7"}.get(machine, machine)
-    return f"linux/{arch}"
-
-
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -192,6 +190,7 @@ class Pipeline:
         self.upstream_errors = dict(upstream_errors or {})
         self.contexts = dict(contexts or {})
         self.engines = tuple(sorted({m.spec.backend for m in pool.members}))
+        self.host = host_platform()
         # layer -> (cause, request id) for the build history; daemon-provided
         self.cause_of = cause_of or (lambda layer: (None, None))
         # Given a layer and its ancestors: has any changed since the run began?
@@ -332,15 +331,54 @@ class Pipeline:
                      repo: ImageRef, found: str, tags: tuple[str, ...], display_ref: str,
                      previous: LayerRecord | None) -> LayerResult:
         child_ref = self._child_ref(repo, found, repo.tagged(key_tag(key)))
+        per_platform: Mapping[str, str] = {}
+        if self.multi(layer):
+            per_platform = previous.platform_digests if previous is not None and \
+                previous.digest == found and previous.platform_digests else \
+                await self._platform_digests(repo, found)
         if not self.dry_run:
             await self._point_tags(layer, repo, found, tags)
             if previous is None or previous.build_key != key:
                 await self.state.save_layer(LayerRecord(
                     layer.id, key, found, child_ref, inputs,
-                    previous.built_at if previous and previous.digest == found else time.time()))
+                    previous.built_at if previous and previous.digest == found else time.time(),
+                    per_platform))
         self.on_event("layer_up_to_date", {"layer": layer.id, "digest": found})
         return LayerResult(layer.id, decision, Outcome.REUSED, found, child_ref, display_ref,
-                           key)
+                           key, platform_digests=per_platform)
+
+    def multi(self, layer: Layer) -> bool:
+        """Built per platform into an index (anything but this host's platform alone)."""
+        return tuple(layer.platforms) != (self.host,) and bool(layer.platforms)
+
+    async def _platform_digests(self, repo: ImageRef, digest: str) -> dict[str, str]:
+        if self.resolver is None:
+            return {}
+        return await platform_manifests(self.resolver, repo, digest)
+
+    async def _parent_platforms(self, layer: Layer, parent: LayerResult | None,
+                                base_ref: str) -> dict[str, str]:
+        """Each platform's parent manifest digest: what that platform is built FROM."""
+        if parent is not None:
+            found = dict(parent.platform_digests) or (
+                {self.host: parent.digest} if parent.digest else {})
+        elif layer.parent is not None:
+            record = await self.state.layer(layer.parent)
+            found = dict(record.platform_digests) if record and record.platform_digests \
+                else ({self.host: record.digest} if record else {})
+        else:  # an upstream: read its index (or its one platform) from the registry
+            assert self.resolver is not None
+            reference = parse_reference(base_ref)
+            digest = reference.digest or ""
+            found = await platform_manifests(self.resolver, reference.image, digest)
+            if not found:
+                found = {await image_platform(self.resolver, reference.image, digest): digest}
+        missing = [p for p in layer.platforms if p not in found]
+        if missing:
+            where = layer.parent or f"upstream {layer.upstream}"
+            raise BuildFailed(layer.id, None, f"{where} has no image for {', '.join(missing)} "
+                              f"(it has: {', '.join(sorted(found)) or 'none'})", "")
+        return found
 
     async def _context(self, layer: Layer) -> Context:
         known = self.contexts.get(layer.id)
@@ -573,7 +611,8 @@ class Pipeline:
     async def _attest(self, member: Member, layer: Layer, decision: Decision, inputs: Inputs,
                       repo: ImageRef, digest: str, base_ref: str, tags: tuple[str, ...],
                       parent: LayerResult | None, build_id: str, cause: str | None,
-                      started: float, finished: float, work: Path) -> None:
+                      started: float, finished: float, work: Path, platform: str,
+                      parent_digest: str) -> None:
         """Provenance and SBOM for the image just pushed. A failure here is reported
         and does not undo the build: the image is complete; it lacks its papers."""
         from orchestrator.core import provenance as prov
@@ -581,11 +620,11 @@ class Pipeline:
         assert self.attestor is not None
         if layer.upstream is not None:
             spec, up = self.catalog.upstreams[layer.upstream], self.upstreams[layer.upstream]
-            parent_image = prov.ParentImage(spec.image or up.ref.split("@")[0], up.digest,
+            parent_image = prov.ParentImage(spec.image or up.ref.split("@")[0], parent_digest,
                                             up.tag)
         else:
             tag = parse_reference(parent.display_ref).tag if parent else None
-            parent_image = prov.ParentImage(base_ref.split("@")[0], inputs.parent_digest, tag)
+            parent_image = prov.ParentImage(base_ref.split("@")[0], parent_digest, tag)
         upstreams: list[prov.Upstream] = []
         for name in sorted(upstreams_used(layer)):
             spec, up = self.catalog.upstreams[name], self.upstreams[name]
@@ -598,7 +637,7 @@ class Pipeline:
             subject=prov.ImageSubject(repo.name, digest), layer=layer.id,
             dockerfile_path=display(layer.dockerfile), dockerfile_sha256=inputs.dockerfile,
             context_digest="sha256:" + context_digest(inputs.files),
-            build_args=dict(inputs.args), platform=host_platform(),
+            build_args=dict(inputs.args), platform=platform,
             builder=prov.Builder(member.spec.backend,
                                  getattr(member.builder, "version", None) or "unknown"),
             orchestrator_version=__version__, build_id=build_id, started=started,
@@ -657,11 +696,26 @@ class Pipeline:
         assert task is not None
         self.running[build_id] = (layer.id, task)
         started = time.time()
-        bound = {"layer": layer.id, "build_id": build_id, "builder": member.name}
+        bound = {"layer": layer.id, "build_id": build_id, "builder": member.name,
+                 "platforms": list(layer.platforms)}
         self.on_event("build_started", {**bound, "reason": decision.describe(),
                                         "trigger": cause, "log": str(log_path)})
+        per_platform: dict[str, str] = {}
+        parents: dict[str, str] = {self.host: inputs.parent_digest}
         try:
-            output = await member.builder.build(request)
+            if self.multi(layer):
+                parents = await self._parent_platforms(layer, parent, base_ref)
+                per_platform = await self._build_platforms(member, request, layer, key, repo,
+                                                           base_ref, parents, labels, pins)
+                index_labels = {k: v for k, v in labels.items()
+                                if k.startswith(("org.opencontainers.image.",
+                                                 self.config.build.label_prefix))}
+                assert self.registry is not None
+                digest = await push_index(self.registry, repo, per_platform, index_labels,
+                                          [ref.rsplit(":", 1)[1] for ref in request.tags])
+                output = BuildOutput(digest)
+            else:
+                output = await member.builder.build(request)
         except asyncio.CancelledError:
             await asyncio.shield(self.state.finish_build(build_id, Outcome.CANCELLED.value))
             self.on_event("build_finished", {**bound, "outcome": "cancelled",
@@ -681,11 +735,15 @@ class Pipeline:
         finished = time.time()
         child_ref = self._child_ref(repo, output.digest, key_ref)
         if self.attestor is not None and self.config.registry is not None:
-            await self._attest(member, layer, decision, inputs, repo, output.digest, base_ref,
-                               tags, parent, build_id, cause, started, finished, work)
-        await self.state.finish_build(build_id, Outcome.BUILT.value, digest=output.digest)
+            # Papers per image: each platform's manifest, or the one image.
+            for platform, digest in (per_platform or {self.host: output.digest}).items():
+                await self._attest(member, layer, decision, inputs, repo, digest, base_ref,
+                                   tags, parent, build_id, cause, started, finished, work,
+                                   platform, parents.get(platform, inputs.parent_digest))
+        await self.state.finish_build(build_id, Outcome.BUILT.value, digest=output.digest,
+                                      platform_digests=per_platform)
         await self.state.save_layer(LayerRecord(layer.id, key, output.digest, child_ref, inputs,
-                                                finished))
+                                                finished, per_platform))
         await self._prune(member, layer, repo, output.digest)
         self.on_event("build_finished", {**bound, "outcome": "built", "digest": output.digest,
                                          "image": repo.at(output.digest),
@@ -693,4 +751,31 @@ class Pipeline:
                                          "duration_s": round(finished - started, 3)})
         return LayerResult(layer.id, decision, Outcome.BUILT, output.digest, child_ref,
                            display_ref, key, build_id, str(log_path), started, finished,
-                           member.name)
+                           member.name, per_platform)
+
+    async def _build_platforms(self, member: Member, request: BuildRequest, layer: Layer,
+                               key: str, repo: ImageRef, base_ref: str,
+                               parents: dict[str, str], labels: dict[str, str],
+                               pins: dict[str, str]) -> dict[str, str]:
+        """One image per platform, each FROM its parent's image for that platform
+        (``parents``); pushed under a per-platform key tag. Returns platform ->
+        manifest digest."""
+        parent_repo = base_ref.split("@", 1)[0]
+        out: dict[str, str] = {}
+        for platform in layer.platforms:
+            base = f"{parent_repo}@{parents[platform]}"
+            args = dict(request.args)
+            if "BASE_IMAGE" in args:
+                args["BASE_IMAGE"] = base
+            per = replace(
+                request, platform=platform, args=args,
+                labels={**labels, "org.opencontainers.image.base.digest": parents[platform]},
+                tags=(repo.tagged(f"{key_tag(key)}-{tag_suffix(platform)}"),),
+                from_pins={text: base if ref == base_ref else ref
+                           for text, ref in pins.items()},
+                cache_tag=f"{request.cache_tag}-{tag_suffix(platform)}"
+                if request.cache_tag else None)
+            self.on_event("platform_build_started", {"layer": layer.id, "platform": platform,
+                                                     "base": base})
+            out[platform] = (await member.builder.build(per)).digest
+        return out

@@ -48,6 +48,11 @@ class GcPlan:
         return "\n".join(lines)
 
 
+def _platform_tag(tag: str) -> bool:
+    """bk-<64 hex>-linux-arm64: one platform's image of a multi-platform key."""
+    return tag.startswith(KEY_TAG_PREFIX) and len(tag) > len(KEY_TAG_PREFIX) + 64
+
+
 async def _label_of(client: RegistryClient, repo: ImageRef, digest: str,
                     prefix: str) -> tuple[str | None, float]:
     """(layer, created) from an image's config, for keys this host never built."""
@@ -82,8 +87,8 @@ async def plan_gc(config: Config, catalog: Catalog, state: AsyncStateStore,
         human = {d for t, d in digests.items() if not t.startswith(KEY_TAG_PREFIX) and d}
         per_layer: dict[str | None, list[KeyImage]] = {}
         for tag, digest in digests.items():
-            if not tag.startswith(KEY_TAG_PREFIX) or digest is None:
-                continue
+            if not tag.startswith(KEY_TAG_PREFIX) or digest is None or _platform_tag(tag):
+                continue  # a platform's image goes with its key's index, below
             key = tag[len(KEY_TAG_PREFIX):]
             layer: str | None
             if key in known:
@@ -93,6 +98,7 @@ async def plan_gc(config: Config, catalog: Catalog, state: AsyncStateStore,
                                                config.build.label_prefix)
             per_layer.setdefault(layer, []).append(KeyImage(repo.name, tag, digest, layer,
                                                             first))
+        platform_tags = {t: d for t, d in digests.items() if _platform_tag(t) and d}
         for images in per_layer.values():
             images.sort(key=lambda k: k.first_built, reverse=True)
             for rank, item in enumerate(images):
@@ -101,6 +107,11 @@ async def plan_gc(config: Config, catalog: Catalog, state: AsyncStateStore,
                        "the current hierarchy stands on it" if item.digest in in_use else None)
                 if why is None:
                     plan.delete.append(item)
+                    # A multi-platform key: its platforms' images go with it.
+                    plan.delete += [KeyImage(item.repository, tag, digest, item.layer,
+                                             item.first_built)
+                                    for tag, digest in platform_tags.items()
+                                    if tag.startswith(item.tag + "-")]
                 else:
                     plan.keep.append(KeyImage(item.repository, item.tag, item.digest,
                                               item.layer, item.first_built, why))

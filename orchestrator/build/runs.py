@@ -17,11 +17,12 @@ from orchestrator.build.snapshot import remove_tree
 from orchestrator.build.state import AsyncStateStore, StateStore
 from orchestrator.catalog.config import load_config
 from orchestrator.catalog.context import Context, read_contexts
-from orchestrator.catalog.layers import dockerfile_texts, load_catalog, select
+from orchestrator.catalog.layers import dockerfile_texts, host_platform, load_catalog, select
 from orchestrator.catalog.lint import lint
 from orchestrator.catalog.tomlfile import display
 from orchestrator.core.errors import InputError, OrchestratorError, PolicyError, UpstreamError
 from orchestrator.core.model import Catalog, Config, Outcome, ResolvedUpstream
+from orchestrator.engines.emulation import check_emulation
 from orchestrator.engines.factory import docker_config_dir, insecure_hosts, make_builders
 from orchestrator.engines.pool import BuilderPool
 from orchestrator.engines.runner import CommandRunner
@@ -34,7 +35,7 @@ STATE_DB = "state.db"
 
 def load(config_path: Path) -> tuple[Config, Catalog]:
     config = load_config(config_path)
-    catalog = load_catalog(config.layers_dir, config.upstreams)
+    catalog = load_catalog(config.layers_dir, config.upstreams, config.build.platforms)
     for layer in catalog.layers.values():
         for name in layer.secrets:
             if name not in config.secrets:
@@ -90,6 +91,23 @@ def make_attestor(config: Config, client: RegistryClient) -> Attestor | None:
         raise InputError(str(config.provenance.key), f"[provenance] key: {exc}") from exc
 
 
+def check_platforms(config: Config, catalog: Catalog) -> None:
+    """Multi-platform layers need a registry (they are indexes there) and, on
+    engines of this host, QEMU for the platforms the host cannot run."""
+    host = host_platform()
+    wanted = {p for layer in catalog.layers.values() for p in layer.platforms}
+    if wanted == {host}:
+        return
+    if config.registry is None:
+        raise InputError(display(config.path), "[build] platforms: images for several "
+                         "platforms are OCI indexes in a registry; add [registry] url = …")
+    local = any(spec.backend == "buildah" or (spec.backend == "docker" and (
+        spec.address is None or spec.address.startswith("unix://")))
+        for spec in config.builders)
+    if local:
+        check_emulation(wanted, host)
+
+
 def engine_kinds(config: Config) -> tuple[str, ...]:
     """The kinds of engine the configured builders are (buildah, docker, buildkit):
     they decide which ignore file a context is read with."""
@@ -142,6 +160,8 @@ async def execute(
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> RunReport:
     emit = on_event or (lambda event, fields: None)
+    if not dry_run:
+        check_platforms(config, catalog)
     selected = select(catalog, names) if names else None
     order = targets(catalog, selected)
     # Forced: the named layers (or all). Their descendants follow by key: a

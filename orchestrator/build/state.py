@@ -17,8 +17,8 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -106,6 +106,8 @@ MIGRATIONS = [
     ("builds", "base_ref", "TEXT"),  # what the builder stood on: cleanup after a crash
     ("builds", "platform", "TEXT"),
     ("queue", "requests", "TEXT NOT NULL DEFAULT '[]'"),  # every request merged into it
+    ("layers", "platform_digests", "TEXT NOT NULL DEFAULT '{}'"),  # platform -> manifest
+    ("builds", "platform_digests", "TEXT"),
 ]
 
 
@@ -117,6 +119,9 @@ class LayerRecord:
     ref: str
     inputs: Inputs
     built_at: float  # last time an image was actually built (for rebuild.every)
+    # A multi-platform layer's image is an index: each platform's manifest digest,
+    # which that platform's children are built FROM.
+    platform_digests: Mapping[str, str] = field(default_factory=dict)
 
 
 def inputs_to_json(inputs: Inputs) -> str:
@@ -211,26 +216,29 @@ class StateStore:
 
     # -- layers -----------------------------------------------------------------
 
+    _LAYER_COLUMNS = "layer, build_key, digest, ref, inputs, built_at, platform_digests"
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> LayerRecord:
+        return LayerRecord(row[0], row[1], row[2], row[3], inputs_from_json(row[4]), row[5],
+                           json.loads(row[6] or "{}"))
+
     def layer(self, layer: str) -> LayerRecord | None:
-        row = self._db.execute(
-            "SELECT layer, build_key, digest, ref, inputs, built_at FROM layers WHERE layer = ?",
-            (layer,),
-        ).fetchone()
-        if row is None:
-            return None
-        return LayerRecord(row[0], row[1], row[2], row[3], inputs_from_json(row[4]), row[5])
+        row = self._db.execute(f"SELECT {self._LAYER_COLUMNS} FROM layers WHERE layer = ?",
+                               (layer,)).fetchone()
+        return None if row is None else self._record(row)
 
     def layers(self) -> dict[str, LayerRecord]:
-        rows = self._db.execute(
-            "SELECT layer, build_key, digest, ref, inputs, built_at FROM layers").fetchall()
-        return {r[0]: LayerRecord(r[0], r[1], r[2], r[3], inputs_from_json(r[4]), r[5])
-                for r in rows}
+        rows = self._db.execute(f"SELECT {self._LAYER_COLUMNS} FROM layers").fetchall()
+        return {r[0]: self._record(r) for r in rows}
 
     def save_layer(self, record: LayerRecord) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO layers (layer, build_key, digest, ref, inputs, built_at, "
+            "updated_at, platform_digests) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (record.layer, record.build_key, record.digest, record.ref,
-             inputs_to_json(record.inputs), record.built_at, time.time()),
+             inputs_to_json(record.inputs), record.built_at, time.time(),
+             json.dumps(dict(record.platform_digests), sort_keys=True)),
         )
 
     def key_first_built(self, key: str, layer: str, now: float) -> float:
@@ -263,10 +271,14 @@ class StateStore:
         )
 
     def finish_build(self, build_id: str, outcome: str, digest: str | None = None,
-                     error: str | None = None) -> None:
+                     error: str | None = None,
+                     platform_digests: Mapping[str, str] | None = None) -> None:
         self._db.execute(
-            "UPDATE builds SET outcome = ?, digest = ?, error = ?, finished_at = ? WHERE id = ?",
-            (outcome, digest, error, time.time(), build_id),
+            "UPDATE builds SET outcome = ?, digest = ?, error = ?, finished_at = ?, "
+            "platform_digests = ? WHERE id = ?",
+            (outcome, digest, error, time.time(),
+             json.dumps(dict(platform_digests), sort_keys=True) if platform_digests else None,
+             build_id),
         )
 
     def builds(self, layer: str | None = None, limit: int = 50,

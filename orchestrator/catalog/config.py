@@ -25,6 +25,7 @@ from orchestrator.core.model import (
     SecretSpec,
     UpstreamSpec,
 )
+from orchestrator.core.platforms import check_platform
 from orchestrator.core.versions import check_track
 
 DEFAULT_STATE_DIR = "/var/lib/orchestrator"
@@ -224,7 +225,7 @@ def _listen(table: Table) -> tuple[str, int] | None:
 
 def _build(table: Table) -> BuildConfig:
     table.check_keys(["backend", "jobs", "timeout", "label_prefix", "source", "buildah",
-                      "buildkit", "keep_local"])
+                      "buildkit", "keep_local", "platforms"])
     backend = table.get("backend", str, "buildah")
     if backend not in ("buildah", "buildkit"):
         raise table.error("backend", f"unknown backend {backend!r} (use \"buildah\" or "
@@ -233,6 +234,10 @@ def _build(table: Table) -> BuildConfig:
     if jobs < 1:
         raise table.error("jobs", "must be at least 1")
     timeout = table.duration("timeout", 3600.0, minimum=1.0)
+    platforms = tuple(dict.fromkeys(table.string_list("platforms")))
+    for platform in platforms:
+        if problem := check_platform(platform):
+            raise table.error("platforms", problem)
     keep_local = table.get("keep_local", int, 2)
     if keep_local < 1:
         raise table.error("keep_local", "must be at least 1: the newest image of a layer "
@@ -249,6 +254,7 @@ def _build(table: Table) -> BuildConfig:
         timeout_s=timeout,
         label_prefix=table.get("label_prefix", str, "dev.orchestrator"),
         keep_local=keep_local,
+        platforms=platforms,
         source=table.optional_str("source"),
         buildah=BuildahConfig(
             command=ba.get("command", str, "buildah"),

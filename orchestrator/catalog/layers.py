@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from orchestrator.catalog.parents import LAYER_FILE as LAYER_FILE
@@ -15,6 +15,7 @@ from orchestrator.core import graph
 from orchestrator.core.errors import CycleError, InputError, TemplateError
 from orchestrator.core.imageref import check_repository, check_tag
 from orchestrator.core.model import Catalog, Layer, UpstreamSpec
+from orchestrator.core.platforms import check_platform, from_machine
 from orchestrator.core.templates import UPSTREAM_FIELDS, expand, placeholders
 
 LAYER_KEYS = ["from", "image", "tags", "args", "matrix", "rebuild", "allow_root", "dockerfile",
@@ -35,7 +36,12 @@ def dockerfile_texts(catalog: Catalog) -> dict[str, str]:
     return out
 
 
-def load_catalog(layers_dir: Path, upstreams: Mapping[str, UpstreamSpec]) -> Catalog:
+def host_platform() -> str:
+    return from_machine(os.uname().machine)
+
+
+def load_catalog(layers_dir: Path, upstreams: Mapping[str, UpstreamSpec],
+                 default_platforms: tuple[str, ...] = ()) -> Catalog:
     if not layers_dir.is_dir():
         raise InputError(display(layers_dir), "layers folder not found ([catalog] layers)")
     pending: dict[str, Pending] = {}
@@ -56,7 +62,27 @@ def load_catalog(layers_dir: Path, upstreams: Mapping[str, UpstreamSpec]) -> Cat
     if cycle:
         raise CycleError(display(layers[cycle[0]].folder / LAYER_FILE), cycle)
     ordered = {lid: layers[lid] for lid in graph.topological_order(parents)}
-    return Catalog(layers=ordered, upstreams=dict(upstreams))
+    return Catalog(layers=_platforms(ordered, default_platforms or (host_platform(),)),
+                   upstreams=dict(upstreams))
+
+
+def _platforms(layers: dict[str, Layer], default: tuple[str, ...]) -> dict[str, Layer]:
+    """Each layer's platform set: its own (a subset of its parent's), else its
+    parent's, else the [build] default. Parents come first in ``layers``."""
+    out: dict[str, Layer] = {}
+    for lid, layer in layers.items():
+        parent = out.get(layer.parent) if layer.parent else None
+        inherited = parent.platforms if parent is not None else default
+        if layer.platforms and parent is not None:
+            missing = [p for p in layer.platforms if p not in parent.platforms]
+            if missing:
+                raise InputError(display(layer.folder / LAYER_FILE),
+                                 f"platforms: {', '.join(missing)} is not built by its parent "
+                                 f"{parent.id} ({display(parent.folder / LAYER_FILE)}: "
+                                 f"{', '.join(parent.platforms)}); a child can only ask for "
+                                 "platforms its parent has")
+        out[lid] = replace(layer, platforms=tuple(sorted(layer.platforms or inherited)))
+    return out
 
 
 def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[Pending]:
@@ -92,11 +118,10 @@ def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[Pen
         literal = tag if not placeholders(tag) else None
         if literal is not None and (problem := check_tag(literal)):
             raise table.error("tags", f"{tag!r} is not a valid tag: {problem}")
-    platforms = tuple(table.string_list("platforms"))
+    platforms = tuple(dict.fromkeys(table.string_list("platforms")))
     for platform in platforms:
-        if not re.fullmatch(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", platform):
-            raise table.error("platforms", f"{platform!r} is not a platform: write "
-                              "OS/ARCH[/VARIANT], e.g. linux/amd64, linux/arm64")
+        if problem := check_platform(platform):
+            raise table.error("platforms", problem)
     secrets = tuple(table.string_list("secrets"))
     args = table.string_map("args")
     if "BASE_IMAGE" in args:

@@ -135,6 +135,7 @@ class BuildConfig:
     timeout_s: float = 3600.0
     label_prefix: str = "dev.orchestrator"
     keep_local: int = 2  # images per layer kept in an engine's local store
+    platforms: tuple[str, ...] = ()  # the default platform set; () = this host's platform
     source: str | None = None  # org.opencontainers.image.source; default: the layer folder
     buildah: BuildahConfig = field(default_factory=BuildahConfig)
     buildkit: BuildKitConfig = field(default_factory=BuildKitConfig)

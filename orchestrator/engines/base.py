@@ -44,6 +44,7 @@ class BuildRequest:
     # did not build the layer before does not start cold.
     cache_repo: str | None = None
     cache_tag: str | None = None
+    platform: str | None = None  # build for this platform (another than the host's: QEMU)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ def docker_style_flags(req: BuildRequest, iidfile: Path,
         argv += ["--tag", tag]
     for name, path in sorted(req.secrets.items()):
         argv += ["--secret", f"id={name},src={path}"]
+    if req.platform:
+        argv += ["--platform", req.platform]
     return [*argv, "--file", str(dockerfile or req.dockerfile), "--iidfile", str(iidfile),
             str(req.context)]
 

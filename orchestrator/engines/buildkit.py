@@ -187,6 +187,8 @@ class BuildctlBuilder:
             argv += ["--opt", f"build-arg:{name}={value}"]
         for name, path in sorted(req.secrets.items()):
             argv += ["--secret", f"id={name},src={path}"]
+        if req.platform:
+            argv += ["--opt", f"platform={req.platform}"]
         for name, value in req.labels.items():
             argv += ["--opt", f"label:{name}={value}"]
         # The output's option list is CSV: several names go in one quoted field.

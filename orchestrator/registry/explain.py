@@ -17,8 +17,10 @@ from urllib.parse import unquote, urlsplit
 from orchestrator.core import provenance
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.imageref import ImageRef, parse_reference, parse_repository
+from orchestrator.core.platforms import from_machine
 from orchestrator.registry.artifacts import Referrer, read_artifact, referrers
 from orchestrator.registry.client import RegistryClient
+from orchestrator.registry.index import platform_manifests
 
 SBOM_TYPE = "application/vnd.cyclonedx+json"
 MAX_DEPTH = 64
@@ -53,17 +55,32 @@ def _newest(found: list[Referrer]) -> Referrer | None:
     return max(found, key=lambda r: r.annotations.get("org.opencontainers.image.created", ""))
 
 
-async def resolve(client: RegistryClient, text: str) -> tuple[ImageRef, str]:
-    """IMAGE[:TAG|@DIGEST] -> (repository, manifest digest)."""
+def host_platform_name() -> str:
+    import os
+
+    return from_machine(os.uname().machine)
+
+
+async def resolve(client: RegistryClient, text: str,
+                  platform: str | None = None) -> tuple[ImageRef, str]:
+    """IMAGE[:TAG|@DIGEST] -> (repository, manifest digest); for an index, the
+    manifest of ``platform`` (default: this host's)."""
     try:
         ref = parse_reference(text)
     except ValueError as exc:
         raise OrchestratorError(f"{text!r} is not an image reference: {exc}") from exc
-    if ref.digest is not None:
-        return ref.image, ref.digest
-    digest = await client.manifest_digest(ref.image, ref.effective_tag or "latest")
+    digest = ref.digest or await client.manifest_digest(ref.image,
+                                                        ref.effective_tag or "latest")
     if digest is None:
         raise NotFound(f"{text}: no such image in its registry")
+    # A multi-platform image: its papers are per platform; this host's, by default.
+    platforms = await platform_manifests(client, ref.image, digest)
+    if platforms:
+        chosen = platform or host_platform_name()
+        if chosen not in platforms:
+            raise NotFound(f"{text}: no {chosen} image (it has: "
+                           f"{', '.join(sorted(platforms))})")
+        digest = platforms[chosen]
     return ref.image, digest
 
 

@@ -31,6 +31,7 @@ from orchestrator.build.runs import (
     STATE_DB,
     apply_retention,
     catalog_revision,
+    check_platforms,
     clear_scratch,
     enforce_policy,
     engine_kinds,
@@ -151,6 +152,7 @@ class Daemon:
 
     async def run(self) -> int:
         self.config, self.catalog = load(self.config_path)  # bad input: exit 2 at start
+        check_platforms(self.config, self.catalog)
         self._lock = StateLock(self.config.state_dir).acquire("daemon")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -531,6 +533,7 @@ class Daemon:
             try:
                 config, catalog = await asyncio.to_thread(load, self.config_path)
                 self._check_reloadable(config)
+                check_platforms(config, catalog)
                 AuthStore.load(config.auth_file)  # a broken auth file is refused too
             except (InputError, Refused) as exc:
                 self.bus.publish("reload_refused", {"error": str(exc)}, "error")
@@ -723,6 +726,9 @@ class Daemon:
             self.metrics.running.inc()
         elif event == "build_finished":
             self.metrics.running.dec()
+            for platform in fields.get("platforms") or ():
+                self.metrics.platform_builds.labels(fields["layer"], platform,
+                                                    fields.get("outcome", "unknown")).inc()
             if "duration_s" in fields:
                 self.metrics.duration.labels(fields["layer"]).observe(fields["duration_s"])
         level = "error" if fields.get("outcome") == "failed" else "info"

@@ -16,6 +16,9 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.builds = Counter("orchestrator_builds", "Layer builds by outcome",
                               ["layer", "outcome"], registry=self.registry)
+        self.platform_builds = Counter("orchestrator_platform_builds",
+                                       "Images built per platform by outcome",
+                                       ["layer", "platform", "outcome"], registry=self.registry)
         self.duration = Histogram("orchestrator_build_duration_seconds",
                                   "Builder time per layer build", ["layer"],
                                   buckets=DURATION_BUCKETS, registry=self.registry)

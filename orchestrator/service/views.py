@@ -109,6 +109,8 @@ class Views:
                 "upstream": layer.upstream, "tags": list(layer.tags),
                 "build_key": value.key if value else None,
                 "digest": record.digest if record else None,
+                "platforms": list(layer.platforms),
+                "platform_digests": dict(record.platform_digests) if record else {},
                 "stale": bool(value and value.decision.build) if value else None,
                 "why": value.decision.describe() if value and value.decision.build
                 else (str(result.error) if result.error else result.skipped_because),
