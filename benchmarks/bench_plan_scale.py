@@ -24,6 +24,7 @@ FANOUT = 4
 
 class NoopBuilder:
     name = "noop"
+    version = "0"
 
     async def build(self, request: BuildRequest) -> BuildOutput:
         return BuildOutput("sha256:" + hashlib.sha256(request.tags[-1].encode()).hexdigest())
@@ -36,6 +37,13 @@ class NoopBuilder:
 
     async def ping(self) -> None:
         return None
+
+    async def prune_local(self, repository: str, label: str, keep: int,
+                          protect: set[str]) -> int:
+        return 0
+
+    async def clean_up_after_crash(self, base_refs: set[str]) -> int:
+        return 0
 
 
 def write_catalog(root: Path) -> None:

@@ -178,7 +178,7 @@ async def execute(
         if not dry_run:
             owned.enter_context(StateLock(config.state_dir).acquire("orchestrator build"))
             await asyncio.to_thread(clear_scratch, config.state_dir)
-        state = AsyncStateStore(StateStore(config.state_dir / STATE_DB))
+        state = AsyncStateStore(StateStore(config.state_dir / STATE_DB), inline=True)
         try:
             return await _execute(config, catalog, state, order, forced, needed, contexts,
                                   dry_run=dry_run, jobs=jobs, runner=runner, emit=emit,

@@ -38,11 +38,13 @@ class ContextChanged(OrchestratorError):
                          "it is planned again with the new content")
 
 
-def _sha256(path: Path) -> str:
+def _copy_hashed(src: Path, dst: Path) -> str:
+    """Copy and hash in one pass: the digest is of exactly the bytes written."""
     h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
+    with src.open("rb") as fin, dst.open("xb") as fout:
+        while chunk := fin.read(_CHUNK):
             h.update(chunk)
+            fout.write(chunk)
     return h.hexdigest()
 
 
@@ -52,6 +54,7 @@ def make_snapshot(layer: Layer, context: Context, dest: Path) -> tuple[Path, Pat
     source = layer.context.resolve()
     root = dest / "context"
     root.mkdir(parents=True)
+    made = {root}
     dirs: list[tuple[Path, int, int]] = []
     for entry in context.files:
         src = source / entry.path.rstrip("/")
@@ -64,10 +67,14 @@ def make_snapshot(layer: Layer, context: Context, dest: Path) -> tuple[Path, Pat
         if stat.S_IFMT(info.st_mode) != kind:
             raise ContextChanged(layer.id, entry.path)
         if kind == stat.S_IFDIR:
-            dst.mkdir(parents=True, exist_ok=True)
+            if dst not in made:
+                dst.mkdir(parents=True, exist_ok=True)
+                made.add(dst)
             dirs.append((dst, entry.mode, info.st_mtime_ns))
             continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.parent not in made:  # entries are sorted: a parent comes first
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            made.add(dst.parent)
         if kind == stat.S_IFLNK:
             target = os.readlink(src)
             if hashlib.sha256(target.encode()).hexdigest() != entry.digest:
@@ -75,8 +82,11 @@ def make_snapshot(layer: Layer, context: Context, dest: Path) -> tuple[Path, Pat
             os.symlink(target, dst)
             os.utime(dst, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
             continue
-        shutil.copyfile(src, dst, follow_symlinks=False)
-        if _sha256(dst) != entry.digest:
+        try:
+            copied = _copy_hashed(src, dst)
+        except FileNotFoundError:
+            raise ContextChanged(layer.id, entry.path) from None
+        if copied != entry.digest:
             raise ContextChanged(layer.id, entry.path)
         os.chmod(dst, stat.S_IMODE(entry.mode))
         # Keep the source's times: engines that do not clamp them copy them into
@@ -89,16 +99,23 @@ def make_snapshot(layer: Layer, context: Context, dest: Path) -> tuple[Path, Pat
         os.utime(path, ns=(mtime_ns, mtime_ns))
     dockerfile = dest / "Dockerfile"
     try:
-        shutil.copyfile(layer.dockerfile, dockerfile)
+        copied = _copy_hashed(layer.dockerfile, dockerfile)
     except FileNotFoundError:
         raise ContextChanged(layer.id, layer.dockerfile.name) from None
-    if _sha256(dockerfile) != context.dockerfile:
+    if copied != context.dockerfile:
         raise ContextChanged(layer.id, layer.dockerfile.name)
     return root, dockerfile
 
 
 def remove_tree(path: Path) -> None:
     """Remove a snapshot, whatever modes its copied directories carry."""
+    try:
+        shutil.rmtree(path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass  # a directory copied without write permission: open them up first
     for dirpath, dirnames, _ in os.walk(path):
         for name in dirnames:
             full = os.path.join(dirpath, name)

@@ -506,8 +506,12 @@ class AsyncStateStore:
     thread (SQLite wants one connection used by one thread at a time, and a slow
     disk must never stall the loop, the API or the systemd watchdog)."""
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, *, inline: bool = False) -> None:
+        """``inline``: call the store on the event loop itself. For a one-shot run
+        nothing else waits on the loop, and a thread hop per call would cost more
+        than the call (a 2,000-layer run makes some 14,000 of them)."""
         self.store = store
+        self.inline = inline
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="state")
 
     @property
@@ -515,6 +519,8 @@ class AsyncStateStore:
         return self.store.moved_aside
 
     async def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        if self.inline:
+            return fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._worker, functools.partial(fn, *args, **kwargs))
 

@@ -122,6 +122,7 @@ def scan_context(context: Path, ignore: DockerIgnore) -> tuple[FileEntry, ...]:
     anything that cannot be read, naming the path."""
     root = context.resolve()
     entries: list[FileEntry] = []
+    kept_dirs: set[str] = set()  # directories the rules keep (an empty one too)
     walk_errors: list[OSError] = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=walk_errors.append):
         rel_dir = os.path.relpath(dirpath, root)
@@ -133,6 +134,8 @@ def scan_context(context: Path, ignore: DockerIgnore) -> tuple[FileEntry, ...]:
             if full.is_symlink():
                 filenames.append(name)  # record the link itself, never descend
                 continue
+            if not ignore.excluded(rel, directory=True):
+                kept_dirs.add(rel)
             if ignore.may_include_below(rel):
                 keep_dirs.append(name)
         dirnames[:] = keep_dirs
@@ -148,36 +151,15 @@ def scan_context(context: Path, ignore: DockerIgnore) -> tuple[FileEntry, ...]:
         raise InputError(display(Path(error.filename or root)), f"cannot read: "
                          f"{error.strerror or error}: make it readable or list it in the "
                          "ignore file")
-    entries += _directories(root, entries, ignore)
-    entries.sort(key=lambda e: e.path)
-    return tuple(entries)
-
-
-def _directories(root: Path, entries: list[FileEntry], ignore: DockerIgnore) -> list[FileEntry]:
-    """Directory entries: every parent of a kept entry, and every directory the
-    ignore rules keep even when it holds nothing that is kept (an empty one)."""
-    wanted: set[str] = set()
+    # Every parent of a kept entry is sent too, whatever the rules say of it.
     for entry in entries:
         parts = entry.path.split("/")[:-1]
-        wanted.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
-    for dirpath, dirnames, _ in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-        kept = []
-        for name in dirnames:
-            rel = rel_dir + name
-            if Path(dirpath, name).is_symlink():
-                continue
-            if not ignore.excluded(rel, directory=True):
-                wanted.add(rel)
-            if ignore.may_include_below(rel):
-                kept.append(name)
-        dirnames[:] = kept
-    out = []
-    for rel in wanted:
+        kept_dirs.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
+    for rel in kept_dirs:
         info = (root / rel).lstat()
-        out.append(FileEntry(rel + "/", stat.S_IFDIR | (info.st_mode & PERMISSIONS), ""))
-    return out
+        entries.append(FileEntry(rel + "/", stat.S_IFDIR | (info.st_mode & PERMISSIONS), ""))
+    entries.sort(key=lambda e: e.path)
+    return tuple(entries)
 
 
 def _entry(root: Path, full: Path, rel: str) -> FileEntry | None:

@@ -116,9 +116,8 @@ def scratch(req: BuildRequest) -> Iterator[Path]:
     build's own folder when it has one (removed with it, and by the next start
     after a crash), else a temporary one."""
     if req.work_dir is not None:
-        path = req.work_dir / "scratch"
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
+        req.work_dir.mkdir(parents=True, exist_ok=True)
+        yield req.work_dir
         return
     with tempfile.TemporaryDirectory(prefix="orchestrator-") as tmp:
         yield Path(tmp)
