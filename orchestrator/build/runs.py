@@ -128,6 +128,24 @@ def clear_scratch(state_dir: Path) -> int:
     return removed
 
 
+async def recover_interrupted(state: AsyncStateStore,
+                              pool: BuilderPool) -> tuple[list[dict[str, Any]], int]:
+    """Builds a dead owner of the state dir left 'running' (a kill -9, a power
+    cut) are recorded as interrupted, never as built, and the working
+    containers their builders left in the engines are removed. Only the owner
+    of the state dir calls it. Returns (the interrupted builds, containers removed)."""
+    interrupted = await state.mark_interrupted()
+    base_refs = {b["base_ref"] for b in interrupted if b.get("base_ref")}
+    cleaned = 0
+    if base_refs:
+        for member in pool.members:
+            # An engine that does not answer keeps its leftovers for the next
+            # owner; it must not stop this one.
+            with contextlib.suppress(Exception):
+                cleaned += await member.builder.clean_up_after_crash(base_refs)
+    return interrupted, cleaned
+
+
 async def with_last_known(state: AsyncStateStore, resolved: dict[str, ResolvedUpstream],
                           failed: dict[str, UpstreamError],
                           on_event: Callable[[str, dict[str, Any]], None]
@@ -206,6 +224,11 @@ async def _execute(config: Config, catalog: Catalog, state: AsyncStateStore, ord
             pool = BuilderPool(make_builders(config, runner, docker_config), on_event=(
                 (lambda event, fields, level: on_event(event, fields)) if on_event else None),
                 wait_for_engines=False)
+            if not dry_run:
+                interrupted, cleaned = await recover_interrupted(state, pool)
+                if interrupted:
+                    emit("state_recovered", {"interrupted": [b["id"] for b in interrupted],
+                                             "containers_removed": cleaned})
             pipeline = Pipeline(
                 config, catalog, pool, state,
                 client if config.registry is not None else None,

@@ -20,7 +20,7 @@ from orchestrator.core.redact import redact_fields
 
 HEARTBEAT_S = 30.0
 _HUMAN_FIELDS = ("layer", "builder", "reason", "outcome", "duration_s", "elapsed_s", "digest",
-                 "error", "trigger")
+                 "error", "trigger", "interrupted", "containers_removed")
 
 
 class Progress:

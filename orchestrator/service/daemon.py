@@ -37,6 +37,7 @@ from orchestrator.build.runs import (
     engine_kinds,
     load,
     make_attestor,
+    recover_interrupted,
 )
 from orchestrator.build.scheduler import NodeResult
 from orchestrator.build.state import AsyncStateStore, StateStore, prune_logs, restrict
@@ -231,16 +232,10 @@ class Daemon:
         return self.pool
 
     async def _recover(self, scratch_removed: int) -> None:
-        interrupted = await self.state.mark_interrupted()
+        interrupted, cleaned = await recover_interrupted(self.state, self._pool)
         for build in interrupted:
             self.bus.publish("build_interrupted", {"layer": build["layer"],
                                                    "build_id": build["id"]}, "warning")
-        # What the dead builders left in the engines (working containers).
-        base_refs = {b["base_ref"] for b in interrupted if b.get("base_ref")}
-        cleaned = 0
-        for member in self._pool.members:
-            with contextlib.suppress(Exception):
-                cleaned += await member.builder.clean_up_after_crash(base_refs)
         requeued_layers = [b["layer"] for b in interrupted if b["layer"] in self.catalog.layers]
         if requeued_layers:
             await self.queue.add(sorted(set(requeued_layers)), force=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import sqlite3
@@ -137,3 +138,50 @@ def test_interrupt_stops_the_builder_and_tags_nothing(
     db = sqlite3.connect(project.root / "state" / "state.db")
     assert db.execute("SELECT outcome FROM builds").fetchall() == [("cancelled",)]
     assert db.execute("SELECT count(*) FROM layers").fetchone() == (0,)
+
+
+def _working_containers() -> list[dict[str, object]]:
+    out = subprocess.run(["buildah", "containers", "--json"], capture_output=True, text=True,
+                         check=True)
+    return [c for c in json.loads(out.stdout or "[]") or [] if c.get("builder")]
+
+
+def test_a_killed_build_command_leaves_nothing_the_next_one_does_not_clear(
+    project: Project, testbed: Testbed
+) -> None:
+    """kill -9 of ``orchestrator build``: its builder dies with it (no process
+    left), and the next run records the build as interrupted, removes the
+    working container it left in buildah's store, and builds."""
+    namespace = unique_namespace()
+    write_config(project, testbed, namespace)
+    project.layer("slow", 'from = "upstream:seed"\ntags = ["1"]\n',
+                  "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo started; sleep 60\nUSER 1000\n")
+    before = {c["id"] for c in _working_containers()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "-c", str(project.config), "build"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=project.root,
+    )
+    logs = project.root / "state" / "logs"
+    deadline = time.monotonic() + 60
+    while not (logs.exists() and any("started" in p.read_text() for p in logs.glob("*.log"))):
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the build never started")
+        time.sleep(0.2)
+    proc.kill()
+    proc.communicate(timeout=30)
+
+    deadline = time.monotonic() + 10
+    while [p for p in _buildah_processes() if str(project.root) in p]:
+        assert time.monotonic() < deadline, _buildah_processes()
+        time.sleep(0.1)
+
+    project.layer("slow", 'from = "upstream:seed"\ntags = ["1"]\n',
+                  "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo quick\nUSER 1000\n")
+    rc, report, err = project.cli_json("build")
+    assert rc == 0 and outcomes(report) == {"slow": "built"}, err
+    assert not [c for c in _working_containers()
+                if c["id"] not in before and namespace in str(c["imagename"])]
+    db = sqlite3.connect(project.root / "state" / "state.db")
+    assert [row[0] for row in db.execute("SELECT outcome FROM builds ORDER BY started_at")] \
+        == ["interrupted", "built"]
