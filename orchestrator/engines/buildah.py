@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from orchestrator.core.errors import BackendError, BuildFailed
 from orchestrator.core.imageref import is_loopback
@@ -65,7 +66,9 @@ class BuildahBuilder:
             # Matches the FROM (and COPY --from) text literally, in every stage.
             argv += ["--build-context", f"{text}=docker-image://{pinned}"]
         if (self.config.layers or req.cache_repo) and not req.no_cache:
-            argv.append("--layers")
+            # With --layers a failed step's working container is kept unless
+            # --force-rm: one left behind per failed build, for ever.
+            argv += ["--layers", "--force-rm"]
         if req.cache_repo and not req.no_cache:
             # Step layers go to (and come from) the shared cache repository.
             argv += ["--cache-to", req.cache_repo, "--cache-from", req.cache_repo]
@@ -122,24 +125,55 @@ class BuildahBuilder:
         return f"{repository}@{digest}"
 
     async def clean_up_after_crash(self, base_refs: set[str]) -> int:
-        # Working containers carry the image they were made from. Ours stood on
-        # pinned references (repo@sha256:…) recorded with each build, so only
-        # containers of builds that died with the daemon match.
+        # A dead ``bud`` leaves its working container. It was made from the
+        # pinned parent the build recorded, or, when the first steps were cached,
+        # from an unnamed step image whose layers start with the parent's. Those
+        # are removed; a container made from any other image, or from a named
+        # image other than the parent, is someone else's and stays.
         if not base_refs:
             return 0
-        out = await self.runner.capture([*self._global(), "containers", "--json"])
-        if out.returncode != 0:
+        containers = await self._json([*self._global(), "containers", "--json"])
+        builders = [c for c in containers if isinstance(c, dict) and c.get("builder")]
+        if not builders:
             return 0
-        try:
-            containers = json.loads(out.stdout or "[]")
-        except ValueError:
-            return 0
+        parents: dict[str, list[str]] = {}  # image id -> its layer diff ids
+        for ref in sorted(base_refs):
+            if (found := await self._image_layers(ref)) is not None:
+                parents[found[0]] = found[1]
         removed = 0
-        for container in containers:
-            if container.get("builder") and container.get("imagename") in base_refs:
-                rm = await self.runner.capture([*self._global(), "rm", container["id"]])
+        for container in builders:
+            image_id = str(container.get("imageid") or "")
+            ours = container.get("imagename") in base_refs or image_id in parents
+            if not ours and image_id and not container.get("imagename") and parents:
+                found = await self._image_layers(image_id)
+                ours = found is not None and any(
+                    found[1][:len(layers)] == layers for layers in parents.values())
+            if ours:
+                rm = await self.runner.capture([*self._global(), "rm", str(container["id"])])
                 removed += rm.returncode == 0
         return removed
+
+    async def _json(self, argv: list[str]) -> list[Any]:
+        out = await self.runner.capture(argv)
+        if out.returncode != 0:
+            return []
+        try:
+            value = json.loads(out.stdout or "[]")
+        except ValueError:
+            return []
+        return value if isinstance(value, list) else [value]
+
+    async def _image_layers(self, ref: str) -> tuple[str, list[str]] | None:
+        """(image id, diff ids) of a local image, or None when it is not here."""
+        out = await self.runner.capture([*self._global(), "inspect", "--type", "image", ref])
+        if out.returncode != 0:
+            return None
+        try:
+            info = json.loads(out.stdout)
+            layers = info["OCIv1"]["rootfs"]["diff_ids"] or []
+            return str(info["FromImageID"]), [str(layer) for layer in layers]
+        except (ValueError, KeyError, TypeError):
+            return None
 
     async def prune_local(self, repository: str, label: str, keep: int,
                           protect: set[str]) -> int:

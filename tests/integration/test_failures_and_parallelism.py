@@ -29,8 +29,10 @@ pytestmark = pytest.mark.integration
 def test_failed_layer_skips_its_descendants_and_the_other_branch_builds(
     project: Project, testbed: Testbed
 ) -> None:
-    write_config(project, testbed, unique_namespace())
+    # With the step cache on, as production hosts run it.
+    write_config(project, testbed, unique_namespace(), extra="[build.buildah]\nlayers = true")
     write_layers(project, fail_tools=True)
+    containers_before = {c["id"] for c in _working_containers()}
 
     proc = project.cli("build")
 
@@ -48,6 +50,8 @@ def test_failed_layer_skips_its_descendants_and_the_other_branch_builds(
     assert states["tools"] == "failed"
     assert {states[layer] for layer in BRANCH_A - {"tools"}} == {"skipped"}
     assert {states[layer] for layer in BRANCH_B} == {"reused"}  # built by the first run
+    # buildah keeps a failed step's working container unless told not to.
+    assert {c["id"] for c in _working_containers()} <= containers_before
 
 
 def test_independent_branches_overlap_with_two_jobs(project: Project, testbed: Testbed) -> None:
@@ -175,13 +179,33 @@ def test_a_killed_build_command_leaves_nothing_the_next_one_does_not_clear(
     while [p for p in _buildah_processes() if str(project.root) in p]:
         assert time.monotonic() < deadline, _buildah_processes()
         time.sleep(0.1)
+    # Whether buildah left its container depends on where the kill caught it; to
+    # test the clean-up for certain, leave what a dead bud leaves: a container
+    # made from the pinned parent, and one made from a cached step image of it.
+    db = sqlite3.connect(project.root / "state" / "state.db")
+    (parent,) = db.execute("SELECT base_ref FROM builds WHERE outcome = 'running'").fetchone()
+    buildah = ["buildah"]
+    subprocess.run([*buildah, "from", "--pull-never", parent], check=True, capture_output=True)
+    leftover = project.root / "leftover"
+    leftover.mkdir()
+    (leftover / "Dockerfile").write_text(f"FROM {parent}\nRUN echo {namespace}\nRUN exit 3\n")
+    subprocess.run([*buildah, "bud", "--layers", "--pull-never", str(leftover)],
+                   capture_output=True)
+    unrelated = subprocess.run([*buildah, "from", "scratch"],
+                               check=True, capture_output=True, text=True).stdout.strip()
+    left = {c["id"] for c in _working_containers()
+            if c["containername"] != unrelated} - before
+    assert len(left) >= 2
 
     project.layer("slow", 'from = "upstream:seed"\ntags = ["1"]\n',
                   "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo quick\nUSER 1000\n")
     rc, report, err = project.cli_json("build")
     assert rc == 0 and outcomes(report) == {"slow": "built"}, err
-    assert not [c for c in _working_containers()
-                if c["id"] not in before and namespace in str(c["imagename"])]
-    db = sqlite3.connect(project.root / "state" / "state.db")
+    now = {c["id"]: c for c in _working_containers()}
+    try:
+        assert not left & set(now), [now[i] for i in left & set(now)]
+        assert unrelated in {c["containername"] for c in now.values()}  # not ours: kept
+    finally:
+        subprocess.run([*buildah, "rm", unrelated], capture_output=True)
     assert [row[0] for row in db.execute("SELECT outcome FROM builds ORDER BY started_at")] \
         == ["interrupted", "built"]

@@ -61,7 +61,8 @@ def test_forced_builds_skip_step_caches(tmp_path: Path) -> None:
 
     forced = replace(request(tmp_path), no_cache=True)
     buildah = BuildahBuilder(BuildahConfig(layers=True), RecordingRunner())
-    assert "--layers" in buildah.build_argv(request(tmp_path), tmp_path / "iid")
+    cached = buildah.build_argv(request(tmp_path), tmp_path / "iid")
+    assert "--layers" in cached and "--force-rm" in cached  # no container left on failure
     assert "--layers" not in buildah.build_argv(forced, tmp_path / "iid")
     docker = DockerBuildKitBuilder(BuildKitConfig(), RecordingRunner())
     assert "--no-cache" in docker.build_argv(forced, tmp_path / "iid")
