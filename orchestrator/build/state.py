@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS builds (
     error       TEXT
 );
 CREATE INDEX IF NOT EXISTS builds_by_layer ON builds (layer, started_at);
+CREATE INDEX IF NOT EXISTS builds_running ON builds (outcome) WHERE outcome = 'running';
 CREATE TABLE IF NOT EXISTS queue (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     layer       TEXT NOT NULL,
@@ -313,6 +314,11 @@ class StateStore:
 
     def mark_interrupted(self) -> list[dict[str, Any]]:
         """Builds left 'running' by a crash: recorded as interrupted, never as built."""
+        # Read first: nearly always there are none, and a write transaction
+        # would cost every one-shot run a sync of the database.
+        if self._db.execute("SELECT 1 FROM builds WHERE outcome = 'running' LIMIT 1") \
+                .fetchone() is None:
+            return []
         with self._tx():
             rows = _rows(self._db.execute("SELECT * FROM builds WHERE outcome = 'running'"))
             self._db.execute("UPDATE builds SET outcome = 'interrupted', finished_at = ? "
