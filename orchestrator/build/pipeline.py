@@ -28,7 +28,7 @@ from typing import Any
 from orchestrator import __version__
 from orchestrator.build.attest import Attestor
 from orchestrator.build.scheduler import STOPPED, NodeResult, run_graph
-from orchestrator.build.snapshot import ContextChanged, snapshot
+from orchestrator.build.snapshot import ContextChanged, Snapshots
 from orchestrator.build.state import AsyncStateStore, LayerRecord
 from orchestrator.catalog.context import Context, read_context
 from orchestrator.catalog.layers import host_platform
@@ -209,6 +209,7 @@ class Pipeline:
         self.slots = asyncio.Semaphore(jobs or pool.capacity)
         self.log_dir = config.state_dir / "logs"
         self.work_dir = config.state_dir / "builds"
+        self.snapshots = Snapshots(inline=state.inline)
         self._values: dict[str, str] = {}
         for up in self.upstreams.values():
             self._values.update(upstream_values(up.name, up.tag, up.digest,
@@ -531,7 +532,8 @@ class Pipeline:
         work = self.work_dir / build_id
         for attempt in range(SNAPSHOT_ATTEMPTS):
             try:
-                with snapshot(layer, context, work) as (snap_context, snap_dockerfile):
+                async with self.snapshots.snapshot(layer, context, work) as (
+                        snap_context, snap_dockerfile):
                     return await self._run_build(
                         member, build_id, work, snap_context, snap_dockerfile, layer, decision,
                         inputs, repo, base_ref, base_name, tags, display_ref, parent, pins)

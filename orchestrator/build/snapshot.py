@@ -13,12 +13,14 @@ beside the context, outside it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from orchestrator.catalog.context import Context
@@ -38,43 +40,73 @@ class ContextChanged(OrchestratorError):
                          "it is planned again with the new content")
 
 
-def _copy_hashed(src: Path, dst: Path) -> str:
-    """Copy and hash in one pass: the digest is of exactly the bytes written."""
+def _copy_hashed(src: str, dst: str, mode: int, times_ns: tuple[int, int], *,
+                 follow: bool = False) -> str:
+    """Copy and hash in one pass (the digest is of exactly the bytes written),
+    then give the copy ``mode`` and the source's times. A context file swapped
+    for a symlink since it was listed fails to open (O_NOFOLLOW): a changed
+    context. ``follow``: the Dockerfile, which may be a link."""
     h = hashlib.sha256()
-    with src.open("rb") as fin, dst.open("xb") as fout:
-        while chunk := fin.read(_CHUNK):
-            h.update(chunk)
-            fout.write(chunk)
+    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd_in = os.open(src, flags)
+    try:
+        fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            while chunk := os.read(fd_in, _CHUNK):
+                h.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd_out, view):]
+            os.fchmod(fd_out, mode)
+            # Keep the source's times: engines that do not clamp them copy them
+            # into the image, and the snapshot must give what the folder would.
+            os.utime(fd_out, ns=times_ns)
+        finally:
+            os.close(fd_out)
+    finally:
+        os.close(fd_in)
     return h.hexdigest()
+
+
+def _mkdir_fresh(path: str) -> None:
+    try:
+        os.mkdir(path)
+    except FileNotFoundError:  # the first build: the builds folder itself is missing
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.mkdir(path)
 
 
 def make_snapshot(layer: Layer, context: Context, dest: Path) -> tuple[Path, Path]:
     """Copy ``context`` (as hashed) to ``dest/context`` and the Dockerfile to
-    ``dest/Dockerfile``; returns (context dir, Dockerfile path)."""
-    source = layer.context.resolve()
-    root = dest / "context"
-    root.mkdir(parents=True)
+    ``dest/Dockerfile``; returns (context dir, Dockerfile path). Plain ``os``
+    calls on strings: a run of thousands of builds makes a snapshot for each."""
+    source = str(layer.context.resolve())
+    root = os.path.join(dest, "context")
+    _mkdir_fresh(str(dest))
+    os.mkdir(root)
     made = {root}
-    dirs: list[tuple[Path, int, int]] = []
+    dirs: list[tuple[str, int, int]] = []
     for entry in context.files:
-        src = source / entry.path.rstrip("/")
-        dst = root / entry.path.rstrip("/")
+        rel = entry.path.rstrip("/")
+        src = os.path.join(source, rel)
+        dst = os.path.join(root, rel)
         kind = stat.S_IFMT(entry.mode)
         try:
-            info = src.lstat()
-        except FileNotFoundError:
+            info = os.lstat(src)
+        except (FileNotFoundError, NotADirectoryError):
             raise ContextChanged(layer.id, entry.path) from None
         if stat.S_IFMT(info.st_mode) != kind:
             raise ContextChanged(layer.id, entry.path)
         if kind == stat.S_IFDIR:
             if dst not in made:
-                dst.mkdir(parents=True, exist_ok=True)
+                os.makedirs(dst, exist_ok=True)
                 made.add(dst)
             dirs.append((dst, entry.mode, info.st_mtime_ns))
             continue
-        if dst.parent not in made:  # entries are sorted: a parent comes first
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            made.add(dst.parent)
+        parent = os.path.dirname(dst)
+        if parent not in made:  # entries are sorted: a parent comes first
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
         if kind == stat.S_IFLNK:
             target = os.readlink(src)
             if hashlib.sha256(target.encode()).hexdigest() != entry.digest:
@@ -83,28 +115,31 @@ def make_snapshot(layer: Layer, context: Context, dest: Path) -> tuple[Path, Pat
             os.utime(dst, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
             continue
         try:
-            copied = _copy_hashed(src, dst)
-        except FileNotFoundError:
+            copied = _copy_hashed(src, dst, stat.S_IMODE(entry.mode),
+                                  (info.st_atime_ns, info.st_mtime_ns))
+        except (FileNotFoundError, NotADirectoryError):
+            raise ContextChanged(layer.id, entry.path) from None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:  # ELOOP: it became a symlink meanwhile
+                raise
             raise ContextChanged(layer.id, entry.path) from None
         if copied != entry.digest:
             raise ContextChanged(layer.id, entry.path)
-        os.chmod(dst, stat.S_IMODE(entry.mode))
-        # Keep the source's times: engines that do not clamp them copy them into
-        # the image, and the snapshot must give the same image as the folder would.
-        os.utime(dst, ns=(info.st_atime_ns, info.st_mtime_ns))
     # Directories last, deepest first: their modes may forbid writing into them,
     # and writing into them moves their times.
-    for path, mode, mtime_ns in sorted(dirs, key=lambda d: -len(d[0].parts)):
+    for path, mode, mtime_ns in sorted(dirs, key=lambda d: -d[0].count(os.sep)):
         os.chmod(path, stat.S_IMODE(mode))
         os.utime(path, ns=(mtime_ns, mtime_ns))
-    dockerfile = dest / "Dockerfile"
+    dockerfile = os.path.join(dest, "Dockerfile")
     try:
-        copied = _copy_hashed(layer.dockerfile, dockerfile)
+        info = os.stat(layer.dockerfile)
+        copied = _copy_hashed(str(layer.dockerfile), dockerfile, 0o644,
+                              (info.st_atime_ns, info.st_mtime_ns), follow=True)
     except FileNotFoundError:
         raise ContextChanged(layer.id, layer.dockerfile.name) from None
     if copied != context.dockerfile:
         raise ContextChanged(layer.id, layer.dockerfile.name)
-    return root, dockerfile
+    return Path(root), Path(dockerfile)
 
 
 def remove_tree(path: Path) -> None:
@@ -125,10 +160,50 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def snapshot(layer: Layer, context: Context, dest: Path) -> Iterator[tuple[Path, Path]]:
-    """A snapshot for one build, removed afterwards whatever happens."""
+def _make_or_remove(layer: Layer, context: Context, dest: Path) -> tuple[Path, Path]:
+    """make_snapshot, leaving nothing behind when it fails (the layer's next
+    attempt makes its snapshot in the same place)."""
     try:
-        yield make_snapshot(layer, context, dest)
-    finally:
+        return make_snapshot(layer, context, dest)
+    except BaseException:
         remove_tree(dest)
+        raise
+
+
+class Snapshots:
+    """Each build's snapshot, made before the engine starts and removed when it is
+    done. In the daemon both happen on a worker thread: copying and hashing a
+    large context, or deleting one, can take long enough to stall the event loop
+    (the API, the systemd watchdog, every other build). ``inline`` does them on
+    the loop, for a one-shot run where nothing else waits on it: a thread hop per
+    build costs more there than it saves, as with the state store."""
+
+    def __init__(self, *, inline: bool) -> None:
+        self.inline = inline
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self, layer: Layer, context: Context,
+                       dest: Path) -> AsyncIterator[tuple[Path, Path]]:
+        """A snapshot for one build; raises ContextChanged (leaving nothing) when
+        a file no longer has the content its key was made from."""
+        if self.inline:
+            paths = _make_or_remove(layer, context, dest)
+        else:
+            loop = asyncio.get_running_loop()
+            making = loop.run_in_executor(None, _make_or_remove, layer, context, dest)
+            try:
+                paths = await asyncio.shield(making)
+            except asyncio.CancelledError:
+                # The copy goes on in its thread; what it made goes once it ends.
+                making.add_done_callback(
+                    lambda _: loop.run_in_executor(None, remove_tree, dest))
+                raise
+        try:
+            yield paths
+        finally:
+            if self.inline:
+                remove_tree(dest)
+            else:
+                # Shielded: a second cancel must not leave half a tree behind.
+                await asyncio.shield(asyncio.get_running_loop().run_in_executor(
+                    None, remove_tree, dest))

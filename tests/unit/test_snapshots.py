@@ -1,0 +1,112 @@
+"""Snapshots in the daemon are made and removed off the event loop, and nothing
+is left behind by a cancelled build or a context that changed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from orchestrator.build.snapshot import ContextChanged, Snapshots
+from orchestrator.catalog import context
+from orchestrator.core.model import Layer
+
+BIG = 192 << 20  # enough to take a good part of a second to copy and hash
+
+
+def layer_at(folder: Path) -> Layer:
+    return Layer(id="l", name="l", folder=folder, dockerfile=folder / "Dockerfile",
+                 image="l", parent=None, upstream="seed")
+
+
+@pytest.fixture
+def big_layer(tmp_path: Path) -> Layer:
+    folder = tmp_path / "layer"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY . /data\n")
+    with open(folder / "blob.bin", "wb") as out:
+        out.write(os.urandom(1 << 20) * (BIG >> 20))
+    return layer_at(folder)
+
+
+async def _max_gap_while(work: asyncio.Future[None]) -> float:
+    """The longest the event loop went without running a 5 ms ticker."""
+    gap, last = 0.0, time.perf_counter()
+    while not work.done():
+        await asyncio.sleep(0.005)
+        now = time.perf_counter()
+        gap, last = max(gap, now - last), now
+    await work
+    return gap
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(20):
+        for _ in iter(condition, True):
+            await asyncio.sleep(0.001)
+
+
+def test_the_daemon_loop_keeps_running_while_a_large_context_is_copied(
+        big_layer: Layer, tmp_path: Path) -> None:
+    ctx = context.read_context(big_layer)
+    dest = tmp_path / "builds" / "b1"
+
+    async def build() -> None:
+        async with Snapshots(inline=False).snapshot(big_layer, ctx, dest) as (root, _):
+            assert (root / "blob.bin").stat().st_size == BIG
+
+    async def main() -> tuple[float, float]:
+        started = time.perf_counter()
+        gap = await _max_gap_while(asyncio.ensure_future(build()))
+        return gap, time.perf_counter() - started
+
+    gap, took = asyncio.run(main())
+    assert not dest.exists()
+    # Made on the loop, the gap is the whole copy; off it, a few switch intervals.
+    assert gap < took / 3, f"the loop stalled {gap:.3f} s of a {took:.3f} s snapshot"
+
+
+def test_a_build_cancelled_while_its_snapshot_is_copied_leaves_no_files(
+        big_layer: Layer, tmp_path: Path) -> None:
+    ctx = context.read_context(big_layer)
+    dest = tmp_path / "builds" / "b2"
+
+    async def build() -> None:
+        async with Snapshots(inline=False).snapshot(big_layer, ctx, dest):
+            raise AssertionError("cancelled before the snapshot was ready")
+
+    async def main() -> None:
+        task = asyncio.ensure_future(build())
+        await _until(dest.exists)  # the copy has begun
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await _until(lambda: not dest.exists())  # it finishes in its thread, then goes
+
+    asyncio.run(main())
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_context_changed_after_hashing_leaves_nothing(tmp_path: Path, inline: bool) -> None:
+    folder = tmp_path / "layer"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY . /app\n")
+    (folder / "a.txt").write_text("hashed\n")
+    (folder / "z.txt").write_text("hashed\n")
+    layer = layer_at(folder)
+    ctx = context.read_context(layer)
+    (folder / "z.txt").write_text("edited\n")  # a.txt is copied before z.txt is refused
+    dest = tmp_path / "builds" / "b3"
+
+    async def build() -> None:
+        async with Snapshots(inline=inline).snapshot(layer, ctx, dest):
+            raise AssertionError("the engine must not see the edit")
+
+    with pytest.raises(ContextChanged, match=r"z\.txt changed"):
+        asyncio.run(build())
+    assert not dest.exists()
