@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import os
 import re
 import signal
@@ -26,13 +27,15 @@ GUARD = Path(__file__).with_name("guard.py")
 DEFAULT_LOG_CAP = 64 * 1024 * 1024
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(daemon: int) -> None:
     """Runs in the child before exec: if the daemon dies (even by kill -9), the
     kernel sends the guard SIGTERM, and the guard stops the builder's whole tree
     instead of leaving it orphaned and pushing behind the next daemon's back."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() == 1:  # the daemon died before the signal was armed
+    # The daemon died before the signal was armed: we were handed to PID 1 or
+    # to a subreaper (systemd --user, a container's init), never back to it.
+    if os.getppid() != daemon:
         os._exit(1)
 
 
@@ -83,7 +86,8 @@ class SubprocessRunner:
             proc = await asyncio.create_subprocess_exec(
                 *self.guarded(argv, log), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=fd,
-                env=builder_env(env), start_new_session=True, preexec_fn=_die_with_parent,
+                env=builder_env(env), start_new_session=True,
+                preexec_fn=functools.partial(_die_with_parent, os.getpid()),
             )
         finally:
             os.close(fd)

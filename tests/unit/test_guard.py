@@ -16,7 +16,9 @@ from orchestrator.engines.runner import SubprocessRunner
 
 
 def alive(tag: str) -> list[int]:
-    """Pids of processes whose command line carries ``tag``."""
+    """Pids of processes whose command line carries ``tag`` (a regular expression:
+    the guard's and the shell's own command lines carry a builder's whole argv,
+    so ``^sleep …`` is how to name the sleep alone)."""
     out = subprocess.run(["pgrep", "-f", tag], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
 
@@ -60,9 +62,9 @@ def test_kill_9_of_the_daemon_stops_the_whole_builder_tree(tmp_path: Path) -> No
     """))
     daemon = subprocess.Popen([sys.executable, str(script)])
     deadline = time.monotonic() + 20
-    while not alive(tag) and time.monotonic() < deadline:
+    while not alive(f"^{tag}") and time.monotonic() < deadline:  # the builder's own child
         time.sleep(0.05)
-    assert alive(tag)
+    assert alive(f"^{tag}")
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.wait()
     wait_gone(tag, 10)
