@@ -67,7 +67,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from orchestrator.catalog.lint import final_user
-from orchestrator.catalog.tomlfile import display
+from orchestrator.catalog.tomlfile import display, read_text_file
 from orchestrator.core import dockerfile as df
 from orchestrator.core.errors import InputError
 from orchestrator.core.fromlines import Analysis, ImageUse, analyze
@@ -185,8 +185,8 @@ def scan(root: Path) -> Adoption:
     unreadable: list[str] = []
     for path in find_dockerfiles(root):
         try:
-            texts[str(path)] = (root / path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            texts[str(path)] = read_text_file(root / path)
+        except (OSError, InputError) as exc:
             unreadable.append(f"{path}: skipped, cannot read it: {exc}")
     adoption = infer(root, texts)
     return replace(adoption, notes=(*unreadable, *adoption.notes))
@@ -709,9 +709,13 @@ def render_layer(adoption: Adoption, layer: AdoptedLayer, folder: Path) -> str:
         lines += [f"# {how} is upstream {layer.upstream!r} in config.toml.",
                   f"from = {_toml(UPSTREAM_PREFIX + layer.upstream)}"]
     elif layer.parent_ref == "scratch":
-        lines.append("# No parent: the final stage builds FROM scratch.")
+        lines += ["# No parent: the final stage builds FROM scratch. Every layer needs one:",
+                  "# build this image elsewhere, declare it as an [upstream] and let the",
+                  "# layers above name it (or remove this folder)."]
     elif layer.parent_ref and "@" in layer.parent_ref:
-        lines.append(f"# No parent: {how} is pinned by digest in the Dockerfile.")
+        lines += [f"# No parent: {how} is pinned by digest in the Dockerfile. Every layer",
+                  "# needs one it can watch: declare that image as an [upstream] with a tag",
+                  '# and set from = "upstream:NAME" (or remove this folder).']
     else:
         lines.append('# from = "…"   # could not tell the parent; see the notes below')
     lines.append(f"image = {_toml(layer.image)}")

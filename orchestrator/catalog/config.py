@@ -30,6 +30,7 @@ from orchestrator.core.versions import check_track
 
 DEFAULT_STATE_DIR = "/var/lib/orchestrator"
 DEFAULT_SOCKET = "/run/orchestrator/control.sock"
+LOG_CAP_MIN = 64 << 10
 DEFAULT_LOG_MAX = 64 * 1024 * 1024  # per build log; the head and the newest tail are kept
 
 
@@ -113,7 +114,7 @@ def load_config(path: Path) -> Config:
             metrics_listen=_listen(metrics),
             log_retention_s=state.duration("log_retention", 30 * 86400.0, minimum=60.0)
             or 30 * 86400.0,
-            log_max_bytes=state.size("log_max_size", DEFAULT_LOG_MAX),
+            log_max_bytes=_log_cap(state),
         ),
     )
 
@@ -205,8 +206,22 @@ def _secrets(table: Table, resolve: Callable[[str], Path]) -> dict[str, SecretSp
         file, env = spec.optional_str("file"), spec.optional_str("env")
         if (file is None) == (env is None):
             raise spec.error("file", "give exactly one of file = \"PATH\" or env = \"VAR\"")
+        if file is not None and ("," in file or '"' in file):
+            # The engines take "--secret id=NAME,src=PATH": a comma would start a field.
+            raise spec.error("file", "a path with ',' or '\"' cannot be passed to the engines; "
+                             "move or link the file to a plainer path")
         out[name] = SecretSpec(name, resolve(file) if file else None, env)
     return out
+
+
+def _log_cap(state: Table) -> int:
+    """[state] log_max_size: 0 keeps whole logs; a cap must leave room for a head,
+    the marker and a tail worth reading."""
+    cap = state.size("log_max_size", DEFAULT_LOG_MAX)
+    if 0 < cap < LOG_CAP_MIN:
+        raise state.error("log_max_size", f"{cap} bytes is too small to keep a log's head "
+                          "and tail: use at least 64K, or 0 for no cap")
+    return cap
 
 
 def _listen(table: Table) -> tuple[str, int] | None:

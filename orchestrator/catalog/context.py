@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.catalog.tomlfile import display
+from orchestrator.catalog.tomlfile import display, read_text_file
 from orchestrator.core.buildkey import first_changed_path
 from orchestrator.core.dockerignore import DockerIgnore, ignore_file_for
 from orchestrator.core.errors import InputError
@@ -49,15 +49,28 @@ def _stamp(info: os.stat_result) -> tuple[int, int, int, int, int]:
 
 
 def file_digest(path: Path) -> str:
+    """sha256 of a regular file's content (following a symlink, for a Dockerfile).
+    Anything else — a fifo, which would block the reader for good, a device that
+    never ends — is an InputError naming the file."""
     info = path.stat()
     key = str(path)
     cached = _DIGESTS.get(key)
     if cached is not None and cached[:5] == _stamp(info):
         return cached[5]
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(display(path), "not a regular file (a fifo, device or socket): make "
+                         "it an ordinary file")
     h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
+    # O_NONBLOCK: if it became a fifo since the stat, the open must not wait.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(display(path), "changed into something other than a regular "
+                             "file while it was read")
+        while chunk := os.read(fd, _CHUNK):
             h.update(chunk)
+    finally:
+        os.close(fd)
     digest = h.hexdigest()
     # The file may have changed while we read it: only a stat that held still
     # around the read may vouch for the digest next time.
@@ -101,11 +114,9 @@ def load_ignore(context: Path, name: str | None, engine: str = "buildah") -> Doc
         return DockerIgnore([], engine)
     path = context / name
     try:
-        ignore = DockerIgnore.parse(path.read_text(encoding="utf-8"), engine)
+        ignore = DockerIgnore.parse(read_text_file(path), engine)
     except FileNotFoundError:
         return DockerIgnore([], engine)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(display(path), f"cannot read: {exc}") from exc
     if ignore.error is not None:
         raise InputError(display(path), f"{engine} would refuse this file and fail the build: "
                          f"{ignore.error}")
@@ -146,6 +157,8 @@ def scan_context(context: Path, ignore: DockerIgnore) -> tuple[FileEntry, ...]:
             entry = _entry(root, Path(dirpath, name), rel)
             if entry is not None:
                 entries.append(entry)
+    # A folder removed while we walked (a build tool's temp dir) is not sent either.
+    walk_errors = [e for e in walk_errors if not isinstance(e, FileNotFoundError)]
     if walk_errors:
         error = walk_errors[0]
         raise InputError(display(Path(error.filename or root)), f"cannot read: "
@@ -156,7 +169,12 @@ def scan_context(context: Path, ignore: DockerIgnore) -> tuple[FileEntry, ...]:
         parts = entry.path.split("/")[:-1]
         kept_dirs.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
     for rel in kept_dirs:
-        info = (root / rel).lstat()
+        try:
+            info = (root / rel).lstat()
+        except FileNotFoundError:
+            continue  # gone since the walk; the snapshot then finds the change
+        except OSError as exc:
+            raise InputError(display(root / rel), f"cannot read: {exc.strerror}") from exc
         entries.append(FileEntry(rel + "/", stat.S_IFDIR | (info.st_mode & PERMISSIONS), ""))
     entries.sort(key=lambda e: e.path)
     return tuple(entries)
@@ -172,7 +190,12 @@ def _entry(root: Path, full: Path, rel: str) -> FileEntry | None:
                          "list it in the ignore file") from exc
     mode = stat.S_IFMT(info.st_mode) | (info.st_mode & PERMISSIONS)
     if stat.S_ISLNK(info.st_mode):
-        target = os.readlink(full)
+        try:
+            target = os.readlink(full)
+        except FileNotFoundError:
+            return None  # deleted while we looked
+        except OSError as exc:
+            raise InputError(display(full), f"cannot read the link: {exc.strerror}") from exc
         resolved = Path(os.path.normpath(full.parent / target))
         if resolved != root and root not in resolved.parents:
             raise InputError(display(full), f"symlink escapes the build context (-> {target}); "
@@ -199,6 +222,17 @@ class Context:
 
 
 def read_context(layer: Layer, engines: Iterable[str] = ("buildah",)) -> Context:
+    """Raises InputError for anything wrong with the context, naming the path."""
+    try:
+        return _read_context(layer, engines)
+    except InputError:
+        raise
+    except OSError as exc:  # whatever the filesystem does, a failed layer, not a dead daemon
+        where = Path(exc.filename) if exc.filename else layer.context
+        raise InputError(display(where), f"cannot read: {exc.strerror or exc}") from exc
+
+
+def _read_context(layer: Layer, engines: Iterable[str]) -> Context:
     try:
         dockerfile = file_digest(layer.dockerfile)
     except OSError as exc:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from orchestrator.catalog.parents import LAYER_FILE as LAYER_FILE
 from orchestrator.catalog.parents import Linker, Pending
-from orchestrator.catalog.tomlfile import Table, display, read_toml
+from orchestrator.catalog.tomlfile import Table, display, read_text_file, read_toml
 from orchestrator.core import graph
 from orchestrator.core.errors import CycleError, InputError, TemplateError
 from orchestrator.core.imageref import check_repository, check_tag
@@ -18,6 +19,8 @@ from orchestrator.core.model import Catalog, Layer, UpstreamSpec
 from orchestrator.core.platforms import check_platform, from_machine
 from orchestrator.core.templates import UPSTREAM_FIELDS, expand, placeholders
 
+# Never a build context: the whole system, or its pseudo-filesystems.
+SYSTEM_DIRS = ("/proc", "/sys", "/dev", "/run")
 LAYER_KEYS = ["from", "image", "tags", "args", "matrix", "rebuild", "allow_root", "dockerfile",
               "context", "platforms", "secrets"]
 
@@ -29,9 +32,9 @@ def dockerfile_texts(catalog: Catalog) -> dict[str, str]:
     for lid, layer in catalog.layers.items():
         if layer.dockerfile not in by_path:
             try:
-                by_path[layer.dockerfile] = layer.dockerfile.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise InputError(display(layer.dockerfile), f"cannot read: {exc}") from exc
+                by_path[layer.dockerfile] = read_text_file(layer.dockerfile)
+            except FileNotFoundError:
+                raise InputError(display(layer.dockerfile), "Dockerfile not found") from None
         out[lid] = by_path[layer.dockerfile]
     return out
 
@@ -100,13 +103,18 @@ def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[Pen
         context_dir = Path(os.path.normpath(folder / table.require("context", str)))
         if not context_dir.is_dir():
             raise table.error("context", f"{display(context_dir)} is not a folder")
+        real = os.path.realpath(context_dir)
+        if real == "/" or any(real == top or real.startswith(top + "/") for top in SYSTEM_DIRS):
+            # Hashing it would read /proc/kcore and every device; watching it, everything.
+            raise table.error("context", f"{display(context_dir)} ({real}) cannot be a build "
+                              "context: point it at the folder the Dockerfile copies from")
     dockerfile = Path(os.path.normpath(folder / table.get("dockerfile", str, "Dockerfile")))
     if not dockerfile.is_file():
         raise InputError(display(dockerfile), "Dockerfile not found")
     try:
-        dockerfile_text = dockerfile.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(display(dockerfile), f"cannot read: {exc}") from exc
+        dockerfile_text = read_text_file(dockerfile, encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(display(dockerfile), "Dockerfile not found") from None
 
     image = table.get("image", str, folder.name)
     problem = check_repository(image)
@@ -124,6 +132,11 @@ def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[Pen
             raise table.error("platforms", problem)
     secrets = tuple(table.string_list("secrets"))
     args = table.string_map("args")
+    for name in args:
+        # Passed as --build-arg NAME=VALUE: an "=" or a space would split elsewhere.
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name):
+            raise table.error(f"args.{name}", "not a build-arg name: use letters, digits and "
+                              "'_' (as the Dockerfile's ARG line names it)")
     if "BASE_IMAGE" in args:
         raise table.error("args.BASE_IMAGE", "reserved: the orchestrator passes the parent "
                           "pinned by digest; remove it")

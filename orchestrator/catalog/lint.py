@@ -83,6 +83,8 @@ def _layer_findings(layer: Layer, instructions: list[df.Instruction]) -> list[Fi
     for base in layer.bases:
         if base.role == "external":
             ref = parse_reference(base.ref)
+            if ref.effective_tag is None:
+                continue  # pinned by digest in the Dockerfile: nothing moves, nothing to watch
             name = ref.repository.rsplit("/", 1)[-1]
             out.append(Finding(path, _line_naming(instructions, base.text), "warning",
                                "unwatched-base",

@@ -173,6 +173,16 @@ class Linker:
                 bases.append(BaseUse(text, key, "upstream", ups[0]))
             else:
                 bases.append(BaseUse(text, key, "external"))
+        if linked.parent is None and linked.upstream is None:
+            # Every layer stands on something the orchestrator watches and pins; an
+            # image from nothing, or on a digest nobody moves, has no such parent.
+            why = ("builds from nothing" if root.scratch else
+                   "is pinned by digest in the Dockerfile" if root.ref is not None
+                   and root.ref.digest else "names no image this catalog knows")
+            raise InputError(where, f"line {root.line}: FROM {root.written} {why}, so this "
+                             "layer has no parent to build on: build that base elsewhere and "
+                             "declare it as [upstream.NAME] image = … tag = … in config.toml, "
+                             f"then from = \"upstream:NAME\" in {_where(layer)}")
         return replace(linked, bases=tuple(bases))
 
     def _literal_parent(self, lid: str, entry: Pending, linked: Layer,
@@ -200,7 +210,7 @@ class Linker:
         name = ref.repository.rsplit("/", 1)[-1]
         raise InputError(where, f"line {use.line}: FROM {use.written} matches no layer or "
                          f"upstream: watch it with [upstream.{name}] image = \"{ref.name}\" "
-                         f"tag = \"{ref.effective_tag}\" in config.toml (or names = "
+                         f"tag = \"{ref.effective_tag or 'TAG'}\" in config.toml (or names = "
                          f"[\"{use.written}\"] on an upstream that mirrors it)")
 
     def _check_registry_upstream(self, where: str, use: fromlines.ImageUse, name: str) -> None:

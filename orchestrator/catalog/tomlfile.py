@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,13 +28,49 @@ def display(path: Path) -> str:
     return str(path)
 
 
+# Dockerfiles, ignore files and TOML are small; a bigger one is a mistake (or a
+# link to /dev/zero) that must not fill the daemon's memory.
+TEXT_LIMIT = 4 << 20
+
+
+def read_text_file(path: Path, *, encoding: str = "utf-8", limit: int = TEXT_LIMIT) -> str:
+    """A user-written text file, read safely: it must be a regular file (a fifo
+    would block the reader for good, a device never ends) of at most ``limit``
+    bytes. Raises FileNotFoundError when it is missing, InputError naming the
+    file for anything else."""
+    try:
+        # O_NONBLOCK: opening a fifo must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise InputError(display(path), f"cannot read: {exc.strerror}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(display(path), "not a regular file (a fifo, device or socket): "
+                             "make it an ordinary file")
+        data = b""
+        while len(data) <= limit and (chunk := os.read(fd, limit + 1 - len(data))):
+            data += chunk
+    except OSError as exc:
+        raise InputError(display(path), f"cannot read: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise InputError(display(path), f"larger than {limit >> 20} MiB: is it the right file?")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise InputError(display(path), f"cannot read: not {encoding} text ({exc.reason} at "
+                         f"byte {exc.start})") from exc
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path)
     except FileNotFoundError:
         raise InputError(display(path), "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(display(path), f"cannot read: {exc}") from exc
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -166,3 +166,45 @@ def test_missing_config(project: Project, capsys: pytest.CaptureFixture[str]) ->
     code, err = run(project, capsys, "graph")
     assert code == 2
     assert "config.toml: file not found" in err
+
+
+@pytest.mark.parametrize("where", ["/", "../../../../../../../../..", "/proc", "/dev/shm"])
+def test_a_context_that_is_the_whole_system_is_refused(
+        ok_project: Project, capsys: pytest.CaptureFixture[str], where: str) -> None:
+    ok_project.layer("child", f'from = "base"\ncontext = "{where}"\n')
+    code, err = run(ok_project, capsys, "lint")
+    assert code == 2
+    assert "layer.toml: context:" in err and "cannot be a build context" in err
+
+
+@pytest.mark.parametrize("size", ['"100"', "4096", '"63K"'])
+def test_a_log_cap_too_small_to_keep_head_and_tail(
+        ok_project: Project, capsys: pytest.CaptureFixture[str], size: str) -> None:
+    ok_project.write_config(CONFIG.replace('dir = "state"',
+                                           f'dir = "state"\n    log_max_size = {size}'))
+    code, err = run(ok_project, capsys, "graph")
+    assert code == 2
+    assert "config.toml: state.log_max_size:" in err and "at least 64K, or 0" in err
+
+
+def test_a_build_arg_name_that_would_split(ok_project: Project,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    ok_project.layer("child", 'from = "base"\n[args]\n"X=Y" = "1"\n')
+    code, err = run(ok_project, capsys, "lint")
+    assert code == 2 and "layer.toml: args.X=Y: not a build-arg name" in err
+
+
+def test_a_secret_path_that_would_add_engine_fields(
+        ok_project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    ok_project.write_config(CONFIG + '    [secrets.pip]\n    file = "/tmp/x,src=/etc/shadow"\n')
+    code, err = run(ok_project, capsys, "graph")
+    assert code == 2 and "config.toml: secrets.pip.file: a path with ','" in err
+
+
+def test_a_layer_built_from_nothing_says_how_to_give_it_a_parent(
+        ok_project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    ok_project.layer("rootfs", "", "FROM scratch\nCOPY f /\n", files={"f": "x"})
+    code, err = run(ok_project, capsys, "plan")
+    assert code == 2
+    assert "rootfs/Dockerfile: line 1: FROM scratch builds from nothing" in err
+    assert "[upstream.NAME]" in err

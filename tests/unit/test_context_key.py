@@ -3,20 +3,26 @@ the key (mtime-restoring edits, modes, directories), and bad files are clear err
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
 import subprocess
 import tarfile
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator.build.snapshot import ContextChanged, make_snapshot
 from orchestrator.catalog import context
+from orchestrator.catalog.layers import dockerfile_texts
+from orchestrator.catalog.tomlfile import TEXT_LIMIT
 from orchestrator.core.buildkey import build_key
 from orchestrator.core.errors import InputError
-from orchestrator.core.model import Inputs, Layer
+from orchestrator.core.model import Catalog, Inputs, Layer
 
 
 def layer_at(folder: Path) -> Layer:
@@ -99,15 +105,17 @@ def test_modes_and_directories_are_inputs(folder: Path) -> None:
 def test_an_unreadable_file_is_a_clear_error_naming_it(folder: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # Root reads a mode-000 file anyway: stand in for what a non-root daemon meets.
-    real_open = Path.open
+    class DenyingOS:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
 
-    def deny(self: Path, *args: object, **kwargs: object) -> object:
-        if self.name == "secret.key":
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_open(self, *args, **kwargs)  # type: ignore[arg-type]
+        def open(self, path: Any, *args: Any, **kwargs: Any) -> int:
+            if str(path).endswith("secret.key"):
+                raise PermissionError(13, "Permission denied", str(path))
+            return os.open(path, *args, **kwargs)
 
     (folder / "secret.key").write_text("x")
-    monkeypatch.setattr(Path, "open", deny)
+    monkeypatch.setattr(context, "os", DenyingOS())
     with pytest.raises(InputError, match=r"secret\.key: cannot read: Permission denied"):
         key_of(folder)
     errors = context.read_contexts([layer_at(folder)])
@@ -161,3 +169,79 @@ def test_an_edit_after_hashing_never_reaches_the_engine(folder: Path, tmp_path: 
     (folder / "app.py").write_text("print('edited while the parent built')\n")
     with pytest.raises(ContextChanged, match=r"app\.py changed"):
         make_snapshot(layer, ctx, tmp_path / "snap")
+
+
+def _within(seconds: float, fn: Callable[[], object]) -> BaseException | None:
+    """Run ``fn`` in a thread; it must end within ``seconds``. Returns what it raised."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # handed to the test
+            raised.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), "the reader blocked"
+    return raised[0] if raised else None
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_dockerfile_that_is_not_a_file_is_an_error_not_a_hang(folder: Path, kind: str) -> None:
+    layer = layer_at(folder)
+    (folder / "Dockerfile").unlink()
+    if kind == "fifo":
+        os.mkfifo(folder / "Dockerfile")  # no writer: a blocking open would wait for good
+    else:
+        (folder / "Dockerfile").symlink_to("/dev/zero")  # never ends
+    catalog = Catalog(layers={"l": layer}, upstreams={})
+    for reader in (lambda: context.read_context(layer), lambda: dockerfile_texts(catalog)):
+        error = _within(5, reader)
+        assert isinstance(error, InputError) and "not a regular file" in str(error), error
+
+
+def test_an_oversized_dockerfile_is_refused(folder: Path) -> None:
+    with open(folder / "Dockerfile", "ab") as out:
+        out.truncate(TEXT_LIMIT + 1)
+    catalog = Catalog(layers={"l": layer_at(folder)}, upstreams={})
+    with pytest.raises(InputError, match="larger than"):
+        dockerfile_texts(catalog)
+
+
+def test_files_and_folders_that_vanish_during_the_scan_are_not_errors(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (folder / "tmpdir").mkdir()
+    (folder / "tmpdir" / "f").write_text("x")
+    (folder / "link").symlink_to("app.py")
+    real_walk, real_readlink = os.walk, os.readlink
+
+    def walk(*args: Any, **kwargs: Any) -> Iterator[tuple[str, list[str], list[str]]]:
+        for item in real_walk(*args, **kwargs):
+            yield item
+            if item[0].endswith("/tmpdir"):
+                shutil.rmtree(item[0])  # a tool removes its temp folder mid-scan
+
+    def readlink(path: Any) -> str:
+        os.unlink(path)  # the link goes between lstat and readlink
+        return real_readlink(path)
+
+    monkeypatch.setattr(context.os, "walk", walk)
+    monkeypatch.setattr(context.os, "readlink", readlink)
+    ctx = context.read_contexts([layer_at(folder)])["l"]
+    assert not isinstance(ctx, InputError), ctx
+    # What was gone when looked at is not sent; what went after it was read is
+    # found missing by the build's snapshot, which reads the layer again.
+    paths = {e.path for e in ctx.files}
+    assert "link" not in paths and "tmpdir/" not in paths and "app.py" in paths
+
+
+def test_any_other_filesystem_error_is_the_layers_input_error(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def scan(*args: Any) -> None:
+        raise OSError(errno.EIO, "Input/output error", str(folder / "app.py"))
+
+    monkeypatch.setattr(context, "scan_context", scan)
+    ctx = context.read_contexts([layer_at(folder)])["l"]
+    assert isinstance(ctx, InputError) and "app.py" in str(ctx) and "Input/output" in str(ctx)

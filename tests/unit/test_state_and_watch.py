@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -139,13 +140,16 @@ def test_file_digests_are_reused_until_the_file_changes(tmp_path: Path,
     path.write_text("one")
     first = context.file_digest(path)
     reads: list[Path] = []
-    real_open = Path.open
 
-    def counting_open(self: Path, *args: object, **kwargs: object) -> object:
-        reads.append(self)
-        return real_open(self, *args, **kwargs)  # type: ignore[arg-type]
+    class CountingOS:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
 
-    monkeypatch.setattr(Path, "open", counting_open)
+        def open(self, file: Path, *args: Any) -> int:
+            reads.append(Path(file))
+            return os.open(file, *args)
+
+    monkeypatch.setattr(context, "os", CountingOS())
     assert context.file_digest(path) == first and reads == []  # stat unchanged: not read
     path.write_text("two!")
     reads.clear()
