@@ -31,8 +31,8 @@ class RecordingRunner:
             fh.write("$ " + " ".join(argv) + "\n")
         return self._on_run(list(argv))
 
-    async def capture(self, argv: Sequence[str], *,
-                      env: Mapping[str, str] | None = None) -> Captured:
+    async def capture(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                      timeout_s: float = 300.0) -> Captured:
         self.calls.append(list(argv))
         self.envs.append(env)
         return self._capture(list(argv))

@@ -18,7 +18,7 @@ from orchestrator.engines.base import (
     raise_if_failed,
     scratch,
 )
-from orchestrator.engines.runner import CommandRunner
+from orchestrator.engines.runner import PING_TIMEOUT_S, CommandRunner
 
 
 def _host(ref: str) -> str:
@@ -206,7 +206,8 @@ class BuildahBuilder:
         if shutil.which(self.config.command) is None:
             raise BackendError(f"{self.config.command} not found on PATH: install buildah "
                                "or set [build.buildah] command")
-        out = await self.runner.capture([*self._global(), "version"])
+        out = await self.runner.capture([*self._global(), "version"],
+                                        timeout_s=PING_TIMEOUT_S)
         if out.returncode != 0:
             raise BackendError(f"buildah does not answer: {out.stderr.strip()}")
         for line in out.stdout.splitlines():

@@ -5,28 +5,34 @@ when a Docker engine is used."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from orchestrator.core.errors import BackendError
+from orchestrator.engines.runner import CAPTURE_TIMEOUT_S, PING_TIMEOUT_S
 
 
 class DockerApi:
     def __init__(self, host: str | None) -> None:
         self.host = host or "unix:///var/run/docker.sock"
 
-    async def _call(self, what: str, fn: Any) -> Any:
+    async def _call(self, what: str, fn: Any, timeout_s: float = CAPTURE_TIMEOUT_S) -> Any:
         import aiodocker
 
         docker = aiodocker.Docker(url=self.host)
         try:
-            return await fn(docker)
+            # An engine that accepts and never answers must not hold a lease.
+            return await asyncio.wait_for(fn(docker), timeout_s)
+        except TimeoutError:
+            raise BackendError(f"the Docker engine at {self.host}: {what}: no answer within "
+                               f"{timeout_s:g} s") from None
         except (aiodocker.DockerError, OSError) as exc:
             raise BackendError(f"the Docker engine at {self.host}: {what}: {exc}") from exc
         finally:
             await docker.close()
 
     async def version(self) -> str:
-        info = await self._call("version", lambda d: d.version())
+        info = await self._call("version", lambda d: d.version(), PING_TIMEOUT_S)
         return str(info.get("Version") or "unknown")
 
     async def inspect(self, ref: str) -> dict[str, Any] | None:

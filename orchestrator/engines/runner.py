@@ -22,6 +22,10 @@ from typing import Protocol
 _PRIVATE_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
                 "WATCHDOG_USEC", "WATCHDOG_PID")
 STOP_GRACE_S = 10.0
+# Engine queries (version, images, inspect, rm, rmi) answer in seconds; a health
+# check gets less (PING_TIMEOUT_S). Past that the engine is treated as failing.
+CAPTURE_TIMEOUT_S = 300.0
+PING_TIMEOUT_S = 30.0
 PR_SET_PDEATHSIG = 1
 GUARD = Path(__file__).with_name("guard.py")
 DEFAULT_LOG_CAP = 64 * 1024 * 1024
@@ -58,9 +62,10 @@ class CommandRunner(Protocol):
         """Run to completion with output appended to ``log``; None on timeout."""
         ...
 
-    async def capture(self, argv: Sequence[str], *,
-                      env: Mapping[str, str] | None = None) -> Captured:
-        """Run a short query and return its output."""
+    async def capture(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                      timeout_s: float = CAPTURE_TIMEOUT_S) -> Captured:
+        """Run a short query and return its output; past ``timeout_s`` the query
+        is stopped and answers returncode 124 with the reason in stderr."""
         ...
 
 
@@ -103,14 +108,19 @@ class SubprocessRunner:
             await asyncio.shield(stop_process_group(proc, grace))
             raise
 
-    async def capture(self, argv: Sequence[str], *,
-                      env: Mapping[str, str] | None = None) -> Captured:
+    async def capture(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                      timeout_s: float = CAPTURE_TIMEOUT_S) -> Captured:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=builder_env(env), start_new_session=True,
         )
         try:
-            out, err = await proc.communicate()
+            out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+        except TimeoutError:
+            # A hung engine query (a wedged storage lock, a buildkitd that accepts
+            # and never answers) must not hold a pool lease or a status view.
+            await asyncio.shield(stop_process_group(proc, 5.0))
+            return Captured(124, "", f"{argv[0]} did not answer within {timeout_s:g} s")
         except asyncio.CancelledError:
             await asyncio.shield(stop_process_group(proc))
             raise

@@ -11,6 +11,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from orchestrator.engines.guard import MARKER, marker_end
 from orchestrator.engines.runner import SubprocessRunner
 
@@ -102,3 +104,27 @@ async def test_a_huge_log_keeps_its_head_and_tail_within_the_cap(tmp_path: Path)
     assert b"line 0 " in data[:4096]
     assert data.count(MARKER) == 1 and data.index(MARKER) + len(MARKER) == marker_end(cap)
     assert data.rstrip().endswith(b"line 299999 " + b"0" * 40)
+
+
+async def test_a_query_that_never_answers_is_stopped_at_its_deadline() -> None:
+    tag = f"sleep 6{os.getpid() % 1000}4"
+    started = time.monotonic()
+    out = await SubprocessRunner().capture(["sh", "-c", f"{tag}; true"], timeout_s=0.5)
+    assert out.returncode == 124 and "did not answer within 0.5 s" in out.stderr
+    assert time.monotonic() - started < 10
+    wait_gone(f"^{tag}", 10)
+
+
+async def test_a_hung_engine_fails_its_health_check(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import orchestrator.engines.buildah as buildah_module
+    from orchestrator.core.errors import BackendError
+    from orchestrator.core.model import BuildahConfig
+
+    hung = tmp_path / "buildah"
+    hung.write_text("#!/bin/sh\nexec sleep 60\n")  # a wedged storage lock, say
+    hung.chmod(0o755)
+    monkeypatch.setattr(buildah_module, "PING_TIMEOUT_S", 0.5)
+    builder = buildah_module.BuildahBuilder(BuildahConfig(command=str(hung)), SubprocessRunner())
+    with pytest.raises(BackendError, match="did not answer"):
+        await builder.ping()
