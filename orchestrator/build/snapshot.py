@@ -8,7 +8,8 @@ the key recorded, and every copied file's content hashed again from the copy.
 If a file changed since it was hashed, the snapshot is refused
 (:class:`ContextChanged`) and the layer is built again from a fresh read; the
 engine never sees a byte the key does not describe. The Dockerfile is copied
-beside the context, outside it.
+beside the context, outside it, with an empty ignore file of its own: the
+copy is the filtered set, and the engine must not filter it again.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class ContextChanged(OrchestratorError):
                          "it is planned again with the new content")
 
 
+class NotRegular(OSError):
+    """What was a regular file when hashed is something else now."""
+
+
 def _copy_hashed(src: str, dst: str, mode: int, times_ns: tuple[int, int], *,
                  follow: bool = False) -> str:
     """Copy and hash in one pass (the digest is of exactly the bytes written),
@@ -47,9 +52,13 @@ def _copy_hashed(src: str, dst: str, mode: int, times_ns: tuple[int, int], *,
     for a symlink since it was listed fails to open (O_NOFOLLOW): a changed
     context. ``follow``: the Dockerfile, which may be a link."""
     h = hashlib.sha256()
-    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    # O_NONBLOCK: a file swapped for a fifo must not block the open (it is then
+    # refused below, not read).
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     fd_in = os.open(src, flags)
     try:
+        if not stat.S_ISREG(os.fstat(fd_in).st_mode):
+            raise NotRegular(src)
         fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             while chunk := os.read(fd_in, _CHUNK):
@@ -117,7 +126,7 @@ def make_snapshot(layer: Layer, context: Context, dest: Path) -> tuple[Path, Pat
         try:
             copied = _copy_hashed(src, dst, stat.S_IMODE(entry.mode),
                                   (info.st_atime_ns, info.st_mtime_ns))
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, NotRegular):
             raise ContextChanged(layer.id, entry.path) from None
         except OSError as exc:
             if exc.errno != errno.ELOOP:  # ELOOP: it became a symlink meanwhile
@@ -126,7 +135,11 @@ def make_snapshot(layer: Layer, context: Context, dest: Path) -> tuple[Path, Pat
         if copied != entry.digest:
             raise ContextChanged(layer.id, entry.path)
     # Directories last, deepest first: their modes may forbid writing into them,
-    # and writing into them moves their times.
+    # and writing into them moves their times. The context folder itself keeps its
+    # own mode too, not the daemon's umask (UMask=0027 under systemd), as the
+    # engine would have seen it in place.
+    top = os.stat(source)
+    dirs.append((root, top.st_mode, top.st_mtime_ns))
     for path, mode, mtime_ns in sorted(dirs, key=lambda d: -d[0].count(os.sep)):
         os.chmod(path, stat.S_IMODE(mode))
         os.utime(path, ns=(mtime_ns, mtime_ns))
@@ -135,10 +148,16 @@ def make_snapshot(layer: Layer, context: Context, dest: Path) -> tuple[Path, Pat
         info = os.stat(layer.dockerfile)
         copied = _copy_hashed(str(layer.dockerfile), dockerfile, 0o644,
                               (info.st_atime_ns, info.st_mtime_ns), follow=True)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotRegular):
         raise ContextChanged(layer.id, layer.dockerfile.name) from None
     if copied != context.dockerfile:
         raise ContextChanged(layer.id, layer.dockerfile.name)
+    # The copy is already filtered by the ignore file the key was made with. An
+    # empty ignore file beside the Dockerfile is the first one both engines look
+    # for, so neither applies the context's .dockerignore a second time (when a
+    # Dockerfile.dockerignore chose the set, that would drop keyed files).
+    os.close(os.open(dockerfile + ".dockerignore",
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
     return Path(root), Path(dockerfile)
 
 

@@ -20,7 +20,7 @@ from orchestrator.engines.base import (
     scratch,
 )
 from orchestrator.engines.docker_api import DockerApi
-from orchestrator.engines.runner import CommandRunner, log_tail
+from orchestrator.engines.runner import PING_TIMEOUT_S, CommandRunner, log_tail
 
 _PUSHED_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 
@@ -69,6 +69,12 @@ class DockerBuildKitBuilder:
         pins = {written: pinned for written, pinned in req.from_pins.items()}
         copy = folder / "Dockerfile.pinned"
         copy.write_text(pin(text, pins, {k: v for k, v in req.args.items()}))
+        # The engine looks for <Dockerfile>.dockerignore beside the file it is
+        # given; as beside the snapshot's own Dockerfile, an empty one keeps it
+        # from filtering the already-filtered context again.
+        ignore = req.dockerfile.with_name(req.dockerfile.name + ".dockerignore")
+        (folder / (copy.name + ".dockerignore")).write_bytes(
+            ignore.read_bytes() if ignore.is_file() else b"")
         return copy
 
     async def build(self, request: BuildRequest) -> BuildOutput:
@@ -233,8 +239,7 @@ class BuildctlBuilder:
             raise BackendError(f"{self.config.buildctl} not found: install BuildKit's client "
                                "or set [build.buildkit] buildctl")
         out = await self.runner.capture(
-            [*self._client(), "debug", "workers"],
-            env=self.env())
+            [*self._client(), "debug", "workers"], env=self.env(), timeout_s=PING_TIMEOUT_S)
         if out.returncode != 0:
             raise BackendError(f"buildkitd at {self.config.addr} does not answer: "
                                f"{out.stderr.strip()}")

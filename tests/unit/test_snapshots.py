@@ -110,3 +110,45 @@ def test_a_context_changed_after_hashing_leaves_nothing(tmp_path: Path, inline: 
     with pytest.raises(ContextChanged, match=r"z\.txt changed"):
         asyncio.run(build())
     assert not dest.exists()
+
+
+def test_the_context_folder_keeps_its_own_mode_whatever_the_umask(tmp_path: Path) -> None:
+    from orchestrator.build.snapshot import make_snapshot
+
+    folder = tmp_path / "layer"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY . /app\n")
+    os.chmod(folder, 0o755)
+    layer = layer_at(folder)
+    ctx = context.read_context(layer)
+    old = os.umask(0o077)  # stricter than the service's 0027
+    try:
+        root, dockerfile = make_snapshot(layer, ctx, tmp_path / "builds" / "b4")
+    finally:
+        os.umask(old)
+    assert os.stat(root).st_mode & 0o7777 == 0o755
+    # The engine must not filter the copy again: an empty ignore file of its own.
+    assert (dockerfile.parent / "Dockerfile.dockerignore").read_bytes() == b""
+
+
+def test_a_dockerfile_turned_fifo_after_hashing_is_a_change_not_a_hang(tmp_path: Path) -> None:
+    folder = tmp_path / "layer"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n")
+    layer = layer_at(folder)
+    ctx = context.read_context(layer)
+    (folder / "Dockerfile").unlink()
+    os.mkfifo(folder / "Dockerfile")  # no writer: a blocking open would wait for good
+    dest = tmp_path / "builds" / "b5"
+
+    async def build() -> None:
+        async with Snapshots(inline=False).snapshot(layer, ctx, dest):
+            raise AssertionError("the engine must not get a fifo")
+
+    async def main() -> None:
+        async with asyncio.timeout(10):
+            await build()
+
+    with pytest.raises(ContextChanged):
+        asyncio.run(main())
+    assert not dest.exists()
