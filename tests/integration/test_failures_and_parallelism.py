@@ -122,6 +122,9 @@ def test_interrupt_stops_the_builder_and_tags_nothing(
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "-c", str(project.config), "build"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=project.root,
+        # As at a terminal: a test run started in the background (nohup, `cmd &` in
+        # a script) hands its children SIGINT ignored, and Ctrl-C would not reach it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     logs = project.root / "state" / "logs"
     deadline = time.monotonic() + 60
