@@ -53,8 +53,8 @@ def test_the_engine_receives_exactly_the_keyed_set(project: Project, testbed: Te
     # One layer through BASE_IMAGE, one naming its parent literally (Docker gets a
     # pinned copy of that Dockerfile, elsewhere: the same must hold there).
     project.layer("app", 'from = "upstream:seed"\n',
-                  "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY . /ctx/\n", files=FILES)
-    project.layer("lit", 'from = "upstream:seed"\n', "FROM seedbox:1\nCOPY . /ctx/\n",
+                  "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY . /ctx/\nUSER 1000\n", files=FILES)
+    project.layer("lit", 'from = "upstream:seed"\n', "FROM seedbox:1\nCOPY . /ctx/\nUSER 1000\n",
                   files=FILES)
     for name in ("app", "lit"):
         (project.layers / name / "empty").mkdir()
