@@ -24,7 +24,7 @@ from typing import Any
 from orchestrator.core.errors import RegistryError
 from orchestrator.core.imageref import ImageRef, is_loopback
 from orchestrator.registry.auth import AuthStore, Credentials
-from orchestrator.registry.transport import PooledTransport, Transport, TransportError
+from orchestrator.registry.transport import PooledTransport, Transport, TransportError, origin
 
 MANIFEST_TYPES = ", ".join([
     "application/vnd.oci.image.index.v1+json",
@@ -34,6 +34,7 @@ MANIFEST_TYPES = ", ".join([
 ])
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+MAX_TAG_PAGES = 1000  # of up to 1,000 tags each
 _NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
 
@@ -117,6 +118,9 @@ class RegistryClient:
             return None
         self._raise_for(ref, status, "GET manifest", headers)
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        if reference.startswith("sha256:") and digest != reference:
+            raise RegistryError(ref.registry, f"manifest {reference[:19]} of {ref.repository}: "
+                                f"the registry sent other bytes ({digest[:19]})")
         media_type = headers.get("Content-Type") or str(_json(body).get("mediaType") or "")
         return Manifest(digest, media_type, body)
 
@@ -212,9 +216,19 @@ class RegistryClient:
         return True
 
     async def tags(self, ref: ImageRef, page_size: int = 1000) -> list[str]:
-        url: str | None = f"{self._base(ref)}/tags/list?n={page_size}"
+        return await self._tags_from(ref, f"{self._base(ref)}/tags/list?n={page_size}")
+
+    async def _tags_from(self, ref: ImageRef, first: str) -> list[str]:
+        url: str | None = first
         out: list[str] = []
+        seen: set[str] = set()
         while url is not None:
+            # A registry that hands back a page it already gave (or never ends)
+            # must not keep a poller busy for ever.
+            if url in seen or len(seen) >= MAX_TAG_PAGES:
+                raise RegistryError(ref.registry, f"tag list of {ref.repository}: the "
+                                    f"registry's pages repeat or pass {MAX_TAG_PAGES}")
+            seen.add(url)
             status, headers, body = await self._request("GET", ref, url, {})
             if status == 404:
                 return out
@@ -248,12 +262,15 @@ class RegistryClient:
         scope = f"repository:{ref.repository}:{actions}"
         creds = self._auth.lookup(ref.registry, ref.repository)
         token_key = (ref.api_host, scope)
+        # Credentials go to the registry itself only: a next-page Link or an upload
+        # Location naming another host (or plain http) gets none.
+        ours = origin(url) == origin(f"{self._scheme(ref)}://{ref.api_host}/")
         for attempt in range(2):
             sent = dict(headers)
-            if token_key in self._tokens:
+            if ours and token_key in self._tokens:
                 sent["Authorization"] = self._tokens[token_key]
             status, resp_headers, body = await self._send(method, ref, url, sent, data, dest)
-            if status != 401 or attempt == 1:
+            if status != 401 or attempt == 1 or not ours:
                 return status, resp_headers, body
             challenge = resp_headers.get("WWW-Authenticate", "")
             scheme, params = parse_challenge(challenge)

@@ -17,6 +17,7 @@ import http.client
 import socket
 import ssl
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -69,12 +70,27 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
+def origin(url: str) -> tuple[str, str]:
+    """(scheme, host[:port]) with the default port left out."""
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").lower()
+    default = 443 if parts.scheme == "https" else 80
+    port = parts.port
+    return parts.scheme.lower(), host if port in (None, default) else f"{host}:{port}"
+
+
 def redirect_headers(headers: Mapping[str, str], old_url: str, new_url: str) -> dict[str, str]:
     """Registries redirect blob and manifest reads to storage hosts (S3, a CDN):
-    the registry's credentials must not follow them there."""
-    if urllib.parse.urlsplit(old_url).netloc == urllib.parse.urlsplit(new_url).netloc:
+    the registry's credentials must not follow them there, nor go out in clear
+    text after a redirect from https to http on the same host."""
+    if origin(old_url) == origin(new_url):
         return dict(headers)
     return {k: v for k, v in headers.items() if k.lower() != "authorization"}
+
+
+# Manifests, tag lists and tokens are small; a registry that sends more is broken
+# or hostile and must not fill memory. Blobs are streamed to files instead.
+MAX_BODY = 16 << 20
 
 
 _Key = tuple[str, str, int]
@@ -133,6 +149,10 @@ class PooledTransport:
             target += "?" + parts.query
         for attempt in range(2):
             conn, reused = self._checkout(key)
+            # A total deadline, as aiohttp's: the socket timeout alone lets a server
+            # that drips a byte a second hold a request for ever. A streamed blob
+            # has only the socket's idle timeout (a large layer takes its time).
+            deadline = None if dest is not None else time.monotonic() + self.timeout_s
             try:
                 conn.request(method, target, body=data, headers=dict(headers))
                 resp = conn.getresponse()
@@ -142,7 +162,7 @@ class PooledTransport:
                             out.write(chunk)
                     body = b""
                 else:
-                    body = resp.read()
+                    body = _read_body(resp, deadline)
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
                 conn.close()
                 # A kept-alive connection the server has since closed: once more on a
@@ -150,6 +170,9 @@ class PooledTransport:
                 if reused and attempt == 0:
                     continue
                 raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+            except TransportError:
+                conn.close()  # half read: never back in the pool
+                raise
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 what = "timed out" if isinstance(exc, socket.timeout | TimeoutError) else \
@@ -182,3 +205,20 @@ class PooledTransport:
                 conn.close()
             else:
                 idle.append(conn)
+
+
+def _read_body(resp: http.client.HTTPResponse, deadline: float | None) -> bytes:
+    """The whole body, at most MAX_BODY bytes, before ``deadline``."""
+    parts: list[bytes] = []
+    size = 0
+    while chunk := resp.read1(1 << 16):
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise TransportError(f"answer larger than {MAX_BODY >> 20} MiB")
+        if deadline is not None and time.monotonic() > deadline:
+            raise TransportError("timed out (the answer kept coming)")
+        parts.append(chunk)
+    # read1 does not mark a Content-Length body done when it ends exactly: close the
+    # response (not the connection) so the connection can serve the next request.
+    resp.close()
+    return b"".join(parts)

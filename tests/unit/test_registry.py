@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -17,7 +18,13 @@ from orchestrator.core.imageref import parse_repository
 from orchestrator.registry.aiohttp_transport import AiohttpTransport
 from orchestrator.registry.auth import AuthStore
 from orchestrator.registry.client import RegistryClient
-from orchestrator.registry.transport import PooledTransport, Transport
+from orchestrator.registry.transport import (
+    MAX_BODY,
+    PooledTransport,
+    Transport,
+    TransportError,
+    redirect_headers,
+)
 
 MANIFEST = b'{"schemaVersion": 2}'
 DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
@@ -28,6 +35,7 @@ class ScriptedRegistry:
     def __init__(self) -> None:
         self.token_requests: list[dict[str, str]] = []
         self.seen_auth: list[str] = []
+        self.tag_hosts: list[tuple[str, str]] = []
         self.base = ""
 
     def app(self) -> web.Application:
@@ -37,7 +45,22 @@ class ScriptedRegistry:
         app.router.add_get("/v2/{repo:.+}/tags/list", self.tags)
         app.router.add_get("/moved/{repo:.+}/manifests/{ref}", self.moved)
         app.router.add_get("/storage/blob", self.storage)
+        app.router.add_get("/huge", self.huge)
+        app.router.add_get("/trickle", self.trickle)
         return app
+
+    async def huge(self, request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * (MAX_BODY + 1))
+
+    async def trickle(self, request: web.Request) -> web.StreamResponse:
+        # A byte at a time, each well within any socket timeout: only a total
+        # deadline ends it.
+        resp = web.StreamResponse(headers={"Content-Length": "40"})
+        await resp.prepare(request)
+        for _ in range(40):
+            await resp.write(b"x")
+            await asyncio.sleep(0.1)
+        return resp
 
     async def moved(self, request: web.Request) -> web.Response:
         # The registry sends reads elsewhere; the credentials must not follow
@@ -73,13 +96,20 @@ class ScriptedRegistry:
                             content_type="application/vnd.oci.image.manifest.v1+json")
 
     async def tags(self, request: web.Request) -> web.Response:
+        self.tag_hosts.append((request.host, request.headers.get("Authorization", "")))
         if (denied := self._challenge(request)) is not None:
             return denied
         start = int(request.query.get("last", "-1")) + 1
         page = TAGS[start:start + 10]
         headers = {}
-        if start + 10 < len(TAGS):
-            repo = request.match_info["repo"]
+        repo = request.match_info["repo"]
+        if request.query.get("pages") == "loop":  # always the same next page
+            headers["Link"] = f'</v2/{repo}/tags/list?n=10&pages=loop>; rel="next"'
+        elif request.query.get("pages") == "away":  # the next page on another host
+            port = request.host.rsplit(":", 1)[1]
+            headers["Link"] = (f'<http://localhost:{port}/v2/{repo}/tags/list?n=10&last=9>; '
+                               'rel="next"')
+        elif start + 10 < len(TAGS):
             headers["Link"] = f'</v2/{repo}/tags/list?n=10&last={start + 9}>; rel="next"'
         return web.json_response({"tags": page}, headers=headers)
 
@@ -186,3 +216,52 @@ def test_docker_hub_names() -> None:
     assert (ref.registry, ref.repository, ref.api_host) == (
         "docker.io", "library/alpine", "registry-1.docker.io")
     assert parse_repository("localhost:5000/a/b").repository == "a/b"
+
+
+async def test_a_repeating_or_foreign_tag_list_is_refused(
+        registry: tuple[ScriptedRegistry, str], tmp_path: Path, transport: Transport) -> None:
+    scripted, host = registry
+    async with RegistryClient(auth_file(tmp_path, host), insecure=frozenset({host}),
+                              transport=transport) as client:
+        ref = parse_repository(f"{host}/library/alpine")
+        base = f"http://{host}/v2/library/alpine/tags/list"
+        with pytest.raises(RegistryError, match="pages repeat"):
+            await client._tags_from(ref, f"{base}?n=10&pages=loop")
+        with pytest.raises(RegistryError, match="HTTP 401"):
+            await client._tags_from(ref, f"{base}?n=10&pages=away")
+    away = [auth for where, auth in scripted.tag_hosts if where.startswith("localhost")]
+    assert away == [""], scripted.tag_hosts  # no token went to the other host
+    assert all(auth for where, auth in scripted.tag_hosts[1:] if where.startswith("127."))
+
+
+async def test_a_manifest_by_digest_must_have_that_digest(
+        registry: tuple[ScriptedRegistry, str], tmp_path: Path, transport: Transport) -> None:
+    _, host = registry
+    async with RegistryClient(auth_file(tmp_path, host), insecure=frozenset({host}),
+                              transport=transport) as client:
+        ref = parse_repository(f"{host}/library/alpine")
+        assert (await client.get_manifest(ref, DIGEST)) is not None
+        with pytest.raises(RegistryError, match="sent other bytes"):
+            await client.get_manifest(ref, "sha256:" + "0" * 64)
+
+
+async def test_oversized_and_never_ending_answers_are_cut_off(
+        registry: tuple[ScriptedRegistry, str]) -> None:
+    _, host = registry
+    for transport in (PooledTransport(1.0), AiohttpTransport(1.0)):
+        with pytest.raises(TransportError, match="larger than"):
+            await transport.request("GET", f"http://{host}/huge", {})
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TransportError):
+            await transport.request("GET", f"http://{host}/trickle", {})
+        assert asyncio.get_running_loop().time() - started < 3.5  # not the 4 s it drips
+        await transport.close()
+
+
+def test_credentials_do_not_survive_a_downgrade_to_http() -> None:
+    sent = {"Authorization": "Basic x", "Accept": "a"}
+    assert redirect_headers(sent, "https://r.example/v2/", "https://r.example:443/x") == sent
+    assert "Authorization" not in redirect_headers(sent, "https://r.example/v2/",
+                                                   "http://r.example/x")
+    assert "Authorization" not in redirect_headers(sent, "https://r.example/v2/",
+                                                   "https://r.example:8443/x")
