@@ -57,11 +57,15 @@ async def _label_of(client: RegistryClient, repo: ImageRef, digest: str,
                     prefix: str) -> tuple[str | None, float]:
     """(layer, created) from an image's config, for keys this host never built."""
     manifest = await client.get_manifest(repo, digest)
-    config = (manifest.json().get("config") or {}).get("digest") if manifest else None
-    if not isinstance(config, str):
+    data = manifest.json() if manifest else {}
+    config = (data.get("config") or {}).get("digest")
+    if isinstance(data.get("manifests"), list):  # an index: its annotations carry them
+        labels = data.get("annotations") or {}
+    elif isinstance(config, str):
+        labels = (json.loads(await client.get_blob(repo, config)).get("config") or {}).get(
+            "Labels") or {}
+    else:
         return None, 0.0
-    labels = (json.loads(await client.get_blob(repo, config)).get("config") or {}).get(
-        "Labels") or {}
     created = labels.get("org.opencontainers.image.created", "")
     try:
         when = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
@@ -74,10 +78,7 @@ async def plan_gc(config: Config, catalog: Catalog, state: AsyncStateStore,
                   client: RegistryClient, keep: int) -> GcPlan:
     assert config.registry is not None
     known = await state.keys()
-    records = await state.layers()
-    # What the hierarchy stands on now: every layer's image and every parent digest.
-    in_use = {r.digest for r in records.values()} | {r.inputs.parent_digest
-                                                     for r in records.values()}
+    in_use = await in_use_now(state)
     plan = GcPlan()
     for image in sorted({layer.image for layer in catalog.layers.values()}):
         repo = parse_repository(config.registry.repository(image))
@@ -99,29 +100,46 @@ async def plan_gc(config: Config, catalog: Catalog, state: AsyncStateStore,
             per_layer.setdefault(layer, []).append(KeyImage(repo.name, tag, digest, layer,
                                                             first))
         platform_tags = {t: d for t, d in digests.items() if _platform_tag(t) and d}
-        for images in per_layer.values():
+        for layer_id, images in per_layer.items():
             images.sort(key=lambda k: k.first_built, reverse=True)
             for rank, item in enumerate(images):
-                why = ("among the newest" if rank < keep else
-                       "a human tag points at it" if item.digest in human else
-                       "the current hierarchy stands on it" if item.digest in in_use else None)
+                platforms = [KeyImage(item.repository, tag, digest, item.layer,
+                                      item.first_built)
+                             for tag, digest in platform_tags.items()
+                             if tag.startswith(item.tag + "-")]
+                mine = {item.digest, *(p.digest for p in platforms)}
+                why = ("its layer is unknown (no state, no label): never guessed at"
+                       if layer_id is None else
+                       "among the newest" if rank < keep else
+                       "a human tag points at it" if mine & human else
+                       "the current hierarchy stands on it" if mine & in_use else None)
                 if why is None:
                     plan.delete.append(item)
-                    # A multi-platform key: its platforms' images go with it.
-                    plan.delete += [KeyImage(item.repository, tag, digest, item.layer,
-                                             item.first_built)
-                                    for tag, digest in platform_tags.items()
-                                    if tag.startswith(item.tag + "-")]
+                    plan.delete += platforms  # a multi-platform key: its platforms go too
                 else:
                     plan.keep.append(KeyImage(item.repository, item.tag, item.digest,
                                               item.layer, item.first_built, why))
     return plan
 
 
-async def apply_gc(client: RegistryClient, plan: GcPlan) -> int:
-    """Delete what the plan says, artifacts first (they name the image as subject)."""
+async def in_use_now(state: AsyncStateStore) -> set[str]:
+    """What the hierarchy stands on at this moment: every layer's image (and its
+    platforms' images) and every parent digest."""
+    records = await state.layers()
+    return ({r.digest for r in records.values()} |
+            {d for r in records.values() for d in r.platform_digests.values()} |
+            {r.inputs.parent_digest for r in records.values()})
+
+
+async def apply_gc(client: RegistryClient, plan: GcPlan,
+                   state: AsyncStateStore | None = None) -> int:
+    """Delete what the plan says, artifacts first (they name the image as subject).
+    With ``state``, each image is checked once more against what the hierarchy
+    stands on right before its DELETE (a reused key is current again)."""
     removed = 0
     for item in plan.delete:
+        if state is not None and item.digest in await in_use_now(state):
+            continue
         repo = parse_repository(item.repository)
         for referrer in await referrers(client, repo, item.digest):
             await client.delete_manifest(repo, referrer.digest)

@@ -252,7 +252,8 @@ async def apply_retention(config: Config, catalog: Catalog, state: AsyncStateSto
     from orchestrator.build.retention import apply_gc, plan_gc
 
     try:
-        removed = await apply_gc(client, await plan_gc(config, catalog, state, client, keep))
+        removed = await apply_gc(client, await plan_gc(config, catalog, state, client, keep),
+                                 state)
     except Exception as exc:
         emit("gc_failed", {"error": f"{type(exc).__name__}: {exc}"})
         return

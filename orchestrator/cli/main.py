@@ -185,6 +185,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 async def _gc(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from orchestrator.build.lock import StateLock
     from orchestrator.build.retention import apply_gc, plan_gc
     from orchestrator.build.runs import STATE_DB, load
     from orchestrator.build.state import AsyncStateStore, StateStore
@@ -196,18 +199,24 @@ async def _gc(args: argparse.Namespace) -> int:
     if config.registry is None or config.registry.keep is None:
         raise InputError(str(args.config), "[registry] keep: retention is off; set keep = N "
                          "(key tags kept per layer) to use gc")
-    state = AsyncStateStore(StateStore(config.state_dir / STATE_DB))
-    try:
-        async with RegistryClient(AuthStore.load(config.auth_file),
-                                  insecure=frozenset(insecure_hosts(config))) as client:
-            plan = await plan_gc(config, catalog, state, client, config.registry.keep)
-            print(plan.render())
-            if not args.dry_run:
-                removed = await apply_gc(client, plan)
-                print(f"deleted {removed} images; the registry's garbage collection reclaims "
-                      "their blobs (registry garbage-collect)")
-    finally:
-        await state.close()
+    with contextlib.ExitStack() as owned:
+        if not args.dry_run:
+            # Deleting needs the state dir to itself: a build running meanwhile may
+            # make an old key current again. A daemon that owns it applies
+            # retention itself, between its runs.
+            owned.enter_context(StateLock(config.state_dir).acquire("orchestrator gc"))
+        state = AsyncStateStore(StateStore(config.state_dir / STATE_DB))
+        try:
+            async with RegistryClient(AuthStore.load(config.auth_file),
+                                      insecure=frozenset(insecure_hosts(config))) as client:
+                plan = await plan_gc(config, catalog, state, client, config.registry.keep)
+                print(plan.render())
+                if not args.dry_run:
+                    removed = await apply_gc(client, plan, state)
+                    print(f"deleted {removed} images; the registry's garbage collection "
+                          "reclaims their blobs (registry garbage-collect)")
+        finally:
+            await state.close()
     return EXIT_OK
 
 

@@ -686,12 +686,13 @@ class Daemon:
         await self._close_retired()
         await self._queue_changed()
         registry = self.config.registry
-        if registry is not None and registry.keep and "gc" not in self._tasks and \
-                counts.get("built"):
-            self._own("gc", self._gc(registry.keep))
+        if registry is not None and registry.keep and counts.get("built"):
+            # Between runs, never beside one: a run may make an old key current
+            # again while the plan to delete it is being carried out.
+            await self._gc(registry.keep)
 
     async def _gc(self, keep: int) -> None:
-        """Registry retention after a run that pushed something (in the background)."""
+        """Registry retention after a run that pushed something, before the next run."""
         await apply_retention(self.config, self.catalog, self.state, self.registry, keep,
                               lambda event, fields: self.bus.publish(
                                   event, fields, "warning" if "failed" in event else "info"))
