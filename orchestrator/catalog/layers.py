@@ -216,12 +216,18 @@ def _placeholder_hint(matrix: list[str], upstreams: Mapping[str, UpstreamSpec]) 
 
 
 def select(catalog: Catalog, names: list[str]) -> list[str]:
-    """Layer ids for command-line names: an id, or a folder name (all its variants)."""
-    chosen: list[str] = []
-    for name in names:
-        matches = [lid for lid, layer in catalog.layers.items() if name in (lid, layer.name)]
+    """Layer ids for command-line names: an id, or a folder name (all its variants).
+    Linear in names and layers: a trigger may carry a very long list."""
+    by_name: dict[str, list[str]] = {}
+    for lid, layer in catalog.layers.items():
+        by_name.setdefault(lid, []).append(lid)
+        if layer.name != lid:
+            by_name.setdefault(layer.name, []).append(lid)
+    chosen: dict[str, None] = {}
+    for name in dict.fromkeys(names):
+        matches = by_name.get(name)
         if not matches:
             raise InputError("", f"unknown layer {name!r} (layers: "
                              f"{', '.join(catalog.layers)})")
-        chosen.extend(m for m in matches if m not in chosen)
-    return chosen
+        chosen.update(dict.fromkeys(matches))
+    return list(chosen)
