@@ -210,6 +210,8 @@ class Pipeline:
         self.log_dir = config.state_dir / "logs"
         self.work_dir = config.state_dir / "builds"
         self.snapshots = Snapshots(inline=state.inline)
+        # Per engine: the parents of builds that were stopped or failed.
+        self._leftovers: dict[str, tuple[Member, set[str]]] = {}
         self._values: dict[str, str] = {}
         for up in self.upstreams.values():
             self._values.update(upstream_values(up.name, up.tag, up.digest,
@@ -234,8 +236,12 @@ class Pipeline:
 
     async def run(self, order: list[str]) -> RunReport:
         parents = {lid: self.catalog.layers[lid].parent for lid in order}
-        results = await run_graph(order, parents, self.step, lambda r: r.outcome,
-                                  self.cancelled)
+        try:
+            results = await run_graph(order, parents, self.step, lambda r: r.outcome,
+                                      self.cancelled)
+        finally:
+            # Shielded: a Ctrl-C lands here too, and the containers must still go.
+            await asyncio.shield(self._clear_leftovers())
         notes = []
         if self.dry_run:
             unreproducible = [m.name for m in self.pool.members if m.spec.backend != "buildah"]
@@ -246,6 +252,26 @@ class Pipeline:
                              "layers below")
         # Report in graph order, not in the order builds happened to finish.
         return RunReport({lid: results[lid] for lid in order}, self.upstreams, notes)
+
+    async def _clear_leftovers(self) -> None:
+        """Working containers that stopped or failed builds left in their engines:
+        buildah stopped while it sets up a RUN step exits without removing the
+        container it just made. Removed once the run is over, when no build of
+        it can be using them (by the parent each was made from, as after a crash)."""
+        leftovers, self._leftovers = self._leftovers, {}
+        for member, bases in leftovers.values():
+            try:
+                removed = await member.builder.clean_up_after_crash(bases)
+            except Exception as exc:  # housekeeping: the next start tries again
+                self.on_event("cleanup_failed", {"builder": member.name,
+                                                 "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            if removed:
+                self.on_event("containers_removed", {"builder": member.name,
+                                                     "removed": removed})
+
+    def _left_behind(self, member: Member, base_ref: str) -> None:
+        self._leftovers.setdefault(member.name, (member, set()))[1].add(base_ref)
 
     # -- one layer -------------------------------------------------------
 
@@ -719,11 +745,13 @@ class Pipeline:
             else:
                 output = await member.builder.build(request)
         except asyncio.CancelledError:
+            self._left_behind(member, base_ref)
             await asyncio.shield(self.state.finish_build(build_id, Outcome.CANCELLED.value))
             self.on_event("build_finished", {**bound, "outcome": "cancelled",
                                              "duration_s": round(time.time() - started, 3)})
             raise
         except BuildFailed as exc:
+            self._left_behind(member, base_ref)  # a timeout stops the engine mid-step too
             first = first_error_line(exc.log_tail)
             await self.state.finish_build(build_id, Outcome.FAILED.value,
                                           error=f"{first}\n{exc}" if first else str(exc))

@@ -119,6 +119,7 @@ def test_interrupt_stops_the_builder_and_tags_nothing(
     write_config(project, testbed, namespace)
     project.layer("slow", 'from = "upstream:seed"\ntags = ["1"]\n',
                   "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo started; sleep 60\nUSER 1000\n")
+    containers_before = {c["id"] for c in _working_containers()}
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "-c", str(project.config), "build"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=project.root,
@@ -141,6 +142,9 @@ def test_interrupt_stops_the_builder_and_tags_nothing(
 
     assert proc.returncode == 130, err
     assert not [p for p in _buildah_processes() if str(project.root) in p]
+    # buildah stopped while it sets up the RUN leaves its working container: the
+    # run removes it before it exits.
+    assert {c["id"] for c in _working_containers()} <= containers_before
     assert manifest_digest(testbed.registry, f"{namespace}/slow", "1") is None
     db = sqlite3.connect(project.root / "state" / "state.db")
     assert db.execute("SELECT outcome FROM builds").fetchall() == [("cancelled",)]
