@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.catalog.tomlfile import display, read_text_file
+from orchestrator.catalog.tomlfile import display, open_regular, read_text_file
 from orchestrator.core.buildkey import first_changed_path
 from orchestrator.core.dockerignore import DockerIgnore, ignore_file_for
 from orchestrator.core.errors import InputError
@@ -57,16 +57,9 @@ def file_digest(path: Path) -> str:
     cached = _DIGESTS.get(key)
     if cached is not None and cached[:5] == _stamp(info):
         return cached[5]
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(display(path), "not a regular file (a fifo, device or socket): make "
-                         "it an ordinary file")
     h = hashlib.sha256()
-    # O_NONBLOCK: if it became a fifo since the stat, the open must not wait.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = open_regular(path)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InputError(display(path), "changed into something other than a regular "
-                             "file while it was read")
         while chunk := os.read(fd, _CHUNK):
             h.update(chunk)
     finally:

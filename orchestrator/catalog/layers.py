@@ -109,8 +109,6 @@ def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[Pen
             raise table.error("context", f"{display(context_dir)} ({real}) cannot be a build "
                               "context: point it at the folder the Dockerfile copies from")
     dockerfile = Path(os.path.normpath(folder / table.get("dockerfile", str, "Dockerfile")))
-    if not dockerfile.is_file():
-        raise InputError(display(dockerfile), "Dockerfile not found")
     try:
         dockerfile_text = read_text_file(dockerfile, encoding="utf-8-sig")
     except FileNotFoundError:

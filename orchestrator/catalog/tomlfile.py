@@ -33,11 +33,10 @@ def display(path: Path) -> str:
 TEXT_LIMIT = 4 << 20
 
 
-def read_text_file(path: Path, *, encoding: str = "utf-8", limit: int = TEXT_LIMIT) -> str:
-    """A user-written text file, read safely: it must be a regular file (a fifo
-    would block the reader for good, a device never ends) of at most ``limit``
-    bytes. Raises FileNotFoundError when it is missing, InputError naming the
-    file for anything else."""
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of a regular file (following a symlink). Raises
+    FileNotFoundError when it is missing, InputError naming the file when it is
+    anything else: a fifo would block its reader for good, a device never ends."""
     try:
         # O_NONBLOCK: opening a fifo must not wait for a writer.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -46,10 +45,21 @@ def read_text_file(path: Path, *, encoding: str = "utf-8", limit: int = TEXT_LIM
     except OSError as exc:
         raise InputError(display(path), f"cannot read: {exc.strerror}") from exc
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError(display(path), "not a regular file (a fifo, device or socket): "
-                             "make it an ordinary file")
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        regular = False
+    if not regular:
+        os.close(fd)
+        raise InputError(display(path), "not a regular file (a fifo, device or socket): "
+                         "make it an ordinary file")
+    return fd
+
+
+def read_text_file(path: Path, *, encoding: str = "utf-8", limit: int = TEXT_LIMIT) -> str:
+    """A user-written text file of at most ``limit`` bytes, opened with
+    open_regular (FileNotFoundError when missing, InputError for anything else)."""
+    fd = open_regular(path)
+    try:
         data = b""
         while len(data) <= limit and (chunk := os.read(fd, limit + 1 - len(data))):
             data += chunk

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from orchestrator.build.snapshot import ContextChanged, make_snapshot
-from orchestrator.catalog import context
+from orchestrator.catalog import context, tomlfile
 from orchestrator.catalog.layers import dockerfile_texts
 from orchestrator.catalog.tomlfile import TEXT_LIMIT
 from orchestrator.core.buildkey import build_key
@@ -115,7 +115,7 @@ def test_an_unreadable_file_is_a_clear_error_naming_it(folder: Path,
             return os.open(path, *args, **kwargs)
 
     (folder / "secret.key").write_text("x")
-    monkeypatch.setattr(context, "os", DenyingOS())
+    monkeypatch.setattr(tomlfile, "os", DenyingOS())  # where files are opened
     with pytest.raises(InputError, match=r"secret\.key: cannot read: Permission denied"):
         key_of(folder)
     errors = context.read_contexts([layer_at(folder)])

@@ -134,7 +134,7 @@ def _reset_logging() -> Iterator[None]:
 
 def test_file_digests_are_reused_until_the_file_changes(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator.catalog import context
+    from orchestrator.catalog import context, tomlfile
 
     path = tmp_path / "f.txt"
     path.write_text("one")
@@ -149,7 +149,7 @@ def test_file_digests_are_reused_until_the_file_changes(tmp_path: Path,
             reads.append(Path(file))
             return os.open(file, *args)
 
-    monkeypatch.setattr(context, "os", CountingOS())
+    monkeypatch.setattr(tomlfile, "os", CountingOS())  # where files are opened
     assert context.file_digest(path) == first and reads == []  # stat unchanged: not read
     path.write_text("two!")
     reads.clear()
