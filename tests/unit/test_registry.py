@@ -138,12 +138,17 @@ def auth_file(tmp_path: Path, host: str) -> AuthStore:
     return AuthStore.load(path)
 
 
+def signed_in(tmp_path: Path, host: str, transport: Transport) -> RegistryClient:
+    """A client with alice's credentials for the scripted registry."""
+    return RegistryClient(auth_file(tmp_path, host), insecure=frozenset({host}),
+                          transport=transport)
+
+
 async def test_token_auth_and_digest_from_body(
     registry: tuple[ScriptedRegistry, str], tmp_path: Path, transport: Transport
 ) -> None:
     scripted, host = registry
-    async with RegistryClient(auth_file(tmp_path, host), insecure=frozenset({host}),
-                              transport=transport) as client:
+    async with signed_in(tmp_path, host, transport) as client:
         ref = parse_repository(f"{host}/library/alpine")
         assert await client.manifest_digest(ref, "3.20") == DIGEST
         assert await client.manifest_digest(ref, "missing") is None
@@ -221,8 +226,7 @@ def test_docker_hub_names() -> None:
 async def test_a_repeating_or_foreign_tag_list_is_refused(
         registry: tuple[ScriptedRegistry, str], tmp_path: Path, transport: Transport) -> None:
     scripted, host = registry
-    async with RegistryClient(auth_file(tmp_path, host), insecure=frozenset({host}),
-                              transport=transport) as client:
+    async with signed_in(tmp_path, host, transport) as client:
         ref = parse_repository(f"{host}/library/alpine")
         base = f"http://{host}/v2/library/alpine/tags/list"
         with pytest.raises(RegistryError, match="pages repeat"):
@@ -237,8 +241,7 @@ async def test_a_repeating_or_foreign_tag_list_is_refused(
 async def test_a_manifest_by_digest_must_have_that_digest(
         registry: tuple[ScriptedRegistry, str], tmp_path: Path, transport: Transport) -> None:
     _, host = registry
-    async with RegistryClient(auth_file(tmp_path, host), insecure=frozenset({host}),
-                              transport=transport) as client:
+    async with signed_in(tmp_path, host, transport) as client:
         ref = parse_repository(f"{host}/library/alpine")
         assert (await client.get_manifest(ref, DIGEST)) is not None
         with pytest.raises(RegistryError, match="sent other bytes"):
