@@ -242,6 +242,10 @@ class Pipeline:
         finally:
             # Shielded: a Ctrl-C lands here too, and the containers must still go.
             await asyncio.shield(self._clear_leftovers())
+            if self.snapshots.inline:
+                self.snapshots.close()
+            else:
+                await asyncio.shield(asyncio.to_thread(self.snapshots.close))
         notes = []
         if self.dry_run:
             unreproducible = [m.name for m in self.pool.members if m.spec.backend != "buildah"]

@@ -152,3 +152,102 @@ def test_a_dockerfile_turned_fifo_after_hashing_is_a_change_not_a_hang(tmp_path:
     with pytest.raises(ContextChanged):
         asyncio.run(main())
     assert not dest.exists()
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) + ("/" if p.is_dir() else "")
+                  for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_kept_folder_gives_the_next_build_only_its_own_files(tmp_path: Path,
+                                                              inline: bool) -> None:
+    """Folders are emptied and reused between builds (directory churn is the cost
+    on ext4); whatever the last build left there must never reach the next."""
+    first = tmp_path / "first"
+    (first / "sub").mkdir(parents=True)
+    (first / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY . /a\n")
+    (first / "sub" / "x.txt").write_text("x\n")
+    os.chmod(first / "sub", 0o555)  # copied read-only: emptying must still work
+    os.chmod(first, 0o555)
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY . /b\n")
+    (second / "b.txt").write_text("b\n")
+    builds = tmp_path / "builds"
+    snapshots = Snapshots(inline=inline)
+
+    async def main() -> None:
+        layer = layer_at(first)
+        async with snapshots.snapshot(layer, context.read_context(layer),
+                                      builds / "b1") as (root, dockerfile):
+            assert _tree(root) == ["Dockerfile", "sub/", "sub/x.txt"]
+            # What a build may leave beside the snapshot, or (never seen, but the
+            # key is at stake) inside it.
+            (dockerfile.parent / "secrets").mkdir(mode=0o700)
+            (dockerfile.parent / "secrets" / "token").write_text("s3cret")
+            os.chmod(root, 0o755)
+            (root / "stray.txt").write_text("left by someone\n")
+            os.chmod(root, 0o555)
+        layer = layer_at(second)
+        async with snapshots.snapshot(layer, context.read_context(layer),
+                                      builds / "b2") as (root, dockerfile):
+            assert root == builds / "b2" / "context"  # a path of its own
+            assert _tree(root) == ["Dockerfile", "b.txt"]
+            assert _tree(dockerfile.parent) == ["Dockerfile", "Dockerfile.dockerignore",
+                                                "context/", "context/Dockerfile",
+                                                "context/b.txt"]
+            assert (dockerfile.parent / "Dockerfile.dockerignore").read_bytes() == b""
+            assert not (builds / "b1").exists()
+        assert [p.name for p in builds.iterdir()] != []  # kept for a next build
+        await asyncio.to_thread(snapshots.close)
+
+    asyncio.run(main())
+    os.chmod(first, 0o755)
+    os.chmod(first / "sub", 0o755)
+    assert list(builds.iterdir()) == []
+
+
+def test_a_kept_folder_that_is_not_empty_shaped_is_removed_not_reused(tmp_path: Path) -> None:
+    folder = tmp_path / "layer"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n")
+    layer = layer_at(folder)
+    ctx = context.read_context(layer)
+    builds = tmp_path / "builds"
+    snapshots = Snapshots(inline=True)
+
+    async def main() -> None:
+        async with snapshots.snapshot(layer, ctx, builds / "b1") as (_, dockerfile):
+            # The empty ignore file written to: reusing the folder would filter
+            # the next build's context with it.
+            (dockerfile.parent / "Dockerfile.dockerignore").write_text("*\n")
+        assert list(builds.iterdir()) == []
+        async with snapshots.snapshot(layer, ctx, builds / "b2") as (_, dockerfile):
+            assert (dockerfile.parent / "Dockerfile.dockerignore").read_bytes() == b""
+        snapshots.close()
+
+    asyncio.run(main())
+    assert list(builds.iterdir()) == []
+
+
+def test_two_runs_sharing_the_builds_folder_never_share_a_kept_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "layer"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n")
+    layer = layer_at(folder)
+    ctx = context.read_context(layer)
+    builds = tmp_path / "builds"
+    one, two = Snapshots(inline=True), Snapshots(inline=True)
+
+    async def main() -> None:
+        for n in range(3):
+            for run in (one, two):
+                async with run.snapshot(layer, ctx, builds / f"b{n}-{id(run)}"):
+                    pass
+        assert len(list(builds.iterdir())) == 2  # one kept folder each, not one shared
+        one.close()
+        two.close()
+
+    asyncio.run(main())
+    assert list(builds.iterdir()) == []
