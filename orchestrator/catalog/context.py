@@ -52,13 +52,16 @@ def file_digest(path: Path) -> str:
     """sha256 of a regular file's content (following a symlink, for a Dockerfile).
     Anything else — a fifo, which would block the reader for good, a device that
     never ends — is an InputError naming the file."""
-    info = path.stat()
-    key = str(path)
-    cached = _DIGESTS.get(key)
+    return _digest(str(path), path.stat())
+
+
+def _digest(path: str, info: os.stat_result) -> str:
+    """file_digest of ``path``, whose stat (or lstat, for a regular file) is ``info``."""
+    cached = _DIGESTS.get(path)
     if cached is not None and cached[:5] == _stamp(info):
         return cached[5]
     h = hashlib.sha256()
-    fd = open_regular(path)
+    fd = open_regular(Path(path))
     try:
         while chunk := os.read(fd, _CHUNK):
             h.update(chunk)
@@ -67,10 +70,10 @@ def file_digest(path: Path) -> str:
     digest = h.hexdigest()
     # The file may have changed while we read it: only a stat that held still
     # around the read may vouch for the digest next time.
-    if _stamp(path.stat()) == _stamp(info):
+    if _stamp(os.stat(path)) == _stamp(info):
         if len(_DIGESTS) >= _DIGESTS_MAX:
             _DIGESTS.clear()  # crude, but bounded; a full rescan costs one read per file
-        _DIGESTS[key] = (*_stamp(info), digest)
+        _DIGESTS[path] = (*_stamp(info), digest)
     return digest
 
 
@@ -116,6 +119,27 @@ def load_ignore(context: Path, name: str | None, engine: str = "buildah") -> Doc
     return ignore
 
 
+def _listing(folder: str) -> tuple[list[os.DirEntry[str]], list[os.DirEntry[str]]]:
+    """A folder's (directories, everything else), each sorted by name, as
+    ``os.walk`` splits them: a symlink to a directory counts as a directory."""
+    dirs: list[os.DirEntry[str]] = []
+    others: list[os.DirEntry[str]] = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            (dirs if is_dir else others).append(entry)
+    dirs.sort(key=_name)
+    others.sort(key=_name)
+    return dirs, others
+
+
+def _name(entry: os.DirEntry[str]) -> str:
+    return entry.name
+
+
 def scan_context(context: Path, ignore: DockerIgnore) -> tuple[FileEntry, ...]:
     """Every file, symlink and directory the builder would receive, sorted by path.
     Directories are entries too (``path/``): an empty one, or a mode change on
@@ -123,31 +147,38 @@ def scan_context(context: Path, ignore: DockerIgnore) -> tuple[FileEntry, ...]:
 
     Raises InputError for a symlink that points outside the context (the builder
     would send a dangling link, and the key could not see the target) and for
-    anything that cannot be read, naming the path."""
-    root = context.resolve()
+    anything that cannot be read, naming the path.
+
+    Plain ``os.scandir`` on strings: the daemon rescans every context on each
+    run and status view, and each entry's lstat comes with the listing."""
+    root = os.path.realpath(context)
     entries: list[FileEntry] = []
     kept_dirs: set[str] = set()  # directories the rules keep (an empty one too)
+    seen_dirs: dict[str, os.DirEntry[str]] = {}
     walk_errors: list[OSError] = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=walk_errors.append):
-        rel_dir = os.path.relpath(dirpath, root)
-        rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-        keep_dirs = []
-        for name in sorted(dirnames):
-            rel = rel_dir + name
-            full = Path(dirpath, name)
-            if full.is_symlink():
-                filenames.append(name)  # record the link itself, never descend
+    pending = [(root, "")]
+    while pending:
+        folder, rel_dir = pending.pop()
+        try:
+            dirs, others = _listing(folder)
+        except OSError as exc:
+            walk_errors.append(exc)
+            continue
+        for dir_entry in dirs:
+            rel = rel_dir + dir_entry.name
+            if dir_entry.is_symlink():
+                others.append(dir_entry)  # record the link itself, never descend
                 continue
+            seen_dirs[rel] = dir_entry
             if not ignore.excluded(rel, directory=True):
                 kept_dirs.add(rel)
             if ignore.may_include_below(rel):
-                keep_dirs.append(name)
-        dirnames[:] = keep_dirs
-        for name in sorted(filenames):
-            rel = rel_dir + name
-            if (not rel_dir and name in METADATA_FILES) or ignore.excluded(rel):
+                pending.append((dir_entry.path, rel + "/"))
+        for item in others:
+            rel = rel_dir + item.name
+            if (not rel_dir and item.name in METADATA_FILES) or ignore.excluded(rel):
                 continue
-            entry = _entry(root, Path(dirpath, name), rel)
+            entry = _entry(root, item, rel)
             if entry is not None:
                 entries.append(entry)
     # A folder removed while we walked (a build tool's temp dir) is not sent either.
@@ -163,45 +194,48 @@ def scan_context(context: Path, ignore: DockerIgnore) -> tuple[FileEntry, ...]:
         kept_dirs.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
     for rel in kept_dirs:
         try:
-            info = (root / rel).lstat()
+            seen = seen_dirs.get(rel)
+            info = seen.stat(follow_symlinks=False) if seen is not None else \
+                os.lstat(os.path.join(root, rel))
         except FileNotFoundError:
             continue  # gone since the walk; the snapshot then finds the change
         except OSError as exc:
-            raise InputError(display(root / rel), f"cannot read: {exc.strerror}") from exc
+            raise InputError(display(Path(root, rel)), f"cannot read: {exc.strerror}") from exc
         entries.append(FileEntry(rel + "/", stat.S_IFDIR | (info.st_mode & PERMISSIONS), ""))
     entries.sort(key=lambda e: e.path)
     return tuple(entries)
 
 
-def _entry(root: Path, full: Path, rel: str) -> FileEntry | None:
+def _entry(root: str, item: os.DirEntry[str], rel: str) -> FileEntry | None:
     try:
-        info = full.lstat()
+        info = item.stat(follow_symlinks=False)
     except FileNotFoundError:
         return None  # deleted while we looked (an editor's probe file): not sent either
     except OSError as exc:
-        raise InputError(display(full), f"cannot read: {exc.strerror}: make it readable or "
-                         "list it in the ignore file") from exc
+        raise InputError(display(Path(item.path)), f"cannot read: {exc.strerror}: make it "
+                         "readable or list it in the ignore file") from exc
     mode = stat.S_IFMT(info.st_mode) | (info.st_mode & PERMISSIONS)
     if stat.S_ISLNK(info.st_mode):
         try:
-            target = os.readlink(full)
+            target = os.readlink(item.path)
         except FileNotFoundError:
             return None  # deleted while we looked
         except OSError as exc:
-            raise InputError(display(full), f"cannot read the link: {exc.strerror}") from exc
-        resolved = Path(os.path.normpath(full.parent / target))
-        if resolved != root and root not in resolved.parents:
-            raise InputError(display(full), f"symlink escapes the build context (-> {target}); "
-                             "copy the file into the layer folder instead")
+            raise InputError(display(Path(item.path)), f"cannot read the link: "
+                             f"{exc.strerror}") from exc
+        resolved = os.path.normpath(os.path.join(os.path.dirname(item.path), target))
+        if resolved != root and not resolved.startswith(root.rstrip("/") + "/"):
+            raise InputError(display(Path(item.path)), f"symlink escapes the build context "
+                             f"(-> {target}); copy the file into the layer folder instead")
         return FileEntry(rel, mode, hashlib.sha256(target.encode()).hexdigest())
     if stat.S_ISREG(info.st_mode):
         try:
-            return FileEntry(rel, mode, file_digest(full))
+            return FileEntry(rel, mode, _digest(item.path, info))
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise InputError(display(full), f"cannot read: {exc.strerror}: make it readable "
-                             "or list it in the ignore file") from exc
+            raise InputError(display(Path(item.path)), f"cannot read: {exc.strerror}: make "
+                             "it readable or list it in the ignore file") from exc
     return None  # fifo, socket, device: the engines do not copy them
 
 

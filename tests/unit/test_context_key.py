@@ -10,7 +10,7 @@ import stat
 import subprocess
 import tarfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,14 +126,14 @@ def test_a_file_deleted_during_the_scan_is_simply_not_there(folder: Path,
                                                            monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
     (folder / "4913").write_text("")  # vim's probe file, gone a moment later
-    real_lstat = Path.lstat
+    real_listing = context._listing
 
-    def vanish(self: Path) -> os.stat_result:
-        if self.name == "4913":
-            raise FileNotFoundError(2, "No such file", str(self))
-        return real_lstat(self)
+    def listing(path: str) -> Any:
+        found = real_listing(path)
+        (folder / "4913").unlink(missing_ok=True)  # listed, then gone before its lstat
+        return found
 
-    monkeypatch.setattr(Path, "lstat", vanish)
+    monkeypatch.setattr(context, "_listing", listing)
     files = {e.path for e in context.read_context(layer_at(folder)).files}
     assert "4913" not in files and "app.py" in files
 
@@ -215,19 +215,19 @@ def test_files_and_folders_that_vanish_during_the_scan_are_not_errors(
     (folder / "tmpdir").mkdir()
     (folder / "tmpdir" / "f").write_text("x")
     (folder / "link").symlink_to("app.py")
-    real_walk, real_readlink = os.walk, os.readlink
+    real_listing, real_readlink = context._listing, os.readlink
 
-    def walk(*args: Any, **kwargs: Any) -> Iterator[tuple[str, list[str], list[str]]]:
-        for item in real_walk(*args, **kwargs):
-            yield item
-            if item[0].endswith("/tmpdir"):
-                shutil.rmtree(item[0])  # a tool removes its temp folder mid-scan
+    def listing(path: str) -> Any:
+        found = real_listing(path)
+        if path.endswith("/tmpdir"):
+            shutil.rmtree(path)  # a tool removes its temp folder mid-scan
+        return found
 
     def readlink(path: Any) -> str:
         os.unlink(path)  # the link goes between lstat and readlink
         return real_readlink(path)
 
-    monkeypatch.setattr(context.os, "walk", walk)
+    monkeypatch.setattr(context, "_listing", listing)
     monkeypatch.setattr(context.os, "readlink", readlink)
     ctx = context.read_contexts([layer_at(folder)])["l"]
     assert not isinstance(ctx, InputError), ctx
