@@ -355,8 +355,8 @@ class Pipeline:
             return LayerResult(layer_id, decision, Outcome.SUPERSEDED, None, None, display_ref,
                                key)
         assert base_ref is not None
-        return await self._build(layer, decision, context, inputs, repo, base_ref, base_name,
-                                 tags, display_ref, parent, pins)
+        return await self._build(layer, decision, context, inputs, key, repo, base_ref,
+                                 base_name, tags, display_ref, parent, pins)
 
     async def _reuse(self, layer: Layer, decision: Decision, inputs: Inputs, key: str,
                      repo: ImageRef, found: str, tags: tuple[str, ...], display_ref: str,
@@ -529,7 +529,8 @@ class Pipeline:
         return labels
 
     async def _build(self, layer: Layer, decision: Decision, context: Context, inputs: Inputs,
-                     repo: ImageRef, base_ref: str, base_name: str, tags: tuple[str, ...],
+                     key: str, repo: ImageRef, base_ref: str, base_name: str,
+                     tags: tuple[str, ...],
                      display_ref: str, parent: LayerResult | None,
                      pins: dict[str, str]) -> LayerResult:
         """Build on a pooled engine; if the engine (not the build) fails, once more
@@ -540,9 +541,9 @@ class Pipeline:
                     prefer=parent.builder if parent else None, exclude=tried) as member:
                 if self.superseded(self.lineage(layer.id)):  # a change arrived meanwhile
                     return LayerResult(layer.id, decision, Outcome.SUPERSEDED, None, None,
-                                       display_ref, build_key(inputs))
+                                       display_ref, key)
                 try:
-                    return await self._build_on(member, layer, decision, context, inputs,
+                    return await self._build_on(member, layer, decision, context, inputs, key,
                                                 repo, base_ref, base_name, tags, display_ref,
                                                 parent, pins)
                 except BuildFailed:
@@ -555,7 +556,8 @@ class Pipeline:
                                                     "reason": "builder stopped answering"})
 
     async def _build_on(self, member: Member, layer: Layer, decision: Decision,
-                        context: Context, inputs: Inputs, repo: ImageRef, base_ref: str,
+                        context: Context, inputs: Inputs, key: str, repo: ImageRef,
+                        base_ref: str,
                         base_name: str, tags: tuple[str, ...], display_ref: str,
                         parent: LayerResult | None, pins: dict[str, str]) -> LayerResult:
         build_id = uuid.uuid4().hex[:12]
@@ -566,7 +568,7 @@ class Pipeline:
                         snap_context, snap_dockerfile):
                     return await self._run_build(
                         member, build_id, work, snap_context, snap_dockerfile, layer, decision,
-                        inputs, repo, base_ref, base_name, tags, display_ref, parent, pins)
+                        inputs, key, repo, base_ref, base_name, tags, display_ref, parent, pins)
             except ContextChanged as exc:
                 if attempt == SNAPSHOT_ATTEMPTS - 1:
                     raise BuildFailed(layer.id, None, str(exc), "") from exc
@@ -579,10 +581,11 @@ class Pipeline:
                 context = fresh
                 inputs = self._inputs(layer, context, inputs.args, inputs.parent_digest,
                                       inputs.bases)
-                found = await self._lookup(repo, build_key(inputs))
+                key = build_key(inputs)
+                found = await self._lookup(repo, key)
                 if found is not None and layer.id not in self.forced:
                     previous = await self.state.layer(layer.id)
-                    return await self._reuse(layer, decision, inputs, build_key(inputs), repo,
+                    return await self._reuse(layer, decision, inputs, key, repo,
                                              found, tags, display_ref, previous)
         raise AssertionError("unreachable")
 
@@ -688,15 +691,24 @@ class Pipeline:
 
     async def _run_build(self, member: Member, build_id: str, work: Path, snap_context: Path,
                          snap_dockerfile: Path, layer: Layer, decision: Decision,
-                         inputs: Inputs, repo: ImageRef, base_ref: str, base_name: str,
-                         tags: tuple[str, ...], display_ref: str,
+                         inputs: Inputs, key: str, repo: ImageRef, base_ref: str,
+                         base_name: str, tags: tuple[str, ...], display_ref: str,
                          parent: LayerResult | None, pins: dict[str, str]) -> LayerResult:
-        key = build_key(inputs)
         key_ref = repo.tagged(key_tag(key))
-        created = await self.state.key_first_built(key, layer.id, float(int(time.time())))
+        log_path = self.log_dir / f"{build_id}.log"
+        secrets = self._secrets(layer, work)  # a missing secret fails before anything starts
+        cause, request_id = self.cause_of(layer.id)
+        if parent is not None and parent.build_id is not None:  # the chain to the parent
+            cause = f"{cause}; parent build {parent.build_id}" if cause else \
+                f"parent build {parent.build_id}"
+        # One transaction: the build is recorded as running (what crash recovery
+        # needs) and the key's first-built time, which its images carry, is read.
+        created = await self.state.start_keyed_build(
+            build_id, layer.id, key, decision.describe(), str(log_path),
+            float(int(time.time())), cause=cause, request_id=request_id, builder=member.name,
+            base_ref=base_ref)
         labels = self._labels(layer, key, tags, base_name, inputs.parent_digest, created,
                               await self.revision())
-        log_path = self.log_dir / f"{build_id}.log"
         request = BuildRequest(
             layer=layer.id,
             context=snap_context,
@@ -713,17 +725,10 @@ class Pipeline:
             timestamp=int(created),
             work_dir=work,
             from_pins=pins,
-            secrets=self._secrets(layer, work),
+            secrets=secrets,
             cache_repo=self._cache_repo(),
             cache_tag=re.sub(r"[^A-Za-z0-9_.-]", "-", layer.id),
         )
-        cause, request_id = self.cause_of(layer.id)
-        if parent is not None and parent.build_id is not None:  # the chain to the parent
-            cause = f"{cause}; parent build {parent.build_id}" if cause else \
-                f"parent build {parent.build_id}"
-        await self.state.start_build(build_id, layer.id, key, decision.describe(),
-                                     str(log_path), cause=cause, request_id=request_id,
-                                     builder=member.name, base_ref=base_ref)
         task = asyncio.current_task()
         assert task is not None
         self.running[build_id] = (layer.id, task)
@@ -774,10 +779,9 @@ class Pipeline:
                 await self._attest(member, layer, decision, inputs, repo, digest, base_ref,
                                    tags, parent, build_id, cause, started, finished, work,
                                    platform, parents.get(platform, inputs.parent_digest))
-        await self.state.finish_build(build_id, Outcome.BUILT.value, digest=output.digest,
-                                      platform_digests=per_platform)
-        await self.state.save_layer(LayerRecord(layer.id, key, output.digest, child_ref, inputs,
-                                                finished, per_platform))
+        # One transaction: the build is done and the layer stands on its image.
+        await self.state.finish_built(build_id, LayerRecord(
+            layer.id, key, output.digest, child_ref, inputs, finished, per_platform))
         await self._prune(member, layer, repo, output.digest)
         self.on_event("build_finished", {**bound, "outcome": "built", "digest": output.digest,
                                          "image": repo.at(output.digest),

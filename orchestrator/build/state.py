@@ -245,12 +245,15 @@ class StateStore:
     def key_first_built(self, key: str, layer: str, now: float) -> float:
         """When ``key`` was first built (recording ``now`` if it never was)."""
         with self._tx():
-            row = self._db.execute("SELECT first_built FROM keys WHERE build_key = ?",
-                                   (key,)).fetchone()
-            if row is not None:
-                return float(row[0])
-            self._db.execute("INSERT INTO keys VALUES (?, ?, ?)", (key, layer, now))
-            return now
+            return self._first_built(key, layer, now)
+
+    def _first_built(self, key: str, layer: str, now: float) -> float:
+        row = self._db.execute("SELECT first_built FROM keys WHERE build_key = ?",
+                               (key,)).fetchone()
+        if row is not None:
+            return float(row[0])
+        self._db.execute("INSERT INTO keys VALUES (?, ?, ?)", (key, layer, now))
+        return now
 
     def keys(self) -> dict[str, tuple[str, float]]:
         """Every build key this state knows: key -> (layer, first built)."""
@@ -263,6 +266,7 @@ class StateStore:
                     log_path: str | None, *, cause: str | None = None,
                     request_id: str | None = None, builder: str | None = None,
                     base_ref: str | None = None, platform: str | None = None) -> None:
+        """Record a build as running."""
         self._db.execute(
             "INSERT INTO builds (id, layer, build_key, reason, outcome, started_at, log_path, "
             "cause, request_id, builder, base_ref, platform) "
@@ -270,6 +274,17 @@ class StateStore:
             (build_id, layer, key, reason, time.time(), log_path, cause, request_id, builder,
              base_ref, platform),
         )
+
+    def start_keyed_build(self, build_id: str, layer: str, key: str, reason: str,
+                          log_path: str | None, now: float, *, cause: str | None = None,
+                          request_id: str | None = None, builder: str | None = None,
+                          base_ref: str | None = None) -> float:
+        """start_build and key_first_built in one transaction: returns when the key
+        was first built (``now`` if never)."""
+        with self._tx():
+            self.start_build(build_id, layer, key, reason, log_path, cause=cause,
+                             request_id=request_id, builder=builder, base_ref=base_ref)
+            return self._first_built(key, layer, now)
 
     def finish_build(self, build_id: str, outcome: str, digest: str | None = None,
                      error: str | None = None,
@@ -281,6 +296,15 @@ class StateStore:
              json.dumps(dict(platform_digests), sort_keys=True) if platform_digests else None,
              build_id),
         )
+
+    def finish_built(self, build_id: str, record: LayerRecord) -> None:
+        """A build that made its image: done, and the layer's record, together (a
+        crash between two transactions would leave a built build the layer's
+        record does not know)."""
+        with self._tx():
+            self.finish_build(build_id, "built", record.digest,
+                              platform_digests=record.platform_digests)
+            self.save_layer(record)
 
     def builds(self, layer: str | None = None, limit: int = 50,
                request_id: str | None = None) -> list[dict[str, Any]]:
@@ -540,7 +564,9 @@ class AsyncStateStore:
     keys = _off_loop(StateStore.keys)
     layers = _off_loop(StateStore.layers)
     start_build = _off_loop(StateStore.start_build)
+    start_keyed_build = _off_loop(StateStore.start_keyed_build)
     finish_build = _off_loop(StateStore.finish_build)
+    finish_built = _off_loop(StateStore.finish_built)
     builds = _off_loop(StateStore.builds)
     build = _off_loop(StateStore.build)
     last_builds = _off_loop(StateStore.last_builds)
