@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +61,7 @@ def _digest(path: str, info: os.stat_result) -> str:
     if cached is not None and cached[:5] == _stamp(info):
         return cached[5]
     h = hashlib.sha256()
-    fd = open_regular(Path(path))
+    fd = open_regular(path)
     try:
         while chunk := os.read(fd, _CHUNK):
             h.update(chunk)
@@ -83,14 +83,15 @@ def ignore_file(layer: Layer, engines: Iterable[str]) -> str | None:
     The key must not depend on which engine of a pool builds the layer: when
     the engines would read different files here, that is a configuration error
     (so is the same file meaning different things to them: see read_context)."""
-    context = layer.context
-    try:
-        dockerfile_rel = layer.dockerfile.relative_to(context).as_posix()
-    except ValueError:
+    # String work: this runs for every layer on every scan.
+    context, dockerfile = str(layer.context), str(layer.dockerfile)
+    if dockerfile.startswith(context.rstrip("/") + "/"):
+        dockerfile_rel = dockerfile[len(context.rstrip("/")) + 1:]
+    else:
         dockerfile_rel = layer.dockerfile.name
 
     def exists(rel: str) -> bool:
-        return (context / rel).is_file()
+        return os.path.isfile(os.path.join(context, rel))
 
     chosen = {engine: ignore_file_for(engine, dockerfile_rel, exists) for engine in engines}
     names = set(chosen.values())
@@ -140,7 +141,8 @@ def _name(entry: os.DirEntry[str]) -> str:
     return entry.name
 
 
-def scan_context(context: Path, ignore: DockerIgnore) -> tuple[FileEntry, ...]:
+def scan_context(context: Path, ignore: DockerIgnore,
+                 root: str | None = None) -> tuple[FileEntry, ...]:
     """Every file, symlink and directory the builder would receive, sorted by path.
     Directories are entries too (``path/``): an empty one, or a mode change on
     one, changes the image.
@@ -150,8 +152,9 @@ def scan_context(context: Path, ignore: DockerIgnore) -> tuple[FileEntry, ...]:
     anything that cannot be read, naming the path.
 
     Plain ``os.scandir`` on strings: the daemon rescans every context on each
-    run and status view, and each entry's lstat comes with the listing."""
-    root = os.path.realpath(context)
+    run and status view, and each entry's lstat comes with the listing.
+    ``root``: ``context`` already resolved."""
+    root = root or os.path.realpath(context)
     entries: list[FileEntry] = []
     kept_dirs: set[str] = set()  # directories the rules keep (an empty one too)
     seen_dirs: dict[str, os.DirEntry[str]] = {}
@@ -248,10 +251,32 @@ class Context:
     ignore_file: str | None = None  # which ignore file selected ``files``
 
 
-def read_context(layer: Layer, engines: Iterable[str] = ("buildah",)) -> Context:
-    """Raises InputError for anything wrong with the context, naming the path."""
+class SharedParents:
+    """``os.path.realpath`` for many folders under a few parents (a catalog's
+    layers), each parent resolved once: realpath is pure Python, an lstat per
+    path component. One per scan pass, so a parent link repointed between
+    passes (an atomic deploy) is seen by the next."""
+
+    def __init__(self) -> None:
+        self._parents: dict[str, str] = {}
+
+    def __call__(self, folder: Path) -> str:
+        parent, name = os.path.split(os.fspath(folder))
+        real_parent = self._parents.get(parent)
+        if real_parent is None:
+            real_parent = self._parents[parent] = os.path.realpath(parent)
+        path = os.path.join(real_parent, name)
+        if name in ("", ".", "..") or os.path.islink(path):
+            return os.path.realpath(path)
+        return path
+
+
+def read_context(layer: Layer, engines: Iterable[str] = ("buildah",),
+                 resolve: Callable[[Path], str] = os.path.realpath) -> Context:
+    """Raises InputError for anything wrong with the context, naming the path.
+    ``resolve``: how the context folder is resolved (see SharedParents)."""
     try:
-        return _read_context(layer, engines)
+        return _read_context(layer, engines, resolve)
     except InputError:
         raise
     except OSError as exc:  # whatever the filesystem does, a failed layer, not a dead daemon
@@ -259,14 +284,16 @@ def read_context(layer: Layer, engines: Iterable[str] = ("buildah",)) -> Context
         raise InputError(display(where), f"cannot read: {exc.strerror or exc}") from exc
 
 
-def _read_context(layer: Layer, engines: Iterable[str]) -> Context:
+def _read_context(layer: Layer, engines: Iterable[str],
+                  resolve: Callable[[Path], str]) -> Context:
     try:
         dockerfile = file_digest(layer.dockerfile)
     except OSError as exc:
         raise InputError(display(layer.dockerfile), f"cannot read: {exc.strerror}") from exc
     kinds = sorted(set(engines)) or ["buildah"]
     name = ignore_file(layer, kinds)
-    scans = {kind: scan_context(layer.context, load_ignore(layer.context, name, kind))
+    root = resolve(layer.context)
+    scans = {kind: scan_context(layer.context, load_ignore(layer.context, name, kind), root)
              for kind in kinds}
     first, *others = kinds
     for kind in others:
@@ -287,11 +314,12 @@ def read_contexts(layers: Iterable[Layer], engines: Iterable[str] = ("buildah",)
     kinds = tuple(sorted(set(engines)))
     by_folder: dict[tuple[Path, Path], Context | InputError] = {}
     out: dict[str, Context | InputError] = {}
+    resolve = SharedParents()
     for layer in layers:
         key = (layer.context, layer.dockerfile)
         if key not in by_folder:
             try:
-                by_folder[key] = read_context(layer, kinds)
+                by_folder[key] = read_context(layer, kinds, resolve)
             except InputError as exc:
                 by_folder[key] = exc
         out[layer.id] = by_folder[key]

@@ -18,14 +18,14 @@ T = TypeVar("T")
 _AT_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
 
 
-def display(path: Path) -> str:
+def display(path: str | os.PathLike[str]) -> str:
     """A path as the user is likely to recognise it: relative to cwd when under it.
     String work only (no symlink resolution): it runs for every layer loaded."""
     cwd = os.getcwd()
     absolute = os.path.abspath(path)
     if absolute.startswith(cwd + os.sep):
         return absolute[len(cwd) + 1:]
-    return str(path)
+    return os.fspath(path)
 
 
 # Dockerfiles, ignore files and TOML are small; a bigger one is a mistake (or a
@@ -33,7 +33,7 @@ def display(path: Path) -> str:
 TEXT_LIMIT = 4 << 20
 
 
-def open_regular(path: Path) -> int:
+def open_regular(path: str | os.PathLike[str]) -> int:
     """A read-only descriptor of a regular file (following a symlink). Raises
     FileNotFoundError when it is missing, InputError naming the file when it is
     anything else: a fifo would block its reader for good, a device never ends."""

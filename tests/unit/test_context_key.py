@@ -245,3 +245,17 @@ def test_any_other_filesystem_error_is_the_layers_input_error(
     monkeypatch.setattr(context, "scan_context", scan)
     ctx = context.read_contexts([layer_at(folder)])["l"]
     assert isinstance(ctx, InputError) and "app.py" in str(ctx) and "Input/output" in str(ctx)
+
+
+def test_shared_parents_resolve_as_realpath_does(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    (real / "layers" / "a").mkdir(parents=True)
+    (real / "elsewhere").mkdir()
+    (tmp_path / "deploy").symlink_to(real)  # the catalog behind an atomic-deploy link
+    (real / "layers" / "b").symlink_to("../elsewhere")
+    (real / "layers" / "c").symlink_to(real / "layers" / "a")
+    resolve = context.SharedParents()
+    for name in ("a", "b", "c", "missing", ".", ".."):
+        for base in (real / "layers", tmp_path / "deploy" / "layers"):
+            folder = Path(os.path.join(base, name))
+            assert resolve(folder) == os.path.realpath(folder), folder
