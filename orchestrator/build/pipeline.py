@@ -15,6 +15,7 @@ and the cascade stops there.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import time
@@ -28,7 +29,7 @@ from typing import Any
 from orchestrator import __version__
 from orchestrator.build.attest import Attestor
 from orchestrator.build.scheduler import STOPPED, NodeResult, run_graph
-from orchestrator.build.snapshot import ContextChanged, Snapshots
+from orchestrator.build.snapshot import ContextChanged, Snapshots, scratch_path
 from orchestrator.build.state import AsyncStateStore, LayerRecord
 from orchestrator.catalog.context import Context, read_context
 from orchestrator.catalog.layers import host_platform
@@ -209,7 +210,8 @@ class Pipeline:
         self.slots = asyncio.Semaphore(jobs or pool.capacity)
         self.log_dir = config.state_dir / "logs"
         self.work_dir = config.state_dir / "builds"
-        self.snapshots = Snapshots(inline=state.inline)
+        self.snapshots = Snapshots(inline=state.inline, scratch=functools.partial(
+            scratch_path, config.scratch, config.state_dir))
         # Per engine: the parents of builds that were stopped or failed.
         self._leftovers: dict[str, tuple[Member, set[str]]] = {}
         self._values: dict[str, str] = {}
@@ -561,11 +563,12 @@ class Pipeline:
                         base_name: str, tags: tuple[str, ...], display_ref: str,
                         parent: LayerResult | None, pins: dict[str, str]) -> LayerResult:
         build_id = uuid.uuid4().hex[:12]
-        work = self.work_dir / build_id
         for attempt in range(SNAPSHOT_ATTEMPTS):
             try:
-                async with self.snapshots.snapshot(layer, context, work) as (
-                        snap_context, snap_dockerfile):
+                async with self.snapshots.snapshot(layer, context, self.work_dir / build_id) \
+                        as (snap_context, snap_dockerfile):
+                    # The build's private folder: the snapshot's, wherever it went.
+                    work = snap_dockerfile.parent
                     return await self._run_build(
                         member, build_id, work, snap_context, snap_dockerfile, layer, decision,
                         inputs, key, repo, base_ref, base_name, tags, display_ref, parent, pins)

@@ -13,7 +13,7 @@ from typing import Any
 from orchestrator.build.attest import Attestor, AttestSettings
 from orchestrator.build.lock import StateLock
 from orchestrator.build.pipeline import Pipeline, RunReport, targets, upstreams_used
-from orchestrator.build.snapshot import remove_tree
+from orchestrator.build.snapshot import own_private_folder, remove_tree, scratch_path
 from orchestrator.build.state import AsyncStateStore, StateStore
 from orchestrator.catalog.config import load_config
 from orchestrator.catalog.context import Context, read_contexts
@@ -114,10 +114,18 @@ def engine_kinds(config: Config) -> tuple[str, ...]:
     return tuple(sorted({spec.backend for spec in config.builders}))
 
 
-def clear_scratch(state_dir: Path) -> int:
+def clear_scratch(state_dir: Path, scratch: Path | None = None) -> int:
     """Remove what builds that did not finish left in the state dir (snapshots,
-    scratch files, credential links). Only the owner of the state dir calls it."""
+    scratch files, credential links) and in the scratch folder of small
+    snapshots (``scratch_path``). Only the owner of the state dir calls it."""
     removed = 0
+    if scratch is not None and own_private_folder(scratch):
+        for child in scratch.iterdir():
+            remove_tree(child) if child.is_dir() and not child.is_symlink() \
+                else child.unlink(missing_ok=True)
+            removed += 1
+        with contextlib.suppress(OSError):
+            scratch.rmdir()
     for name in ("builds", "tmp"):
         folder = state_dir / name
         if folder.is_dir():
@@ -195,7 +203,8 @@ async def execute(
     with contextlib.ExitStack() as owned:
         if not dry_run:
             owned.enter_context(StateLock(config.state_dir).acquire("orchestrator build"))
-            await asyncio.to_thread(clear_scratch, config.state_dir)
+            await asyncio.to_thread(clear_scratch, config.state_dir,
+                                    scratch_path(config.scratch, config.state_dir))
         state = AsyncStateStore(StateStore(config.state_dir / STATE_DB), inline=True)
         try:
             return await _execute(config, catalog, state, order, forced, needed, contexts,

@@ -24,7 +24,7 @@ import shutil
 import stat
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from orchestrator.catalog.context import Context
@@ -48,21 +48,25 @@ class NotRegular(OSError):
     """What was a regular file when hashed is something else now."""
 
 
-def _copy_hashed(src: str, dst: str, mode: int, times_ns: tuple[int, int], *,
-                 follow: bool = False) -> str:
+# O_NONBLOCK: a file swapped for a fifo must not block the open (it is then
+# refused, not read). O_NOFOLLOW: a context file swapped for a symlink since it
+# was listed fails to open (ELOOP), a changed context.
+_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def _copy_hashed(src: str, dst: str, mode: int, *, follow: bool = False) -> str:
     """Copy and hash in one pass (the digest is of exactly the bytes written),
-    then give the copy ``mode`` and the source's times. A context file swapped
-    for a symlink since it was listed fails to open (O_NOFOLLOW): a changed
-    context. ``follow``: the Dockerfile, which may be a link."""
+    then give the copy ``mode`` and the source's times. ``follow``: the
+    Dockerfile, which may be a link. Raises NotRegular when ``src`` is no
+    longer a regular file."""
     h = hashlib.sha256()
-    # O_NONBLOCK: a file swapped for a fifo must not block the open (it is then
-    # refused below, not read).
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
-    fd_in = os.open(src, flags)
+    fd_in = os.open(src, _READ & ~os.O_NOFOLLOW if follow else _READ)
     try:
-        if not stat.S_ISREG(os.fstat(fd_in).st_mode):
+        info = os.fstat(fd_in)
+        if not stat.S_ISREG(info.st_mode):
             raise NotRegular(src)
-        fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd_out = os.open(dst, _CREATE, 0o600)
         try:
             while chunk := os.read(fd_in, _CHUNK):
                 h.update(chunk)
@@ -72,7 +76,7 @@ def _copy_hashed(src: str, dst: str, mode: int, times_ns: tuple[int, int], *,
             os.fchmod(fd_out, mode)
             # Keep the source's times: engines that do not clamp them copy them
             # into the image, and the snapshot must give what the folder would.
-            os.utime(fd_out, ns=times_ns)
+            os.utime(fd_out, ns=(info.st_atime_ns, info.st_mtime_ns))
         finally:
             os.close(fd_out)
     finally:
@@ -119,6 +123,22 @@ def _fill(layer: Layer, context: Context, dest: Path, source: str) -> tuple[Path
         src = os.path.join(source, rel)
         dst = os.path.join(root, rel)
         kind = stat.S_IFMT(entry.mode)
+        parent = os.path.dirname(dst)
+        if parent not in made:  # entries are sorted: a parent comes first
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
+        if kind == stat.S_IFREG:  # the open and its fstat check the type
+            try:
+                copied = _copy_hashed(src, dst, stat.S_IMODE(entry.mode))
+            except (FileNotFoundError, NotADirectoryError, NotRegular):
+                raise ContextChanged(layer.id, entry.path) from None
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:  # ELOOP: it became a symlink meanwhile
+                    raise
+                raise ContextChanged(layer.id, entry.path) from None
+            if copied != entry.digest:
+                raise ContextChanged(layer.id, entry.path)
+            continue
         try:
             info = os.lstat(src)
         except (FileNotFoundError, NotADirectoryError):
@@ -131,28 +151,11 @@ def _fill(layer: Layer, context: Context, dest: Path, source: str) -> tuple[Path
                 made.add(dst)
             dirs.append((dst, entry.mode, info.st_mtime_ns))
             continue
-        parent = os.path.dirname(dst)
-        if parent not in made:  # entries are sorted: a parent comes first
-            os.makedirs(parent, exist_ok=True)
-            made.add(parent)
-        if kind == stat.S_IFLNK:
-            target = os.readlink(src)
-            if hashlib.sha256(target.encode()).hexdigest() != entry.digest:
-                raise ContextChanged(layer.id, entry.path)
-            os.symlink(target, dst)
-            os.utime(dst, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
-            continue
-        try:
-            copied = _copy_hashed(src, dst, stat.S_IMODE(entry.mode),
-                                  (info.st_atime_ns, info.st_mtime_ns))
-        except (FileNotFoundError, NotADirectoryError, NotRegular):
-            raise ContextChanged(layer.id, entry.path) from None
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:  # ELOOP: it became a symlink meanwhile
-                raise
-            raise ContextChanged(layer.id, entry.path) from None
-        if copied != entry.digest:
+        target = os.readlink(src)
+        if hashlib.sha256(target.encode()).hexdigest() != entry.digest:
             raise ContextChanged(layer.id, entry.path)
+        os.symlink(target, dst)
+        os.utime(dst, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
     # Directories last, deepest first: their modes may forbid writing into them,
     # and writing into them moves their times. The context folder itself keeps its
     # own mode too, not the daemon's umask (UMask=0027 under systemd), as the
@@ -164,9 +167,7 @@ def _fill(layer: Layer, context: Context, dest: Path, source: str) -> tuple[Path
         os.utime(path, ns=(mtime_ns, mtime_ns))
     dockerfile = os.path.join(dest, "Dockerfile")
     try:
-        info = os.stat(layer.dockerfile)
-        copied = _copy_hashed(str(layer.dockerfile), dockerfile, 0o644,
-                              (info.st_atime_ns, info.st_mtime_ns), follow=True)
+        copied = _copy_hashed(str(layer.dockerfile), dockerfile, 0o644, follow=True)
     except (FileNotFoundError, NotRegular):
         raise ContextChanged(layer.id, layer.dockerfile.name) from None
     if copied != context.dockerfile:
@@ -212,16 +213,23 @@ def _kept(entry: os.DirEntry[str]) -> bool:
         and entry.stat(follow_symlinks=False).st_size == 0
 
 
+def _clear(folder: str) -> None:
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            _remove_entry(entry)
+
+
 def _empty(dest: str) -> bool:
     """Empty a used snapshot folder back to what ``new_folder`` makes: everything
     in ``context/`` goes, and everything beside it (the Dockerfile, secrets,
     the engine's scratch files) except the empty ignore file. False when the
     folder is not in that shape afterwards (it is then removed, not reused)."""
     root = os.path.join(dest, "context")
-    os.chmod(root, 0o700)  # it carried the source folder's mode, maybe read-only
-    with os.scandir(root) as entries:
-        for entry in entries:
-            _remove_entry(entry)
+    try:
+        _clear(root)
+    except PermissionError:  # it carries the source folder's mode, maybe read-only
+        os.chmod(root, 0o700)
+        _clear(root)
     kept = 0
     with os.scandir(dest) as entries:
         for entry in entries:
@@ -230,6 +238,53 @@ def _empty(dest: str) -> bool:
             else:
                 _remove_entry(entry)
     return kept == 2
+
+
+# A context up to this size is copied to the scratch folder (a tmpfs), not the
+# state dir's disk: see Snapshots.
+SMALL_CONTEXT = 1 << 20
+
+
+def scratch_path(setting: str, state_dir: Path) -> Path | None:
+    """The folder small snapshots go to for this state dir under ``[state]
+    scratch`` ("auto": in /dev/shm when it is a tmpfs; "none": no such folder,
+    everything in ``<state>/builds``). Named after the user and the state dir,
+    so crash recovery finds what a killed run left there."""
+    if setting == "none":
+        return None
+    base = setting
+    if setting == "auto":
+        base = "/dev/shm"
+        if not _is_tmpfs(base):
+            return None
+    tag = hashlib.sha256(os.fsencode(state_dir)).hexdigest()[:12]
+    return Path(base, f"orchestrator-{os.geteuid()}-{tag}")
+
+
+def _is_tmpfs(mountpoint: str) -> bool:
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as mounts:
+            return any(fields[1:3] == [mountpoint, "tmpfs"]
+                       for fields in (line.split() for line in mounts))
+    except OSError:
+        return False
+
+
+def own_private_folder(path: Path) -> bool:
+    """Make ``path`` (0700), or take it if it already is ours: in a world-writable
+    place like /dev/shm, a folder someone else made (or a link) is never used."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() \
+        and not info.st_mode & 0o077
 
 
 class Snapshots:
@@ -246,10 +301,22 @@ class Snapshots:
     against 0.17 s for 2,000 snapshots here; benchmarks/bench_plan_scale.py).
     Every build still gets a path of its own, never used before, so no engine
     cache keyed by the context's path can hand one build another's files.
-    ``close`` removes the kept folders when the run ends."""
+    ``close`` removes the kept folders when the run ends.
 
-    def __init__(self, *, inline: bool) -> None:
+    ``scratch`` gives the folder (see scratch_path) where snapshots of contexts
+    up to SMALL_CONTEXT go instead: on a tmpfs they cost no disk I/O, and on a
+    build host the disk is busy with the engines' layers. On this host's ext4
+    the time of 2,000 small snapshots varied 0.45-2 s with the disk's load,
+    against a steady 0.23 s on tmpfs. Larger contexts stay on disk, so a build's
+    snapshot never holds more than 1 MiB of memory."""
+
+    def __init__(self, *, inline: bool,
+                 scratch: Callable[[], Path | None] | None = None) -> None:
         self.inline = inline
+        self._scratch = scratch  # asked once, when the first small snapshot is made
+        self._scratch_folder: Path | None = None
+        self._scratch_asked = False
+        self._placed: dict[Path, str] = {}  # the path a build asked for -> its folder
         self._free: list[str] = []  # emptied folders, ready to be renamed
         self._lock = threading.Lock()  # the daemon's worker threads share the list
         self._tag = uuid.uuid4().hex[:8]
@@ -257,35 +324,59 @@ class Snapshots:
         # of another run's would replace it).
         self._names = (f"free-{self._tag}-{n}" for n in itertools.count())
         self._closed = False
+        self._sources: dict[Path, str] = {}  # context folder -> resolved, for this run
+
+    def _folder_for(self, context: Context, dest: Path) -> str:
+        """``dest``, or its name in the scratch folder for a small context."""
+        if self._scratch is None or context.size > SMALL_CONTEXT:
+            return str(dest)
+        with self._lock:
+            if not self._scratch_asked:
+                self._scratch_asked = True
+                folder = self._scratch()
+                if folder is not None and own_private_folder(folder):
+                    self._scratch_folder = folder
+        if self._scratch_folder is None:
+            return str(dest)
+        return os.path.join(self._scratch_folder, os.path.basename(dest))
 
     def _make(self, layer: Layer, context: Context, dest: Path) -> tuple[Path, Path]:
-        """A snapshot at ``dest``, in a kept folder when there is one beside it;
-        nothing left behind when it fails (the layer's next attempt makes its
-        snapshot in the same place)."""
-        parent = os.path.dirname(dest)
+        """A snapshot for ``dest`` (there, or in the scratch folder), in a kept
+        folder when there is one beside it; nothing left behind when it fails
+        (the layer's next attempt makes its snapshot in the same place)."""
+        folder = self._folder_for(context, dest)
+        parent = os.path.dirname(folder)
         with self._lock:
+            self._placed[dest] = folder
             slot = next((f for f in self._free if os.path.dirname(f) == parent), None)
             if slot is not None:
                 self._free.remove(slot)
         try:
             if slot is None:
-                new_folder(dest)
+                new_folder(Path(folder))
             else:
-                os.rename(slot, dest)
-            return _fill(layer, context, dest, os.path.realpath(layer.context))
+                os.rename(slot, folder)
+            source = self._sources.get(layer.context)
+            if source is None:
+                source = self._sources[layer.context] = os.path.realpath(layer.context)
+            return _fill(layer, context, Path(folder), source)
         except BaseException:
-            remove_tree(dest)
+            remove_tree(Path(folder))
             if slot is not None:
                 remove_tree(Path(slot))  # when the rename itself failed
+            with self._lock:
+                self._placed.pop(dest, None)
             raise
 
     def _release(self, dest: Path) -> None:
         """Empty a build's folder and keep it for the next build; remove it when it
         cannot be emptied to a known shape, or once the run is over."""
+        with self._lock:
+            folder = self._placed.pop(dest, str(dest))
         try:
-            if not self._closed and _empty(str(dest)):
-                slot = os.path.join(os.path.dirname(dest), next(self._names))
-                os.rename(dest, slot)
+            if not self._closed and _empty(folder):
+                slot = os.path.join(os.path.dirname(folder), next(self._names))
+                os.rename(folder, slot)
                 with self._lock:
                     if not self._closed:
                         self._free.append(slot)
@@ -294,15 +385,19 @@ class Snapshots:
                 return
         except OSError:
             pass
-        remove_tree(dest)
+        remove_tree(Path(folder))
 
     def close(self) -> None:
-        """Remove the kept folders; a build still finishing removes its own."""
+        """Remove the kept folders (and the scratch folder, once empty); a build
+        still finishing removes its own."""
         with self._lock:
             self._closed = True
             free, self._free = self._free, []
         for slot in free:
             remove_tree(Path(slot))
+        if self._scratch_folder is not None:
+            with contextlib.suppress(OSError):  # not empty: a build still finishing
+                os.rmdir(self._scratch_folder)
 
     @contextlib.asynccontextmanager
     async def snapshot(self, layer: Layer, context: Context,

@@ -71,7 +71,7 @@ def load_config(path: Path) -> Config:
             auth_file = resolve(reg.require("auth_file", str))
 
     state = root.table("state")
-    state.check_keys(["dir", "log_retention", "log_max_size"])
+    state.check_keys(["dir", "log_retention", "log_max_size", "scratch"])
     metrics = root.table("metrics")
     metrics.check_keys(["listen"])
     control = root.table("control")
@@ -97,6 +97,7 @@ def load_config(path: Path) -> Config:
         path=path.resolve(),
         layers_dir=layers_dir,
         state_dir=resolve(state.get("dir", str, DEFAULT_STATE_DIR)),
+        scratch=_scratch(state, resolve),
         control_socket=resolve(control.get("socket", str, DEFAULT_SOCKET)),
         build=build,
         registry=registry,
@@ -117,6 +118,17 @@ def load_config(path: Path) -> Config:
             log_max_bytes=_log_cap(state),
         ),
     )
+
+
+def _scratch(state: Table, resolve: Callable[[str], Path]) -> str:
+    """[state] scratch: where small build snapshots go. "auto" (a private folder
+    in /dev/shm when that is a tmpfs), "none" (the state dir), or a folder."""
+    value = state.get("scratch", str, "auto")
+    if value in ("auto", "none"):
+        return value
+    if not value:
+        raise state.error("scratch", '"" is not a folder: say "auto", "none" or a path')
+    return str(resolve(value))
 
 
 def _builders(root: Table, build: BuildConfig) -> tuple[BuilderSpec, ...]:

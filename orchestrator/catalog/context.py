@@ -143,6 +143,12 @@ def _name(entry: os.DirEntry[str]) -> str:
 
 def scan_context(context: Path, ignore: DockerIgnore,
                  root: str | None = None) -> tuple[FileEntry, ...]:
+    """The entries of ``scan``."""
+    return scan(context, ignore, root)[0]
+
+
+def scan(context: Path, ignore: DockerIgnore,
+         root: str | None = None) -> tuple[tuple[FileEntry, ...], int]:
     """Every file, symlink and directory the builder would receive, sorted by path.
     Directories are entries too (``path/``): an empty one, or a mode change on
     one, changes the image.
@@ -153,9 +159,11 @@ def scan_context(context: Path, ignore: DockerIgnore,
 
     Plain ``os.scandir`` on strings: the daemon rescans every context on each
     run and status view, and each entry's lstat comes with the listing.
-    ``root``: ``context`` already resolved."""
+    ``root``: ``context`` already resolved. Also returns the size in bytes of
+    the regular files (where a build's snapshot of them can go depends on it)."""
     root = root or os.path.realpath(context)
     entries: list[FileEntry] = []
+    size = 0
     kept_dirs: set[str] = set()  # directories the rules keep (an empty one too)
     seen_dirs: dict[str, os.DirEntry[str]] = {}
     walk_errors: list[OSError] = []
@@ -184,6 +192,8 @@ def scan_context(context: Path, ignore: DockerIgnore,
             entry = _entry(root, item, rel)
             if entry is not None:
                 entries.append(entry)
+                if stat.S_ISREG(entry.mode):  # the lstat _entry made, kept by the DirEntry
+                    size += item.stat(follow_symlinks=False).st_size
     # A folder removed while we walked (a build tool's temp dir) is not sent either.
     walk_errors = [e for e in walk_errors if not isinstance(e, FileNotFoundError)]
     if walk_errors:
@@ -206,7 +216,7 @@ def scan_context(context: Path, ignore: DockerIgnore,
             raise InputError(display(Path(root, rel)), f"cannot read: {exc.strerror}") from exc
         entries.append(FileEntry(rel + "/", stat.S_IFDIR | (info.st_mode & PERMISSIONS), ""))
     entries.sort(key=lambda e: e.path)
-    return tuple(entries)
+    return tuple(entries), size
 
 
 def _entry(root: str, item: os.DirEntry[str], rel: str) -> FileEntry | None:
@@ -249,6 +259,7 @@ class Context:
     dockerfile: str
     files: tuple[FileEntry, ...]
     ignore_file: str | None = None  # which ignore file selected ``files``
+    size: int = 0  # bytes in the regular files of ``files``, as scanned
 
 
 class SharedParents:
@@ -293,17 +304,18 @@ def _read_context(layer: Layer, engines: Iterable[str],
     kinds = sorted(set(engines)) or ["buildah"]
     name = ignore_file(layer, kinds)
     root = resolve(layer.context)
-    scans = {kind: scan_context(layer.context, load_ignore(layer.context, name, kind), root)
+    scans = {kind: scan(layer.context, load_ignore(layer.context, name, kind), root)
              for kind in kinds}
     first, *others = kinds
     for kind in others:
-        if scans[kind] != scans[first]:
-            path = first_changed_path(scans[first], scans[kind]) or "?"
+        if scans[kind][0] != scans[first][0]:
+            path = first_changed_path(scans[first][0], scans[kind][0]) or "?"
             raise InputError(display(layer.context / (name or ".dockerignore")),
                              f"{first} and {kind} match this ignore file differently (e.g. "
                              f"{path}), so the image would depend on the engine that builds "
                              "it: simplify the patterns, or use one kind of engine")
-    return Context(dockerfile, scans[first], name)
+    files, size = scans[first]
+    return Context(dockerfile, files, name, size)
 
 
 def read_contexts(layers: Iterable[Layer], engines: Iterable[str] = ("buildah",)

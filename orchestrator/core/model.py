@@ -200,6 +200,8 @@ class Config:
     provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
     secrets: Mapping[str, SecretSpec] = field(default_factory=dict)
     notify: tuple[NotifyTarget, ...] = ()
+    # [state] scratch: "auto", "none" or a folder for small build snapshots.
+    scratch: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from orchestrator.build.runs import (
     recover_interrupted,
 )
 from orchestrator.build.scheduler import NodeResult
+from orchestrator.build.snapshot import scratch_path
 from orchestrator.build.state import AsyncStateStore, StateStore, prune_logs, restrict
 from orchestrator.catalog.context import ignore_file, load_ignore, read_contexts
 from orchestrator.catalog.layers import LAYER_FILE, select
@@ -179,7 +180,8 @@ class Daemon:
         restrict(config.state_dir, 0o750 if group is None else 0o770, group)
         (config.state_dir / "logs").mkdir(exist_ok=True)
         restrict(config.state_dir / "logs", 0o750 if group is None else 0o770, group)
-        removed = await asyncio.to_thread(clear_scratch, config.state_dir)
+        removed = await asyncio.to_thread(clear_scratch, config.state_dir,
+                                          scratch_path(config.scratch, config.state_dir))
         self.state = AsyncStateStore(await asyncio.to_thread(
             StateStore, config.state_dir / STATE_DB, group))
         self.queue = WorkQueue(self.state)

@@ -222,3 +222,11 @@ def test_a_trigger_naming_a_layer_a_hundred_thousand_times_is_cheap(ok_project: 
     started = time.monotonic()
     assert select(catalog, ["child", "base"] * 100_000) == ["child", "base"]
     assert time.monotonic() - started < 1.0  # was quadratic: 15 s on the event loop
+
+
+def test_an_empty_scratch_setting_is_refused(ok_project: Project,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    ok_project.write_config(CONFIG.replace('dir = "state"', 'dir = "state"\n    scratch = ""'))
+    code, err = run(ok_project, capsys, "graph")
+    assert code == 2
+    assert "config.toml: state.scratch:" in err and '"auto", "none" or a path' in err

@@ -242,7 +242,7 @@ def test_any_other_filesystem_error_is_the_layers_input_error(
     def scan(*args: Any) -> None:
         raise OSError(errno.EIO, "Input/output error", str(folder / "app.py"))
 
-    monkeypatch.setattr(context, "scan_context", scan)
+    monkeypatch.setattr(context, "scan", scan)
     ctx = context.read_contexts([layer_at(folder)])["l"]
     assert isinstance(ctx, InputError) and "app.py" in str(ctx) and "Input/output" in str(ctx)
 

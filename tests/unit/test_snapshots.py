@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.build.snapshot import ContextChanged, Snapshots
+from orchestrator.build.snapshot import SMALL_CONTEXT, ContextChanged, Snapshots, scratch_path
 from orchestrator.catalog import context
 from orchestrator.core.model import Layer
 
@@ -251,3 +251,91 @@ def test_two_runs_sharing_the_builds_folder_never_share_a_kept_folder(tmp_path: 
 
     asyncio.run(main())
     assert list(builds.iterdir()) == []
+
+
+def _small_and_large(tmp_path: Path) -> tuple[Layer, Layer]:
+    small, large = tmp_path / "small", tmp_path / "large"
+    for folder in (small, large):
+        folder.mkdir()
+        (folder / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY . /a\n")
+    (large / "blob.bin").write_bytes(b"x" * (SMALL_CONTEXT + 1))
+    return layer_at(small), layer_at(large)
+
+
+def test_small_contexts_go_to_the_scratch_folder_and_large_ones_stay_on_disk(
+        tmp_path: Path) -> None:
+    small, large = _small_and_large(tmp_path)
+    scratch = scratch_path(str(tmp_path / "shm"), tmp_path / "state")
+    assert scratch is not None and scratch.parent == tmp_path / "shm"
+    (tmp_path / "shm").mkdir()
+    builds = tmp_path / "state" / "builds"
+    snapshots = Snapshots(inline=True, scratch=lambda: scratch)
+
+    async def main() -> None:
+        async with snapshots.snapshot(small, context.read_context(small),
+                                      builds / "b1") as (root, _):
+            assert root == scratch / "b1" / "context" and (root / "Dockerfile").is_file()
+            assert os.stat(scratch).st_mode & 0o777 == 0o700  # /dev/shm is shared
+        async with snapshots.snapshot(large, context.read_context(large),
+                                      builds / "b2") as (root, _):
+            assert root == builds / "b2" / "context"
+            assert (root / "blob.bin").stat().st_size == SMALL_CONTEXT + 1
+        snapshots.close()
+
+    asyncio.run(main())
+    assert not scratch.exists() and list(builds.iterdir()) == []
+
+
+@pytest.mark.parametrize("planted", ["link", "open folder"])
+def test_a_scratch_folder_someone_else_planted_is_not_used(tmp_path: Path,
+                                                          planted: str) -> None:
+    small, _ = _small_and_large(tmp_path)
+    scratch = scratch_path(str(tmp_path / "shm"), tmp_path / "state")
+    assert scratch is not None
+    (tmp_path / "shm").mkdir()
+    if planted == "link":  # /dev/shm is world-writable: the name can be taken first
+        (tmp_path / "elsewhere").mkdir()
+        scratch.symlink_to(tmp_path / "elsewhere")
+    else:
+        scratch.mkdir(mode=0o777)
+        os.chmod(scratch, 0o777)
+    builds = tmp_path / "state" / "builds"
+    snapshots = Snapshots(inline=True, scratch=lambda: scratch)
+
+    async def main() -> None:
+        async with snapshots.snapshot(small, context.read_context(small),
+                                      builds / "b1") as (root, _):
+            assert root == builds / "b1" / "context"
+        snapshots.close()
+
+    asyncio.run(main())
+    assert not any((tmp_path / "elsewhere").iterdir()) if planted == "link" else True
+
+
+def test_crash_recovery_clears_the_scratch_folder_too(tmp_path: Path) -> None:
+    from orchestrator.build.runs import clear_scratch
+
+    small, _ = _small_and_large(tmp_path)
+    scratch = scratch_path(str(tmp_path / "shm"), tmp_path / "state")
+    assert scratch is not None
+    (tmp_path / "shm").mkdir()
+    builds = tmp_path / "state" / "builds"
+    snapshots = Snapshots(inline=True, scratch=lambda: scratch)
+
+    async def killed() -> None:  # the run dies with its snapshot in place
+        async with snapshots.snapshot(small, context.read_context(small), builds / "b1"):
+            (scratch / "b1" / "secrets").mkdir()
+            (scratch / "b1" / "secrets" / "token").write_text("s3cret")
+            assert clear_scratch(tmp_path / "state", scratch) == 1  # the next start
+            assert not scratch.exists()
+
+    asyncio.run(killed())
+
+
+def test_auto_scratch_is_a_private_folder_on_a_tmpfs_or_none(tmp_path: Path) -> None:
+    assert scratch_path("none", tmp_path) is None
+    found = scratch_path("auto", tmp_path)
+    assert found is None or (found.parent == Path("/dev/shm")
+                             and found.name.startswith(f"orchestrator-{os.geteuid()}-"))
+    assert scratch_path("auto", tmp_path) == found  # the same state dir, the same folder
+    assert scratch_path("auto", tmp_path / "other") != found or found is None
