@@ -150,6 +150,7 @@ def upstreams_used(layer: Layer) -> set[str]:
     return names
 
 
+@functools.lru_cache(maxsize=256)  # the builds of a run share a handful of seconds
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

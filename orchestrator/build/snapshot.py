@@ -27,7 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from orchestrator.catalog.context import Context
+from orchestrator.catalog.context import Context, SharedParents
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.model import Layer
 
@@ -324,7 +324,7 @@ class Snapshots:
         # of another run's would replace it).
         self._names = (f"free-{self._tag}-{n}" for n in itertools.count())
         self._closed = False
-        self._sources: dict[Path, str] = {}  # context folder -> resolved, for this run
+        self._resolve = SharedParents()  # context folders, resolved as in the scan
 
     def _folder_for(self, context: Context, dest: Path) -> str:
         """``dest``, or its name in the scratch folder for a small context."""
@@ -356,10 +356,7 @@ class Snapshots:
                 new_folder(Path(folder))
             else:
                 os.rename(slot, folder)
-            source = self._sources.get(layer.context)
-            if source is None:
-                source = self._sources[layer.context] = os.path.realpath(layer.context)
-            return _fill(layer, context, Path(folder), source)
+            return _fill(layer, context, Path(folder), self._resolve(layer.context))
         except BaseException:
             remove_tree(Path(folder))
             if slot is not None:

@@ -48,10 +48,11 @@ def load_catalog(layers_dir: Path, upstreams: Mapping[str, UpstreamSpec],
     if not layers_dir.is_dir():
         raise InputError(display(layers_dir), "layers folder not found ([catalog] layers)")
     pending: dict[str, Pending] = {}
-    for folder in sorted(p for p in layers_dir.iterdir() if p.is_dir()):
-        if folder.name.startswith("."):
-            continue
-        if not (folder / LAYER_FILE).is_file():
+    with os.scandir(layers_dir) as entries:
+        names = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    for name in names:
+        folder = layers_dir / name
+        if not os.path.isfile(os.path.join(folder, LAYER_FILE)):
             if (folder / "Dockerfile").is_file():
                 raise InputError(display(folder / LAYER_FILE),
                                  "missing: every layer folder needs a layer.toml (see README)")

@@ -107,12 +107,12 @@ class Linker:
         return {lid: self._link(lid, entry) for lid, entry in self.pending.items()}
 
     def _link(self, lid: str, entry: Pending) -> Layer:
-        layer, ref, where = entry.layer, entry.parent_ref, _where(entry.layer)
+        layer, ref = entry.layer, entry.parent_ref
         args = {k: v for k, v in layer.args if not placeholders(v)}
         style = fromlines.parent_style(entry.dockerfile_text, args)
         if style.kind == "base_image":
             if not ref:
-                raise InputError(where, "from: missing: this Dockerfile takes its parent "
+                raise InputError(_where(layer), "from: missing: this Dockerfile takes its parent "
                                  "through ARG BASE_IMAGE, so say which layer "
                                  "(from = \"LAYER\" or \"upstream:NAME\")")
             if style.problem:
@@ -123,22 +123,21 @@ class Linker:
         return self._literal(lid, entry, args)
 
     def _explicit(self, layer: Layer, ref: str) -> Layer:
-        where = _where(layer)
         if ref.startswith(UPSTREAM_PREFIX):
             name = ref[len(UPSTREAM_PREFIX):]
             if name not in self.upstreams:
                 known = ", ".join(sorted(self.upstreams)) or "none defined"
-                raise InputError(where, f"from: unknown upstream {name!r}: add "
+                raise InputError(_where(layer), f"from: unknown upstream {name!r}: add "
                                  f"[upstream.{name}] to config.toml (known: {known})")
             return replace(layer, upstream=name)
         if ref in self.pending:
             return replace(layer, parent=ref)
         if ref in self.by_name:
             variants = ", ".join(self.by_name[ref])
-            raise InputError(where, f"from: {ref!r} is a matrix layer; name one variant "
+            raise InputError(_where(layer), f"from: {ref!r} is a matrix layer; name one variant "
                              f"(one of: {variants})")
         known = ", ".join(sorted(self.pending)) or "none"
-        raise InputError(where, f"from: unknown parent {ref!r} (layers: {known}; or "
+        raise InputError(_where(layer), f"from: unknown parent {ref!r} (layers: {known}; or "
                          "\"upstream:NAME\" for an [upstream.NAME] in config.toml)")
 
     def _literal(self, lid: str, entry: Pending, args: Mapping[str, str]) -> Layer:
