@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.build.snapshot import scratch_path
+from orchestrator.catalog.config import load_config
 from tests.conftest import Project, Testbed, unique_namespace
 from tests.integration.daemon_helpers import (
     DaemonProcess,
@@ -73,19 +75,25 @@ def test_kill_9_during_a_long_run_leaves_no_process_container_or_scratch(
     daemon = DaemonProcess(project).ready()
     daemon_for.append(daemon)
     wait_until(lambda: processes(tag), 120, 0.2, "the long RUN")
-    scratch = project.root / "state" / "builds"
-    assert any(scratch.iterdir())  # the running build's snapshot
+    # The running build's snapshot: in the tmpfs scratch folder (a small
+    # context), else in the state dir.
+    config = load_config(project.config)
+    shm = scratch_path(config.scratch, config.state_dir)
+    places = [p for p in (project.root / "state" / "builds", shm) if p is not None]
+    assert any(p.is_dir() and any(p.iterdir()) for p in places)
     daemon.kill()
     # Nothing of the build outlives the daemon: not buildah, not its RUN child.
-    wait_until(lambda: not processes(tag) and not processes(str(project.root / "state")), 30,
-               0.2, "the builder's tree to stop")
+    owned = [str(project.root / "state"), *([str(shm)] if shm else [])]
+    wait_until(lambda: not processes(tag) and not any(processes(o) for o in owned),
+               30, 0.2, "the builder's tree to stop")
     again = DaemonProcess(project).ready()
     daemon_for.append(again)
     wait_until(lambda: processes(tag), 120, 0.2, "the re-run")  # interrupted -> built again
     assert again.stop(signal.SIGTERM, 60) == 0
     assert not processes(tag)
     assert buildah_containers() <= containers_before
-    assert not any(scratch.iterdir()) if scratch.exists() else True
+    for place in places:  # the snapshot the kill left, cleared by the next start
+        assert not place.exists() or not any(place.iterdir()), place
     assert not list((project.root / "state" / "tmp").glob("*")) \
         if (project.root / "state" / "tmp").exists() else True
     events = [e["event"] for e in again.events()]
