@@ -29,7 +29,7 @@ from typing import Any
 from orchestrator import __version__
 from orchestrator.build.attest import Attestor
 from orchestrator.build.scheduler import STOPPED, NodeResult, run_graph
-from orchestrator.build.snapshot import ContextChanged, Snapshots, scratch_path
+from orchestrator.build.snapshot import ContextChanged, Snapshots, remove_tree, scratch_path
 from orchestrator.build.state import AsyncStateStore, LayerRecord
 from orchestrator.catalog.context import Context, read_context
 from orchestrator.catalog.layers import host_platform
@@ -707,12 +707,13 @@ class Pipeline:
                 f"parent build {parent.build_id}"
         # One transaction: the build is recorded as running (what crash recovery
         # needs) and the key's first-built time, which its images carry, is read.
+        revision = await self.revision()  # before the build is recorded: it can wait
         created = await self.state.start_keyed_build(
             build_id, layer.id, key, decision.describe(), str(log_path),
             float(int(time.time())), cause=cause, request_id=request_id, builder=member.name,
             base_ref=base_ref)
         labels = self._labels(layer, key, tags, base_name, inputs.parent_digest, created,
-                              await self.revision())
+                              revision)
         request = BuildRequest(
             layer=layer.id,
             context=snap_context,
@@ -778,11 +779,18 @@ class Pipeline:
         finished = time.time()
         child_ref = self._child_ref(repo, output.digest, key_ref)
         if self.attestor is not None and self.config.registry is not None:
-            # Papers per image: each platform's manifest, or the one image.
-            for platform, digest in (per_platform or {self.host: output.digest}).items():
-                await self._attest(member, layer, decision, inputs, repo, digest, base_ref,
-                                   tags, parent, build_id, cause, started, finished, work,
-                                   platform, parents.get(platform, inputs.parent_digest))
+            # The SBOM reads the image's layers back: on disk, never in the
+            # build's folder, which may be on a tmpfs (small contexts).
+            papers = self.work_dir / f"{build_id}.attest"
+            try:
+                # Papers per image: each platform's manifest, or the one image.
+                for platform, digest in (per_platform or {self.host: output.digest}).items():
+                    await self._attest(member, layer, decision, inputs, repo, digest,
+                                       base_ref, tags, parent, build_id, cause, started,
+                                       finished, papers, platform,
+                                       parents.get(platform, inputs.parent_digest))
+            finally:
+                await asyncio.shield(asyncio.to_thread(remove_tree, papers))
         # One transaction: the build is done and the layer stands on its image.
         await self.state.finish_built(build_id, LayerRecord(
             layer.id, key, output.digest, child_ref, inputs, finished, per_platform))

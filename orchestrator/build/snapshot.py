@@ -27,7 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from orchestrator.catalog.context import Context, SharedParents
+from orchestrator.catalog.context import Context
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.model import Layer
 
@@ -95,10 +95,15 @@ def _mkdir_fresh(path: str) -> None:
 IGNORE_NAME = "Dockerfile.dockerignore"
 
 
-def new_folder(dest: Path) -> None:
+def new_folder(dest: Path, *, parents: bool = True) -> None:
     """An empty snapshot folder: ``dest/context/`` and, beside where the
-    Dockerfile goes, the empty ignore file (see ``_fill``)."""
-    _mkdir_fresh(str(dest))
+    Dockerfile goes, the empty ignore file (see ``_fill``). ``parents``: make
+    the folder it goes in when missing (never for the scratch folder, whose
+    mode and owner are checked once: see own_private_folder)."""
+    if parents:
+        _mkdir_fresh(str(dest))
+    else:
+        os.mkdir(dest)
     os.mkdir(os.path.join(dest, "context"))
     os.close(os.open(os.path.join(dest, IGNORE_NAME),
                      os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
@@ -189,6 +194,9 @@ def remove_tree(path: Path) -> None:
         return
     except OSError:
         pass  # a directory copied without write permission: open them up first
+    if not os.path.islink(path):
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o700)
     for dirpath, dirnames, _ in os.walk(path):
         for name in dirnames:
             full = os.path.join(dirpath, name)
@@ -213,23 +221,21 @@ def _kept(entry: os.DirEntry[str]) -> bool:
         and entry.stat(follow_symlinks=False).st_size == 0
 
 
-def _clear(folder: str) -> None:
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            _remove_entry(entry)
-
-
 def _empty(dest: str) -> bool:
     """Empty a used snapshot folder back to what ``new_folder`` makes: everything
     in ``context/`` goes, and everything beside it (the Dockerfile, secrets,
     the engine's scratch files) except the empty ignore file. False when the
-    folder is not in that shape afterwards (it is then removed, not reused)."""
+    folder is not in that shape afterwards (it is then removed, not reused):
+    what one build leaves must never reach the next."""
     root = os.path.join(dest, "context")
-    try:
-        _clear(root)
-    except PermissionError:  # it carries the source folder's mode, maybe read-only
-        os.chmod(root, 0o700)
-        _clear(root)
+    if not stat.S_ISDIR(os.lstat(root).st_mode):  # never list through a link
+        return False
+    os.chmod(root, 0o700)  # it carries the source folder's mode, maybe read-only
+    with os.scandir(root) as entries:
+        for entry in entries:
+            _remove_entry(entry)
+    if os.listdir(root):  # something could not be removed (remove_tree is quiet)
+        return False
     kept = 0
     with os.scandir(dest) as entries:
         for entry in entries:
@@ -281,10 +287,14 @@ def own_private_folder(path: Path) -> bool:
         return False
     try:
         info = os.lstat(path)
+        base = os.stat(os.path.dirname(path))
     except OSError:
         return False
+    # Where others may write, only the sticky bit (as on /dev/shm) keeps them
+    # from swapping our folder for a link after this check.
+    shared_unsafely = base.st_mode & 0o022 and not base.st_mode & stat.S_ISVTX
     return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() \
-        and not info.st_mode & 0o077
+        and not info.st_mode & 0o077 and not shared_unsafely
 
 
 class Snapshots:
@@ -308,7 +318,9 @@ class Snapshots:
     build host the disk is busy with the engines' layers. On this host's ext4
     the time of 2,000 small snapshots varied 0.45-2 s with the disk's load,
     against a steady 0.23 s on tmpfs. Larger contexts stay on disk, so a build's
-    snapshot never holds more than 1 MiB of memory."""
+    snapshot never holds more than 1 MiB of memory (what else a build writes
+    that can be large, the SBOM's copy of the image layers, goes to disk); a
+    full tmpfs sends the snapshot to disk too."""
 
     def __init__(self, *, inline: bool,
                  scratch: Callable[[], Path | None] | None = None) -> None:
@@ -322,13 +334,12 @@ class Snapshots:
         self._tag = uuid.uuid4().hex[:8]
         # Names unique to this run's kept folders (a rename onto an empty folder
         # of another run's would replace it).
-        self._names = (f"free-{self._tag}-{n}" for n in itertools.count())
+        self._names = itertools.count()
         self._closed = False
-        self._resolve = SharedParents()  # context folders, resolved as in the scan
 
     def _folder_for(self, context: Context, dest: Path) -> str:
         """``dest``, or its name in the scratch folder for a small context."""
-        if self._scratch is None or context.size > SMALL_CONTEXT:
+        if self._scratch is None or context.size > SMALL_CONTEXT or self._closed:
             return str(dest)
         with self._lock:
             if not self._scratch_asked:
@@ -341,10 +352,21 @@ class Snapshots:
         return os.path.join(self._scratch_folder, os.path.basename(dest))
 
     def _make(self, layer: Layer, context: Context, dest: Path) -> tuple[Path, Path]:
-        """A snapshot for ``dest`` (there, or in the scratch folder), in a kept
-        folder when there is one beside it; nothing left behind when it fails
-        (the layer's next attempt makes its snapshot in the same place)."""
+        """A snapshot for ``dest``: in the scratch folder for a small context,
+        else there; nothing left behind when it fails (the layer's next attempt
+        makes its snapshot in the same place)."""
         folder = self._folder_for(context, dest)
+        if folder != str(dest):
+            try:
+                return self._make_in(layer, context, dest, folder, scratch=True)
+            except OSError as exc:
+                # A full tmpfs, or its folder gone: this snapshot goes to disk.
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.ENOENT):
+                    raise
+        return self._make_in(layer, context, dest, str(dest), scratch=False)
+
+    def _make_in(self, layer: Layer, context: Context, dest: Path, folder: str, *,
+                 scratch: bool) -> tuple[Path, Path]:
         parent = os.path.dirname(folder)
         with self._lock:
             self._placed[dest] = folder
@@ -353,10 +375,13 @@ class Snapshots:
                 self._free.remove(slot)
         try:
             if slot is None:
-                new_folder(Path(folder))
+                new_folder(Path(folder), parents=not scratch)
             else:
                 os.rename(slot, folder)
-            return _fill(layer, context, Path(folder), self._resolve(layer.context))
+            # From where the scan read it: a layers folder repointed since (an
+            # atomic deploy) is found by the layer's next read, not mixed in.
+            return _fill(layer, context, Path(folder),
+                         context.root or os.path.realpath(layer.context))
         except BaseException:
             remove_tree(Path(folder))
             if slot is not None:
@@ -372,7 +397,9 @@ class Snapshots:
             folder = self._placed.pop(dest, str(dest))
         try:
             if not self._closed and _empty(folder):
-                slot = os.path.join(os.path.dirname(folder), next(self._names))
+                with self._lock:
+                    name = f"free-{self._tag}-{next(self._names)}"
+                slot = os.path.join(os.path.dirname(folder), name)
                 os.rename(folder, slot)
                 with self._lock:
                     if not self._closed:

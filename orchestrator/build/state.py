@@ -248,11 +248,13 @@ class StateStore:
             return self._first_built(key, layer, now)
 
     def _first_built(self, key: str, layer: str, now: float) -> float:
-        # One statement: the new row, or the existing one's time left as it was.
-        row = self._db.execute(
-            "INSERT INTO keys VALUES (?, ?, ?) ON CONFLICT(build_key) DO UPDATE SET "
-            "first_built = first_built RETURNING first_built", (key, layer, now)).fetchone()
-        return float(row[0])
+        # Not an upsert with RETURNING: that needs SQLite 3.35 (RHEL 9 has 3.34).
+        row = self._db.execute("SELECT first_built FROM keys WHERE build_key = ?",
+                               (key,)).fetchone()
+        if row is not None:
+            return float(row[0])
+        self._db.execute("INSERT INTO keys VALUES (?, ?, ?)", (key, layer, now))
+        return now
 
     def keys(self) -> dict[str, tuple[str, float]]:
         """Every build key this state knows: key -> (layer, first built)."""

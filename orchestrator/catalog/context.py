@@ -260,6 +260,7 @@ class Context:
     files: tuple[FileEntry, ...]
     ignore_file: str | None = None  # which ignore file selected ``files``
     size: int = 0  # bytes in the regular files of ``files``, as scanned
+    root: str = ""  # the context folder, resolved, as it was scanned
 
 
 class SharedParents:
@@ -315,7 +316,7 @@ def _read_context(layer: Layer, engines: Iterable[str],
                              f"{path}), so the image would depend on the engine that builds "
                              "it: simplify the patterns, or use one kind of engine")
     files, size = scans[first]
-    return Context(dockerfile, files, name, size)
+    return Context(dockerfile, files, name, size, root)
 
 
 def read_contexts(layers: Iterable[Layer], engines: Iterable[str] = ("buildah",)

@@ -49,7 +49,7 @@ def load_catalog(layers_dir: Path, upstreams: Mapping[str, UpstreamSpec],
         raise InputError(display(layers_dir), "layers folder not found ([catalog] layers)")
     pending: dict[str, Pending] = {}
     with os.scandir(layers_dir) as entries:
-        names = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        names = sorted(e.name for e in entries if not e.name.startswith(".") and _is_dir(e))
     for name in names:
         folder = layers_dir / name
         if not os.path.isfile(os.path.join(folder, LAYER_FILE)):
@@ -68,6 +68,14 @@ def load_catalog(layers_dir: Path, upstreams: Mapping[str, UpstreamSpec],
     ordered = {lid: layers[lid] for lid in graph.topological_order(parents)}
     return Catalog(layers=_platforms(ordered, default_platforms or (host_platform(),)),
                    upstreams=dict(upstreams))
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """As Path.is_dir: a link loop or a vanished entry is not a folder."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _platforms(layers: dict[str, Layer], default: tuple[str, ...]) -> dict[str, Layer]:

@@ -230,3 +230,10 @@ def test_an_empty_scratch_setting_is_refused(ok_project: Project,
     code, err = run(ok_project, capsys, "graph")
     assert code == 2
     assert "config.toml: state.scratch:" in err and '"auto", "none" or a path' in err
+
+
+def test_a_link_loop_in_the_layers_folder_is_not_a_layer(
+        ok_project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    (ok_project.root / "layers" / "loop").symlink_to("loop")  # ELOOP when followed
+    (ok_project.root / "layers" / "gone").symlink_to("nowhere")
+    assert run(ok_project, capsys, "graph") == (0, "")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -339,3 +341,176 @@ def test_auto_scratch_is_a_private_folder_on_a_tmpfs_or_none(tmp_path: Path) -> 
                              and found.name.startswith(f"orchestrator-{os.geteuid()}-"))
     assert scratch_path("auto", tmp_path) == found  # the same state dir, the same folder
     assert scratch_path("auto", tmp_path / "other") != found or found is None
+
+
+_WITHOUT_OVERRIDE = r'''
+import asyncio, os, sys
+from pathlib import Path
+from orchestrator.build.snapshot import Snapshots
+from orchestrator.catalog import context
+from orchestrator.core.model import Layer
+
+def layer_at(folder):
+    return Layer(id="l", name="l", folder=folder, dockerfile=folder / "Dockerfile",
+                 image="l", parent=None, upstream="seed")
+
+first, second, builds = (Path(p) for p in sys.argv[1:4])
+snapshots = Snapshots(inline=True)
+
+async def main():
+    for n, folder in enumerate((first, second)):
+        layer = layer_at(folder)
+        async with snapshots.snapshot(layer, context.read_context(layer),
+                                      builds / f"b{n}") as (root, _):
+            print(sorted(str(p.relative_to(root)) for p in root.rglob("*")))
+    snapshots.close()
+
+asyncio.run(main())
+'''
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="drops root's override of file modes with setpriv")
+def test_read_only_folders_copied_by_one_build_never_reach_the_next_without_privilege(
+        tmp_path: Path) -> None:
+    """As the service's own user does (no capabilities), a copied read-only
+    folder resists removal; the kept folder must then be dropped, not reused.
+    Run as root without CAP_DAC_OVERRIDE / CAP_FOWNER: file modes apply."""
+    import subprocess
+    import sys
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    (first / "vendor").mkdir(parents=True)
+    (first / "Dockerfile").write_text("FROM x\nCOPY . /a\n")
+    (first / "vendor" / "private.key").write_text("k")
+    second.mkdir()
+    (second / "Dockerfile").write_text("FROM x\nCOPY . /b\n")
+    os.chmod(first / "vendor", 0o555)
+    (tmp_path / "builds").mkdir()
+    out = subprocess.run(["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner",
+                          sys.executable, "-c", _WITHOUT_OVERRIDE, str(first), str(second),
+                          str(tmp_path / "builds")],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert out.returncode == 0, out.stderr
+    seen = out.stdout.splitlines()
+    assert seen == ["['Dockerfile', 'vendor', 'vendor/private.key']", "['Dockerfile']"]
+    assert list((tmp_path / "builds").iterdir()) == []
+    os.chmod(first / "vendor", 0o755)
+
+
+def test_a_full_tmpfs_sends_the_snapshot_to_disk(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from orchestrator.build import snapshot
+
+    small, _ = _small_and_large(tmp_path)
+    scratch = scratch_path(str(tmp_path / "shm"), tmp_path / "state")
+    assert scratch is not None
+    (tmp_path / "shm").mkdir()
+    real_fill = snapshot._fill
+
+    def fill(layer: Layer, ctx: context.Context, folder: Path, source: str) -> Any:
+        if str(folder).startswith(str(scratch)):
+            (folder / "context" / "partial").write_text("x")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fill(layer, ctx, folder, source)
+
+    monkeypatch.setattr(snapshot, "_fill", fill)
+    builds = tmp_path / "state" / "builds"
+    snapshots = Snapshots(inline=True, scratch=lambda: scratch)
+
+    async def main() -> None:
+        async with snapshots.snapshot(small, context.read_context(small),
+                                      builds / "b1") as (root, _):
+            assert root == builds / "b1" / "context"
+            assert _tree(root) == ["Dockerfile"]
+            assert list(scratch.iterdir()) == []  # the partial copy is gone
+        snapshots.close()
+
+    asyncio.run(main())
+    assert list(builds.iterdir()) == []
+
+
+def test_a_snapshot_after_the_run_closed_does_not_make_the_scratch_folder_again(
+        tmp_path: Path) -> None:
+    small, _ = _small_and_large(tmp_path)
+    scratch = scratch_path(str(tmp_path / "shm"), tmp_path / "state")
+    assert scratch is not None
+    (tmp_path / "shm").mkdir()
+    builds = tmp_path / "state" / "builds"
+    snapshots = Snapshots(inline=True, scratch=lambda: scratch)
+
+    async def main() -> None:
+        ctx = context.read_context(small)
+        async with snapshots.snapshot(small, ctx, builds / "b1"):
+            pass
+        snapshots.close()
+        assert not scratch.exists()
+        # A cancelled build's copy, still queued when the run ended, runs now.
+        async with snapshots.snapshot(small, ctx, builds / "b2") as (root, _):
+            assert root == builds / "b2" / "context"
+        assert not scratch.exists()
+
+    asyncio.run(main())
+
+
+def test_a_scratch_folder_under_a_shared_folder_without_the_sticky_bit_is_refused(
+        tmp_path: Path) -> None:
+    from orchestrator.build.snapshot import own_private_folder
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # anyone could swap our folder for a link
+    assert not own_private_folder(shared / "orchestrator-x")
+    os.chmod(shared, 0o1777)  # as /dev/shm: only the owner may rename it
+    assert own_private_folder(shared / "orchestrator-x")
+
+
+def test_a_kept_folder_whose_context_became_a_link_is_dropped(tmp_path: Path) -> None:
+    folder = tmp_path / "layer"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n")
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "keep.txt").write_text("mine")
+    layer = layer_at(folder)
+    ctx = context.read_context(layer)
+    builds = tmp_path / "builds"
+    snapshots = Snapshots(inline=True)
+
+    async def main() -> None:
+        async with snapshots.snapshot(layer, ctx, builds / "b1") as (root, _):
+            os.chmod(root, 0o755)
+            for child in root.iterdir():
+                child.unlink()
+            root.rmdir()
+            root.symlink_to(tmp_path / "precious")
+        snapshots.close()
+
+    asyncio.run(main())
+    assert (tmp_path / "precious" / "keep.txt").read_text() == "mine"
+    assert list(builds.iterdir()) == []
+
+
+def test_the_snapshot_copies_from_where_the_scan_read(tmp_path: Path) -> None:
+    """An atomic deploy repoints the layers folder between the scan and the
+    build: the build copies what was hashed, from where it was hashed."""
+    for release, text in (("a", "release a\n"), ("b", "release b\n")):
+        folder = tmp_path / release / "layer"
+        folder.mkdir(parents=True)
+        (folder / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY . /x\n")
+        (folder / "app.txt").write_text(text)
+    (tmp_path / "current").symlink_to(tmp_path / "a")
+    layer = layer_at(tmp_path / "current" / "layer")
+    ctx = context.read_context(layer)
+    (tmp_path / "next").symlink_to(tmp_path / "b")
+    os.replace(tmp_path / "next", tmp_path / "current")
+
+    async def main() -> None:
+        snapshots = Snapshots(inline=True)
+        async with snapshots.snapshot(layer, ctx, tmp_path / "builds" / "b1") as (root, _):
+            assert (root / "app.txt").read_text() == "release a\n"
+        snapshots.close()
+
+    asyncio.run(main())
