@@ -9,7 +9,7 @@ import sys
 import textwrap
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,8 +102,42 @@ class Project:
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Project:
-    return Project(tmp_path / "project")
+def project(tmp_path: Path) -> Iterator[Project]:
+    made = Project(tmp_path / "project")
+    yield made
+    _remove_scratch_of(made)
+
+
+def _remove_scratch_of(project: Project) -> None:
+    """What a test's killed daemon or CLI left in its tmpfs scratch folder
+    (/dev/shm): pytest removes the state dir with tmp_path; this is outside it.
+    (In service, the next start with that state dir clears it.)"""
+    from orchestrator.build.snapshot import remove_tree, scratch_path
+    from orchestrator.catalog.config import load_config
+    from orchestrator.core.errors import OrchestratorError
+
+    try:
+        config = load_config(project.config)
+    except (OrchestratorError, OSError):
+        return
+    folder = scratch_path(config.scratch, config.state_dir)
+    if folder is not None and folder.is_dir() and not folder.is_symlink():
+        remove_tree(folder)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_scratch_left_behind() -> Iterator[None]:
+    """Sweep this user's scratch folders the session made without a project
+    fixture to clear them."""
+    shm = Path("/dev/shm")
+    pattern = f"orchestrator-{os.geteuid()}-*"
+    before = set(shm.glob(pattern)) if shm.is_dir() else set()
+    yield
+    if shm.is_dir():
+        from orchestrator.build.snapshot import remove_tree
+
+        for folder in set(shm.glob(pattern)) - before:
+            remove_tree(folder)
 
 
 def unique_namespace() -> str:
