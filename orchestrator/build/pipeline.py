@@ -705,9 +705,9 @@ class Pipeline:
         if parent is not None and parent.build_id is not None:  # the chain to the parent
             cause = f"{cause}; parent build {parent.build_id}" if cause else \
                 f"parent build {parent.build_id}"
+        revision = await self.revision()  # before the build is recorded: it can wait
         # One transaction: the build is recorded as running (what crash recovery
         # needs) and the key's first-built time, which its images carry, is read.
-        revision = await self.revision()  # before the build is recorded: it can wait
         created = await self.state.start_keyed_build(
             build_id, layer.id, key, decision.describe(), str(log_path),
             float(int(time.time())), cause=cause, request_id=request_id, builder=member.name,

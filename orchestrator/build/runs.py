@@ -118,21 +118,23 @@ def clear_scratch(state_dir: Path, scratch: Path | None = None) -> int:
     """Remove what builds that did not finish left in the state dir (snapshots,
     scratch files, credential links) and in the scratch folder of small
     snapshots (``scratch_path``). Only the owner of the state dir calls it."""
-    removed = 0
+    removed = sum(_empty_folder(state_dir / name) for name in ("builds", "tmp"))
     if scratch is not None and own_private_folder(scratch):
-        for child in scratch.iterdir():
-            remove_tree(child) if child.is_dir() and not child.is_symlink() \
-                else child.unlink(missing_ok=True)
-            removed += 1
+        removed += _empty_folder(scratch)
         with contextlib.suppress(OSError):
             scratch.rmdir()
-    for name in ("builds", "tmp"):
-        folder = state_dir / name
-        if folder.is_dir():
-            for child in folder.iterdir():
-                remove_tree(child) if child.is_dir() and not child.is_symlink() \
-                    else child.unlink(missing_ok=True)
-                removed += 1
+    return removed
+
+
+def _empty_folder(folder: Path) -> int:
+    """Remove everything in ``folder`` (never through a link); how many entries."""
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for child in folder.iterdir():
+        remove_tree(child) if child.is_dir() and not child.is_symlink() \
+            else child.unlink(missing_ok=True)
+        removed += 1
     return removed
 
 

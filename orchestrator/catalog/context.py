@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.catalog.tomlfile import display, open_regular, read_text_file
+from orchestrator.catalog.tomlfile import display, is_folder, open_regular, read_text_file
 from orchestrator.core.buildkey import first_changed_path
 from orchestrator.core.dockerignore import DockerIgnore, ignore_file_for
 from orchestrator.core.errors import InputError
@@ -127,11 +127,7 @@ def _listing(folder: str) -> tuple[list[os.DirEntry[str]], list[os.DirEntry[str]
     others: list[os.DirEntry[str]] = []
     with os.scandir(folder) as entries:
         for entry in entries:
-            try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
-            (dirs if is_dir else others).append(entry)
+            (dirs if is_folder(entry) else others).append(entry)
     dirs.sort(key=_name)
     others.sort(key=_name)
     return dirs, others
@@ -139,12 +135,6 @@ def _listing(folder: str) -> tuple[list[os.DirEntry[str]], list[os.DirEntry[str]
 
 def _name(entry: os.DirEntry[str]) -> str:
     return entry.name
-
-
-def scan_context(context: Path, ignore: DockerIgnore,
-                 root: str | None = None) -> tuple[FileEntry, ...]:
-    """The entries of ``scan``."""
-    return scan(context, ignore, root)[0]
 
 
 def scan(context: Path, ignore: DockerIgnore,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from orchestrator.catalog.parents import LAYER_FILE as LAYER_FILE
 from orchestrator.catalog.parents import Linker, Pending
-from orchestrator.catalog.tomlfile import Table, display, read_text_file, read_toml
+from orchestrator.catalog.tomlfile import Table, display, is_folder, read_text_file, read_toml
 from orchestrator.core import graph
 from orchestrator.core.errors import CycleError, InputError, TemplateError
 from orchestrator.core.imageref import check_repository, check_tag
@@ -49,7 +49,7 @@ def load_catalog(layers_dir: Path, upstreams: Mapping[str, UpstreamSpec],
         raise InputError(display(layers_dir), "layers folder not found ([catalog] layers)")
     pending: dict[str, Pending] = {}
     with os.scandir(layers_dir) as entries:
-        names = sorted(e.name for e in entries if not e.name.startswith(".") and _is_dir(e))
+        names = sorted(e.name for e in entries if not e.name.startswith(".") and is_folder(e))
     for name in names:
         folder = layers_dir / name
         if not os.path.isfile(os.path.join(folder, LAYER_FILE)):
@@ -68,14 +68,6 @@ def load_catalog(layers_dir: Path, upstreams: Mapping[str, UpstreamSpec],
     ordered = {lid: layers[lid] for lid in graph.topological_order(parents)}
     return Catalog(layers=_platforms(ordered, default_platforms or (host_platform(),)),
                    upstreams=dict(upstreams))
-
-
-def _is_dir(entry: os.DirEntry[str]) -> bool:
-    """As Path.is_dir: a link loop or a vanished entry is not a folder."""
-    try:
-        return entry.is_dir()
-    except OSError:
-        return False
 
 
 def _platforms(layers: dict[str, Layer], default: tuple[str, ...]) -> dict[str, Layer]:

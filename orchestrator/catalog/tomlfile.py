@@ -28,6 +28,15 @@ def display(path: str | os.PathLike[str]) -> str:
     return os.fspath(path)
 
 
+def is_folder(entry: os.DirEntry[str]) -> bool:
+    """As Path.is_dir for a listed entry (a link to a folder is one): a link loop
+    or an entry gone since the listing is not a folder, not an error."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 # Dockerfiles, ignore files and TOML are small; a bigger one is a mistake (or a
 # link to /dev/zero) that must not fill the daemon's memory.
 TEXT_LIMIT = 4 << 20

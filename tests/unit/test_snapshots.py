@@ -25,6 +25,14 @@ def layer_at(folder: Path) -> Layer:
                  image="l", parent=None, upstream="seed")
 
 
+def _plain_layer(tmp_path: Path) -> tuple[Layer, context.Context]:
+    folder = tmp_path / "layer"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n")
+    layer = layer_at(folder)
+    return layer, context.read_context(layer)
+
+
 @pytest.fixture
 def big_layer(tmp_path: Path) -> Layer:
     folder = tmp_path / "layer"
@@ -134,13 +142,9 @@ def test_the_context_folder_keeps_its_own_mode_whatever_the_umask(tmp_path: Path
 
 
 def test_a_dockerfile_turned_fifo_after_hashing_is_a_change_not_a_hang(tmp_path: Path) -> None:
-    folder = tmp_path / "layer"
-    folder.mkdir()
-    (folder / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n")
-    layer = layer_at(folder)
-    ctx = context.read_context(layer)
-    (folder / "Dockerfile").unlink()
-    os.mkfifo(folder / "Dockerfile")  # no writer: a blocking open would wait for good
+    layer, ctx = _plain_layer(tmp_path)
+    layer.dockerfile.unlink()
+    os.mkfifo(layer.dockerfile)  # no writer: a blocking open would wait for good
     dest = tmp_path / "builds" / "b5"
 
     async def build() -> None:
@@ -211,11 +215,7 @@ def test_a_kept_folder_gives_the_next_build_only_its_own_files(tmp_path: Path,
 
 
 def test_a_kept_folder_that_is_not_empty_shaped_is_removed_not_reused(tmp_path: Path) -> None:
-    folder = tmp_path / "layer"
-    folder.mkdir()
-    (folder / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n")
-    layer = layer_at(folder)
-    ctx = context.read_context(layer)
+    layer, ctx = _plain_layer(tmp_path)
     builds = tmp_path / "builds"
     snapshots = Snapshots(inline=True)
 
@@ -234,11 +234,7 @@ def test_a_kept_folder_that_is_not_empty_shaped_is_removed_not_reused(tmp_path: 
 
 
 def test_two_runs_sharing_the_builds_folder_never_share_a_kept_folder(tmp_path: Path) -> None:
-    folder = tmp_path / "layer"
-    folder.mkdir()
-    (folder / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n")
-    layer = layer_at(folder)
-    ctx = context.read_context(layer)
+    layer, ctx = _plain_layer(tmp_path)
     builds = tmp_path / "builds"
     one, two = Snapshots(inline=True), Snapshots(inline=True)
 
@@ -255,6 +251,14 @@ def test_two_runs_sharing_the_builds_folder_never_share_a_kept_folder(tmp_path: 
     assert list(builds.iterdir()) == []
 
 
+def _scratch_in(tmp_path: Path) -> Path:
+    """The scratch folder a state dir in ``tmp_path`` gets, under ``shm`` there."""
+    scratch = scratch_path(str(tmp_path / "shm"), tmp_path / "state")
+    assert scratch is not None
+    (tmp_path / "shm").mkdir()
+    return scratch
+
+
 def _small_and_large(tmp_path: Path) -> tuple[Layer, Layer]:
     small, large = tmp_path / "small", tmp_path / "large"
     for folder in (small, large):
@@ -267,9 +271,8 @@ def _small_and_large(tmp_path: Path) -> tuple[Layer, Layer]:
 def test_small_contexts_go_to_the_scratch_folder_and_large_ones_stay_on_disk(
         tmp_path: Path) -> None:
     small, large = _small_and_large(tmp_path)
-    scratch = scratch_path(str(tmp_path / "shm"), tmp_path / "state")
-    assert scratch is not None and scratch.parent == tmp_path / "shm"
-    (tmp_path / "shm").mkdir()
+    scratch = _scratch_in(tmp_path)
+    assert scratch.parent == tmp_path / "shm"
     builds = tmp_path / "state" / "builds"
     snapshots = Snapshots(inline=True, scratch=lambda: scratch)
 
@@ -292,9 +295,7 @@ def test_small_contexts_go_to_the_scratch_folder_and_large_ones_stay_on_disk(
 def test_a_scratch_folder_someone_else_planted_is_not_used(tmp_path: Path,
                                                           planted: str) -> None:
     small, _ = _small_and_large(tmp_path)
-    scratch = scratch_path(str(tmp_path / "shm"), tmp_path / "state")
-    assert scratch is not None
-    (tmp_path / "shm").mkdir()
+    scratch = _scratch_in(tmp_path)
     if planted == "link":  # /dev/shm is world-writable: the name can be taken first
         (tmp_path / "elsewhere").mkdir()
         scratch.symlink_to(tmp_path / "elsewhere")
@@ -311,16 +312,15 @@ def test_a_scratch_folder_someone_else_planted_is_not_used(tmp_path: Path,
         snapshots.close()
 
     asyncio.run(main())
-    assert not any((tmp_path / "elsewhere").iterdir()) if planted == "link" else True
+    if planted == "link":
+        assert not any((tmp_path / "elsewhere").iterdir())
 
 
 def test_crash_recovery_clears_the_scratch_folder_too(tmp_path: Path) -> None:
     from orchestrator.build.runs import clear_scratch
 
     small, _ = _small_and_large(tmp_path)
-    scratch = scratch_path(str(tmp_path / "shm"), tmp_path / "state")
-    assert scratch is not None
-    (tmp_path / "shm").mkdir()
+    scratch = _scratch_in(tmp_path)
     builds = tmp_path / "state" / "builds"
     snapshots = Snapshots(inline=True, scratch=lambda: scratch)
 
@@ -406,9 +406,7 @@ def test_a_full_tmpfs_sends_the_snapshot_to_disk(tmp_path: Path,
     from orchestrator.build import snapshot
 
     small, _ = _small_and_large(tmp_path)
-    scratch = scratch_path(str(tmp_path / "shm"), tmp_path / "state")
-    assert scratch is not None
-    (tmp_path / "shm").mkdir()
+    scratch = _scratch_in(tmp_path)
     real_fill = snapshot._fill
 
     def fill(layer: Layer, ctx: context.Context, folder: Path, source: str) -> Any:
@@ -436,9 +434,7 @@ def test_a_full_tmpfs_sends_the_snapshot_to_disk(tmp_path: Path,
 def test_a_snapshot_after_the_run_closed_does_not_make_the_scratch_folder_again(
         tmp_path: Path) -> None:
     small, _ = _small_and_large(tmp_path)
-    scratch = scratch_path(str(tmp_path / "shm"), tmp_path / "state")
-    assert scratch is not None
-    (tmp_path / "shm").mkdir()
+    scratch = _scratch_in(tmp_path)
     builds = tmp_path / "state" / "builds"
     snapshots = Snapshots(inline=True, scratch=lambda: scratch)
 
@@ -469,13 +465,9 @@ def test_a_scratch_folder_under_a_shared_folder_without_the_sticky_bit_is_refuse
 
 
 def test_a_kept_folder_whose_context_became_a_link_is_dropped(tmp_path: Path) -> None:
-    folder = tmp_path / "layer"
-    folder.mkdir()
-    (folder / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n")
+    layer, ctx = _plain_layer(tmp_path)
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "keep.txt").write_text("mine")
-    layer = layer_at(folder)
-    ctx = context.read_context(layer)
     builds = tmp_path / "builds"
     snapshots = Snapshots(inline=True)
 
