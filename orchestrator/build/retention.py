@@ -134,11 +134,15 @@ async def in_use_now(state: AsyncStateStore) -> set[str]:
 async def apply_gc(client: RegistryClient, plan: GcPlan,
                    state: AsyncStateStore | None = None) -> int:
     """Delete what the plan says, artifacts first (they name the image as subject).
-    With ``state``, each image is checked once more against what the hierarchy
-    stands on right before its DELETE (a reused key is current again)."""
+    With ``state``, the plan is checked once more against what the hierarchy
+    stands on now (a run since the plan may have made a key current again).
+    Once is enough: whoever deletes owns the state dir (`gc` takes its lock,
+    the daemon runs retention between runs), so no run can change it while
+    the DELETEs go out; reading every layer's record per image would not."""
+    in_use = await in_use_now(state) if state is not None else set()
     removed = 0
     for item in plan.delete:
-        if state is not None and item.digest in await in_use_now(state):
+        if item.digest in in_use:
             continue
         repo = parse_repository(item.repository)
         for referrer in await referrers(client, repo, item.digest):
