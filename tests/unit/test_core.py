@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.core import graph
-from orchestrator.core.buildkey import build_key, first_changed_path, key_tag
+from orchestrator.core.buildkey import build_key, context_digest, first_changed_path, key_tag
 from orchestrator.core.dockerfile import base_image_problem, parse
 from orchestrator.core.dockerignore import DockerIgnore
 from orchestrator.core.durations import parse_duration
@@ -64,6 +64,24 @@ def _inputs(**changes: object) -> Inputs:
     }
     base.update(changes)
     return Inputs(**base)  # type: ignore[arg-type]
+
+
+def test_build_key_encoding_is_stable() -> None:
+    """Keys name images in registries: a new release must compute the same key
+    for the same inputs (or bump KEY_VERSION). Values computed by the first
+    encoding, field by field into the hash."""
+    inputs = Inputs("d" * 64, (FileEntry("b.txt", 0o100644, "e" * 64),
+                               FileEntry("a/", 0o40755, ""),
+                               FileEntry("a/\u00fc", 0o120777, "f" * 64)),
+                    (("Z", "1"), ("A", "x y")), "sha256:" + "1" * 64,
+                    bases=(("docker.io/library/alpine:3", "sha256:" + "2" * 64),),
+                    platforms=("linux/arm64", "linux/amd64"), secrets=("tok", "npm"))
+    assert build_key(inputs) == \
+        "8c8904861521269d5502ff1b5ab41340bcd8dc428599d74eeb8df8817320a941"
+    assert context_digest(inputs.files) == \
+        "deaea61287649d0aa5019883270d410f784a11eb9ea22f69efc4973dd668ac42"
+    assert build_key(Inputs("", (), (), "")) == \
+        "628a776bbb8ac3e63c0116df7353048877e339a8908b2c2891de77da1be21d04"
 
 
 def test_build_key_covers_every_input() -> None:
@@ -182,3 +200,24 @@ def test_dockerfile_continuations_keep_line_numbers() -> None:
     instructions = parse("FROM x\nRUN a \\\n  && b\n# note\nUSER app\n")
     assert [(i.line, i.keyword) for i in instructions] == [(1, "FROM"), (2, "RUN"), (5, "USER")]
     assert instructions[1].value == "a && b"
+
+
+def test_dockerfile_words_split_on_what_str_isspace_calls_space() -> None:
+    """The unquoted fast path splits as the quoting-aware one does: on every
+    character str.isspace() accepts (a no-break space, \\x1c), nothing else."""
+    import random
+
+    from orchestrator.core.fromlines import _words
+
+    rng = random.Random(5)
+    alphabet = ["a", "b", "=", "é", " ", "\t", "\n", "\u00a0", "\u2003", "\x1c", "\x0b"]
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        expected, at = [], 0
+        for word in text.split():
+            start = text.index(word, at)
+            expected.append((word, start, start + len(word)))
+            at = start + len(word)
+        assert _words(text, "\\") == expected, repr(text)
+    assert _words('a "b c" d', "\\") == [("a", 0, 1), ('"b c"', 2, 7), ("d", 8, 9)]
+    assert _words("a\\ b c", "\\") == [("a\\ b", 0, 4), ("c", 5, 6)]
