@@ -159,17 +159,24 @@ class _Instruction:
     line: int  # 1-based
     keyword: str
     text: str  # the logical instruction, continuations joined
-    where: list[tuple[int, int]]  # for each char of text: (0-based line, column)
+    # Each physical piece joined into text: (offset in text, 0-based line, column).
+    pieces: list[tuple[int, int, int]]
     words: list[tuple[str, int, int]] = field(default_factory=list)  # raw, start, end
 
     def span(self, start: int, end: int) -> Span | None:
+        """Where text[start:end] is in the file: None unless it lies on one line
+        (in one piece of a continued instruction)."""
         if start >= end:
             return None
-        line, first = self.where[start]
-        for offset in range(start, end):
-            if self.where[offset] != (line, first + offset - start):
-                return None
-        return Span(line + 1, first, first + end - start)
+        for number, (offset, line, column) in enumerate(self.pieces):
+            piece_end = self.pieces[number + 1][0] if number + 1 < len(self.pieces) \
+                else len(self.text)
+            if offset <= start < piece_end:
+                if end > piece_end:
+                    return None
+                first = column + start - offset
+                return Span(line + 1, first, first + end - start)
+        return None
 
 
 def _lines(text: str) -> list[str]:
@@ -203,15 +210,18 @@ def _read(text: str) -> tuple[list[_Instruction], str, list[str]]:
             continue
         lead = len(content) - len(content.lstrip())
         chars: list[str] = []
-        where: list[tuple[int, int]] = []
+        pieces: list[tuple[int, int, int]] = []
+        length = 0
         start_line = index
         column = skip + lead
         piece = content[lead:]
         while True:
             cut = continuation.search(piece)
             body = piece[: cut.start()] if cut else piece
-            chars.extend(body)
-            where.extend((index, column + k) for k in range(len(body)))
+            if body:
+                chars.append(body)
+                pieces.append((length, index, column))
+                length += len(body)
             index += 1
             if not cut:
                 break
@@ -226,7 +236,7 @@ def _read(text: str) -> tuple[list[_Instruction], str, list[str]]:
         words = _words(logical, escape)
         if not words:
             continue
-        ins = _Instruction(start_line + 1, words[0][0].upper(), logical, where, words)
+        ins = _Instruction(start_line + 1, words[0][0].upper(), logical, pieces, words)
         out.append(ins)
         if ins.keyword in ("RUN", "COPY", "ADD"):
             index = _skip_heredocs(ins, lines, index, notes)
@@ -250,8 +260,14 @@ def _skip_heredocs(ins: _Instruction, lines: list[str], index: int, notes: list[
     return index
 
 
+_WORD = re.compile(r"\S+")
+
+
 def _words(text: str, escape: str) -> list[tuple[str, int, int]]:
     """Split on white space outside quotes; each word raw, with its offsets."""
+    if escape not in text and "'" not in text and '"' not in text:
+        # Most lines: nothing quoted or escaped (\S is str.isspace's complement).
+        return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
     out: list[tuple[str, int, int]] = []
     i, n = 0, len(text)
     while i < n:
