@@ -122,6 +122,7 @@ def _fill(layer: Layer, context: Context, dest: Path, source: str) -> tuple[Path
     root = os.path.join(dest, "context")
     made = {root}
     dirs: list[tuple[str, int, int]] = []
+    same_as_dockerfile: str | None = None  # a copy already holding the Dockerfile's bytes
     for entry in context.files:
         rel = entry.path.rstrip("/")
         src = os.path.join(source, rel)
@@ -142,6 +143,9 @@ def _fill(layer: Layer, context: Context, dest: Path, source: str) -> tuple[Path
                 raise ContextChanged(layer.id, entry.path) from None
             if copied != entry.digest:
                 raise ContextChanged(layer.id, entry.path)
+            if same_as_dockerfile is None and copied == context.dockerfile \
+                    and entry.mode & stat.S_IRUSR:
+                same_as_dockerfile = dst
             continue
         try:
             info = os.lstat(src)
@@ -170,6 +174,16 @@ def _fill(layer: Layer, context: Context, dest: Path, source: str) -> tuple[Path
         os.chmod(path, stat.S_IMODE(mode))
         os.utime(path, ns=(mtime_ns, mtime_ns))
     dockerfile = os.path.join(dest, "Dockerfile")
+    if same_as_dockerfile is not None:
+        # The Dockerfile is usually in its context: the copy just verified holds
+        # exactly the bytes the key was made from, and a hard link to it costs
+        # one call where a copy costs ten. Only this run's private copies share
+        # the inode; the engine only reads it.
+        try:
+            os.link(same_as_dockerfile, dockerfile)
+            return Path(root), Path(dockerfile)
+        except OSError:
+            pass  # no hard links here: copy it
     try:
         copied = _copy_hashed(str(layer.dockerfile), dockerfile, 0o644, follow=True)
     except (FileNotFoundError, NotRegular):
@@ -205,11 +219,14 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _remove_entry(entry: os.DirEntry[str]) -> None:
+def _remove_entry(entry: os.DirEntry[str]) -> bool:
+    """Remove one entry; True when it was a folder (whose removal is quiet, so
+    the caller checks it went)."""
     if entry.is_dir(follow_symlinks=False):
         remove_tree(Path(entry.path))
-    else:
-        os.unlink(entry.path)
+        return True
+    os.unlink(entry.path)  # raises when it cannot
+    return False
 
 
 def _kept(entry: os.DirEntry[str]) -> bool:
@@ -227,13 +244,16 @@ def _empty(dest: str) -> bool:
     folder is not in that shape afterwards (it is then removed, not reused):
     what one build leaves must never reach the next."""
     root = os.path.join(dest, "context")
-    if not stat.S_ISDIR(os.lstat(root).st_mode):  # never list through a link
+    mode = os.lstat(root).st_mode
+    if not stat.S_ISDIR(mode):  # never list through a link
         return False
-    os.chmod(root, 0o700)  # it carries the source folder's mode, maybe read-only
+    if mode & stat.S_IRWXU != stat.S_IRWXU:  # the source folder's mode, maybe read-only
+        os.chmod(root, 0o700)
+    folders = False
     with os.scandir(root) as entries:
         for entry in entries:
-            _remove_entry(entry)
-    if os.listdir(root):  # something could not be removed (remove_tree is quiet)
+            folders |= _remove_entry(entry)
+    if folders and os.listdir(root):  # a folder could not be removed (remove_tree is quiet)
         return False
     kept = 0
     with os.scandir(dest) as entries:

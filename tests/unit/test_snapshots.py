@@ -506,3 +506,36 @@ def test_the_snapshot_copies_from_where_the_scan_read(tmp_path: Path) -> None:
         snapshots.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("ignored", [False, True])
+def test_the_engine_gets_the_hashed_dockerfile_whether_or_not_the_context_holds_it(
+        tmp_path: Path, ignored: bool) -> None:
+    """In its context the Dockerfile is the copy just verified, hard-linked;
+    ignored by .dockerignore it is copied on its own. Either way: the bytes the
+    key was made from, and an edit since the scan is refused."""
+    folder = tmp_path / "layer"
+    folder.mkdir()
+    text = "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY . /app\n"
+    (folder / "Dockerfile").write_text(text)
+    (folder / "a.txt").write_text("a\n")
+    if ignored:
+        (folder / ".dockerignore").write_text("Dockerfile\n")
+    layer = layer_at(folder)
+    ctx = context.read_context(layer)
+    assert any(e.path == "Dockerfile" for e in ctx.files) is not ignored
+
+    async def take(snapshots: Snapshots, name: str) -> tuple[str, int]:
+        async with snapshots.snapshot(layer, ctx, tmp_path / "builds" / name) as (root, df):
+            shared = os.stat(df).st_nlink
+            if not ignored:
+                assert os.path.samefile(df, root / "Dockerfile")
+            return df.read_text(), shared
+
+    snapshots = Snapshots(inline=True)
+    assert asyncio.run(take(snapshots, "b1")) == (text, 1 if ignored else 2)
+    (folder / "Dockerfile").write_text(text + "RUN touch /edited\n")
+    with pytest.raises(ContextChanged, match="Dockerfile changed"):
+        asyncio.run(take(snapshots, "b2"))
+    snapshots.close()
+    assert not (tmp_path / "builds").exists() or not any((tmp_path / "builds").iterdir())
