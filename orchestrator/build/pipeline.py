@@ -19,7 +19,6 @@ import functools
 import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -137,6 +136,12 @@ def targets(catalog: Catalog, selected: list[str] | None) -> list[str]:
     return [lid for lid in catalog.layers if lid in wanted]
 
 
+@functools.lru_cache(maxsize=4096)
+def _folder_uri(folder: Path) -> str:
+    """A layer folder as a file:// URI (quoted): the same for every build of it."""
+    return folder.as_uri()
+
+
 def upstreams_used(layer: Layer) -> set[str]:
     """Upstreams a layer stands on, names in its tags and args, or uses as another
     base (a builder stage's FROM)."""
@@ -235,6 +240,8 @@ class Pipeline:
     async def revision(self) -> str | None:
         if self._revision is None:
             self._revision = asyncio.ensure_future(asyncio.to_thread(self._revision_of))
+        if self._revision.done():  # asked once per run, read by every build
+            return self._revision.result()
         return await asyncio.shield(self._revision)
 
     async def run(self, order: list[str]) -> RunReport:
@@ -518,7 +525,7 @@ class Pipeline:
             # The time this key was first built: meaningful, and the same on every
             # rebuild of the same inputs, so it cannot make two such images differ.
             f"{oci}.created": iso(created),
-            f"{oci}.source": self.config.build.source or layer.folder.as_uri(),
+            f"{oci}.source": self.config.build.source or _folder_uri(layer.folder),
             # Always set: labels are inherited, so a layer without tags would
             # otherwise show its parent's version.
             f"{oci}.version": tags[0] if tags else key_tag(key)[:15],
@@ -563,7 +570,7 @@ class Pipeline:
                         base_ref: str,
                         base_name: str, tags: tuple[str, ...], display_ref: str,
                         parent: LayerResult | None, pins: dict[str, str]) -> LayerResult:
-        build_id = uuid.uuid4().hex[:12]
+        build_id = os.urandom(6).hex()  # 48 random bits, as a uuid4's first 12 digits
         for attempt in range(SNAPSHOT_ATTEMPTS):
             try:
                 async with self.snapshots.snapshot(layer, context, self.work_dir / build_id) \
