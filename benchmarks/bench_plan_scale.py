@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import cProfile
 import hashlib
+import os
 import pstats
 import statistics
 import subprocess
@@ -134,6 +135,7 @@ def main() -> None:
     if "--profile" in sys.argv or "--once" in sys.argv:
         with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
             write_catalog(Path(tmp))
+            os.sync()  # the catalog at rest, as a user's is: not written back during the run
             asyncio.run(run(Path(tmp)))
         return
     totals = []
