@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,12 +77,15 @@ def _digest(path: str, info: os.stat_result) -> str:
     return digest
 
 
-def ignore_file(layer: Layer, engines: Iterable[str]) -> str | None:
+def ignore_file(layer: Layer, engines: Iterable[str],
+                listed: Mapping[str, os.DirEntry[str]] | None = None) -> str | None:
     """The ignore file (relative to the context) the configured engines read.
 
     The key must not depend on which engine of a pool builds the layer: when
     the engines would read different files here, that is a configuration error
-    (so is the same file meaning different things to them: see read_context)."""
+    (so is the same file meaning different things to them: see read_context).
+    ``listed``: the context folder's entries by name, when the caller listed it
+    already (the candidates at its top are then looked up, not stat-ed)."""
     # String work: this runs for every layer on every scan.
     context, dockerfile = str(layer.context), str(layer.dockerfile)
     if dockerfile.startswith(context.rstrip("/") + "/"):
@@ -91,7 +94,13 @@ def ignore_file(layer: Layer, engines: Iterable[str]) -> str | None:
         dockerfile_rel = layer.dockerfile.name
 
     def exists(rel: str) -> bool:
-        return os.path.isfile(os.path.join(context, rel))
+        if listed is None or "/" in rel:
+            return os.path.isfile(os.path.join(context, rel))
+        entry = listed.get(rel)
+        try:  # as os.path.isfile: a regular file, through a link
+            return entry is not None and entry.is_file()
+        except OSError:
+            return False
 
     chosen = {engine: ignore_file_for(engine, dockerfile_rel, exists) for engine in engines}
     names = set(chosen.values())
@@ -137,8 +146,9 @@ def _name(entry: os.DirEntry[str]) -> str:
     return entry.name
 
 
-def scan(context: Path, ignore: DockerIgnore,
-         root: str | None = None) -> tuple[tuple[FileEntry, ...], int]:
+def scan(context: Path, ignore: DockerIgnore, root: str | None = None,
+         top: tuple[list[os.DirEntry[str]], list[os.DirEntry[str]]] | None = None,
+         ) -> tuple[tuple[FileEntry, ...], int]:
     """Every file, symlink and directory the builder would receive, sorted by path.
     Directories are entries too (``path/``): an empty one, or a mode change on
     one, changes the image.
@@ -150,7 +160,8 @@ def scan(context: Path, ignore: DockerIgnore,
     Plain ``os.scandir`` on strings: the daemon rescans every context on each
     run and status view, and each entry's lstat comes with the listing.
     ``root``: ``context`` already resolved. Also returns the size in bytes of
-    the regular files (where a build's snapshot of them can go depends on it)."""
+    the regular files (where a build's snapshot of them can go depends on it).
+    ``top``: ``_listing(root)``, when the caller made it already."""
     root = root or os.path.realpath(context)
     entries: list[FileEntry] = []
     size = 0
@@ -160,11 +171,14 @@ def scan(context: Path, ignore: DockerIgnore,
     pending = [(root, "")]
     while pending:
         folder, rel_dir = pending.pop()
-        try:
-            dirs, others = _listing(folder)
-        except OSError as exc:
-            walk_errors.append(exc)
-            continue
+        if top is not None and not rel_dir:
+            dirs, others = list(top[0]), list(top[1])  # others grows below: a copy
+        else:
+            try:
+                dirs, others = _listing(folder)
+            except OSError as exc:
+                walk_errors.append(exc)
+                continue
         for dir_entry in dirs:
             rel = rel_dir + dir_entry.name
             if dir_entry.is_symlink():
@@ -293,9 +307,16 @@ def _read_context(layer: Layer, engines: Iterable[str],
     except OSError as exc:
         raise InputError(display(layer.dockerfile), f"cannot read: {exc.strerror}") from exc
     kinds = sorted(set(engines)) or ["buildah"]
-    name = ignore_file(layer, kinds)
     root = resolve(layer.context)
-    scans = {kind: scan(layer.context, load_ignore(layer.context, name, kind), root)
+    # The context's top listed once: it answers which ignore file exists there
+    # (four stat calls otherwise) and starts every engine's scan.
+    try:
+        top: tuple[list[os.DirEntry[str]], list[os.DirEntry[str]]] | None = _listing(root)
+    except OSError:
+        top = None  # the scan meets the same error and reports it
+    listed = None if top is None else {entry.name: entry for entry in (*top[0], *top[1])}
+    name = ignore_file(layer, kinds, listed)
+    scans = {kind: scan(layer.context, load_ignore(layer.context, name, kind), root, top)
              for kind in kinds}
     first, *others = kinds
     for kind in others:

@@ -259,3 +259,26 @@ def test_shared_parents_resolve_as_realpath_does(tmp_path: Path) -> None:
         for base in (real / "layers", tmp_path / "deploy" / "layers"):
             folder = Path(os.path.join(base, name))
             assert resolve(folder) == os.path.realpath(folder), folder
+
+
+@pytest.mark.parametrize("kind", ["file", "link", "dangling", "folder", "link-to-folder"])
+def test_the_ignore_file_found_from_the_listing_is_the_one_a_stat_finds(
+        folder: Path, kind: str) -> None:
+    """read_context looks ignore files up in the context's one listing: a link
+    to a file counts (as os.path.isfile says), a dangling one or a folder does
+    not, and the daemon's stat probe agrees."""
+    (folder / "Dockerfile.dockerignore").unlink(missing_ok=True)
+    (folder / "rules").write_text("*.log\n")
+    (folder / "a.log").write_text("x\n")
+    (folder / "sub").mkdir(exist_ok=True)
+    target = folder / ".dockerignore"
+    {"file": lambda: target.write_text("*.log\n"),
+     "link": lambda: target.symlink_to("rules"),
+     "dangling": lambda: target.symlink_to("missing"),
+     "folder": lambda: target.mkdir(),
+     "link-to-folder": lambda: target.symlink_to("sub")}[kind]()
+    layer = layer_at(folder)
+    found = context.read_context(layer, ("buildah", "docker"))
+    expected = ".dockerignore" if kind in ("file", "link") else None
+    assert found.ignore_file == expected == context.ignore_file(layer, ("buildah", "docker"))
+    assert any(e.path == "a.log" for e in found.files) is (expected is None)
