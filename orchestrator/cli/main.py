@@ -288,14 +288,19 @@ def _run_interruptible(coro: Any, progress: Any = None) -> Any:
     import contextlib
     import signal
 
-    async def runner() -> Any:
+    # The result leaves through this list, not as the main task's result: when
+    # asyncio.run puts SIGINT back it formats the main task, result and all
+    # (CPython 3.11): 0.02 s at the end of a 2,000-layer plan, for nothing.
+    result: list[Any] = []
+
+    async def runner() -> None:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
         beat = asyncio.create_task(progress.heartbeat()) if progress is not None else None
         try:
-            return await coro
+            result.append(await coro)
         except asyncio.CancelledError:
             raise KeyboardInterrupt from None
         finally:
@@ -305,7 +310,8 @@ def _run_interruptible(coro: Any, progress: Any = None) -> Any:
                 with contextlib.suppress(asyncio.CancelledError):
                     await beat
 
-    return asyncio.run(runner())
+    asyncio.run(runner())
+    return result[0]
 
 
 async def _status_text(client: Client) -> str:
