@@ -136,6 +136,9 @@ def targets(catalog: Catalog, selected: list[str] | None) -> list[str]:
     return [lid for lid in catalog.layers if lid in wanted]
 
 
+_NOT_IN_TAGS = re.compile(r"[^A-Za-z0-9_.-]")
+
+
 @functools.lru_cache(maxsize=4096)
 def _folder_uri(folder: Path) -> str:
     """A layer folder as a file:// URI (quoted): the same for every build of it."""
@@ -739,7 +742,7 @@ class Pipeline:
             from_pins=pins,
             secrets=secrets,
             cache_repo=self._cache_repo(),
-            cache_tag=re.sub(r"[^A-Za-z0-9_.-]", "-", layer.id),
+            cache_tag=_NOT_IN_TAGS.sub("-", layer.id),
         )
         task = asyncio.current_task()
         assert task is not None

@@ -116,7 +116,8 @@ class BuilderPool:
     async def _recheck_down(self) -> None:
         now = time.monotonic()
         due = [m for m in self.members if not m.up and m.next_check <= now]
-        await asyncio.gather(*(self.check(m) for m in due))
+        if due:  # every build leases: nothing to gather is the usual case
+            await asyncio.gather(*(self.check(m) for m in due))
 
     @contextlib.asynccontextmanager
     async def lease(self, prefer: str | None = None,
