@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.catalog.tomlfile import display, is_folder, open_regular, read_text_file
+from orchestrator.catalog.digests import digest_of, file_digest
+from orchestrator.catalog.tomlfile import display, is_folder, read_text_file
 from orchestrator.core.buildkey import first_changed_path
 from orchestrator.core.dockerignore import DockerIgnore, ignore_file_for
 from orchestrator.core.errors import InputError
@@ -31,50 +32,7 @@ from orchestrator.core.model import FileEntry, Layer
 # its effect on the image (args, parent) enters the key on its own, and a new
 # matrix value must not change the key of every existing variant.
 METADATA_FILES = frozenset({"layer.toml"})
-_CHUNK = 1 << 20
 PERMISSIONS = 0o7777
-
-
-# path -> (device, inode, size, mtime ns, ctime ns, sha256). The daemon rescans
-# contexts on every run and status view; a file whose stat is unchanged is not
-# read again. ctime is in the key because an mtime can be put back (cp -p,
-# rsync -t, tar x, touch -r, or a same-size rewrite within one clock tick) but
-# a ctime cannot: any write or chmod moves it.
-_DIGESTS: dict[str, tuple[int, int, int, int, int, str]] = {}
-_DIGESTS_MAX = 200_000
-
-
-def _stamp(info: os.stat_result) -> tuple[int, int, int, int, int]:
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a regular file's content (following a symlink, for a Dockerfile).
-    Anything else — a fifo, which would block the reader for good, a device that
-    never ends — is an InputError naming the file."""
-    return _digest(str(path), path.stat())
-
-
-def _digest(path: str, info: os.stat_result) -> str:
-    """file_digest of ``path``, whose stat (or lstat, for a regular file) is ``info``."""
-    cached = _DIGESTS.get(path)
-    if cached is not None and cached[:5] == _stamp(info):
-        return cached[5]
-    h = hashlib.sha256()
-    fd = open_regular(path)
-    try:
-        while chunk := os.read(fd, _CHUNK):
-            h.update(chunk)
-    finally:
-        os.close(fd)
-    digest = h.hexdigest()
-    # The file may have changed while we read it: only a stat that held still
-    # around the read may vouch for the digest next time.
-    if _stamp(os.stat(path)) == _stamp(info):
-        if len(_DIGESTS) >= _DIGESTS_MAX:
-            _DIGESTS.clear()  # crude, but bounded; a full rescan costs one read per file
-        _DIGESTS[path] = (*_stamp(info), digest)
-    return digest
 
 
 def ignore_file(layer: Layer, engines: Iterable[str],
@@ -247,7 +205,7 @@ def _entry(root: str, item: os.DirEntry[str], rel: str) -> FileEntry | None:
         return FileEntry(rel, mode, hashlib.sha256(target.encode()).hexdigest())
     if stat.S_ISREG(info.st_mode):
         try:
-            return FileEntry(rel, mode, _digest(item.path, info))
+            return FileEntry(rel, mode, digest_of(item.path, info))
         except FileNotFoundError:
             return None
         except OSError as exc:

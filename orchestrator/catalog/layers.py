@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
@@ -9,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
+from orchestrator.catalog.digests import remember
 from orchestrator.catalog.parents import LAYER_FILE as LAYER_FILE
 from orchestrator.catalog.parents import Linker, Pending
 from orchestrator.catalog.tomlfile import Table, display, is_folder, read_text_file, read_toml
@@ -111,7 +113,9 @@ def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[Pen
                               "context: point it at the folder the Dockerfile copies from")
     dockerfile = Path(os.path.normpath(folder / table.get("dockerfile", str, "Dockerfile")))
     try:
-        dockerfile_text = read_text_file(dockerfile, encoding="utf-8-sig")
+        # Its digest comes with it: keying the layer then needs no second read.
+        dockerfile_text = read_text_file(dockerfile, encoding="utf-8-sig",
+                                         seen=functools.partial(remember, str(dockerfile)))
     except FileNotFoundError:
         raise InputError(display(dockerfile), "Dockerfile not found") from None
 

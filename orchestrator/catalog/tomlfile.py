@@ -6,7 +6,7 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +46,11 @@ def open_regular(path: str | os.PathLike[str]) -> int:
     """A read-only descriptor of a regular file (following a symlink). Raises
     FileNotFoundError when it is missing, InputError naming the file when it is
     anything else: a fifo would block its reader for good, a device never ends."""
+    return _open_regular(path)[0]
+
+
+def _open_regular(path: str | os.PathLike[str]) -> tuple[int, os.stat_result]:
+    """open_regular, and the descriptor's stat."""
     try:
         # O_NONBLOCK: opening a fifo must not wait for a writer.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -54,24 +59,33 @@ def open_regular(path: str | os.PathLike[str]) -> int:
     except OSError as exc:
         raise InputError(display(path), f"cannot read: {exc.strerror}") from exc
     try:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        info: os.stat_result | None = os.fstat(fd)
     except OSError:
-        regular = False
-    if not regular:
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise InputError(display(path), "not a regular file (a fifo, device or socket): "
                          "make it an ordinary file")
-    return fd
+    return fd, info
 
 
-def read_text_file(path: Path, *, encoding: str = "utf-8", limit: int = TEXT_LIMIT) -> str:
+# What read_text_file tells a caller that wants the bytes too: the descriptor's
+# stat before and after the read, and the bytes read.
+Seen = Callable[[os.stat_result, os.stat_result, bytes], None]
+
+
+def read_text_file(path: Path, *, encoding: str = "utf-8", limit: int = TEXT_LIMIT,
+                   seen: Seen | None = None) -> str:
     """A user-written text file of at most ``limit`` bytes, opened with
-    open_regular (FileNotFoundError when missing, InputError for anything else)."""
-    fd = open_regular(path)
+    open_regular (FileNotFoundError when missing, InputError for anything else).
+    ``seen`` is given the bytes as read (see Seen)."""
+    fd, before = _open_regular(path)
     try:
         data = b""
         while len(data) <= limit and (chunk := os.read(fd, limit + 1 - len(data))):
             data += chunk
+        if seen is not None and len(data) <= limit:
+            seen(before, os.fstat(fd), data)
     except OSError as exc:
         raise InputError(display(path), f"cannot read: {exc.strerror}") from exc
     finally:

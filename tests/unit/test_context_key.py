@@ -4,6 +4,7 @@ the key (mtime-restoring edits, modes, directories), and bad files are clear err
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -282,3 +283,43 @@ def test_the_ignore_file_found_from_the_listing_is_the_one_a_stat_finds(
     expected = ".dockerignore" if kind in ("file", "link") else None
     assert found.ignore_file == expected == context.ignore_file(layer, ("buildah", "docker"))
     assert any(e.path == "a.log" for e in found.files) is (expected is None)
+
+
+def test_the_dockerfile_read_by_the_load_is_not_read_again_for_the_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the catalog reads each Dockerfile; its digest is kept with the
+    file's stat, so keying the layer does not read it again, and an edit made
+    after the load (a new stat) is read and keyed."""
+    from orchestrator.catalog.layers import load_catalog
+    from orchestrator.core.model import UpstreamSpec
+
+    layers = tmp_path / "layers"
+    (layers / "app").mkdir(parents=True)
+    (layers / "app" / "layer.toml").write_text('from = "upstream:seed"\n')
+    dockerfile = layers / "app" / "Dockerfile"
+    dockerfile.write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n")
+    seed = UpstreamSpec("seed", "registry", image="r/seed", tag="1")
+    catalog = load_catalog(layers, {"seed": seed})
+    layer = catalog.layers["app"]
+    opened: list[str] = []
+    real_open = tomlfile.os.open
+    monkeypatch.setattr(tomlfile.os, "open", lambda path, *a: (  # type: ignore[misc]
+        opened.append(os.fspath(path)), real_open(path, *a))[1])
+    assert context.read_context(layer).dockerfile == \
+        hashlib.sha256(dockerfile.read_bytes()).hexdigest()
+    assert str(dockerfile) not in opened
+    dockerfile.write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN true\n")
+    assert context.read_context(layer).dockerfile == \
+        hashlib.sha256(dockerfile.read_bytes()).hexdigest()
+    assert str(dockerfile) in opened
+
+
+def test_bytes_read_while_the_file_changed_are_not_remembered(tmp_path: Path) -> None:
+    from orchestrator.catalog import digests
+
+    path = tmp_path / "Dockerfile"
+    path.write_text("FROM a\n")
+    before = os.stat(path)
+    path.write_text("FROM b\n")  # a new ctime: the bytes of "before" cannot vouch
+    digests.remember(str(path), before, os.stat(path), b"FROM a\n")
+    assert digests.file_digest(path) == hashlib.sha256(b"FROM b\n").hexdigest()
