@@ -112,10 +112,11 @@ def make_snapshot(layer: Layer, context: Context, dest: Path) -> tuple[Path, Pat
     """Copy ``context`` (as hashed) to ``dest/context`` and the Dockerfile to
     ``dest/Dockerfile``; returns (context dir, Dockerfile path)."""
     new_folder(dest)
-    return _fill(layer, context, dest, os.path.realpath(layer.context))
+    root, dockerfile = _fill(layer, context, str(dest), os.path.realpath(layer.context))
+    return Path(root), Path(dockerfile)
 
 
-def _fill(layer: Layer, context: Context, dest: Path, source: str) -> tuple[Path, Path]:
+def _fill(layer: Layer, context: Context, dest: str, source: str) -> tuple[str, str]:
     """make_snapshot into a folder made by ``new_folder`` (or emptied since), from
     ``source``, the layer's context folder resolved. Plain ``os`` calls on
     strings: a run of thousands of builds makes a snapshot for each."""
@@ -181,7 +182,7 @@ def _fill(layer: Layer, context: Context, dest: Path, source: str) -> tuple[Path
         # the inode; the engine only reads it.
         try:
             os.link(same_as_dockerfile, dockerfile)
-            return Path(root), Path(dockerfile)
+            return root, dockerfile
         except OSError:
             pass  # no hard links here: copy it
     try:
@@ -195,7 +196,7 @@ def _fill(layer: Layer, context: Context, dest: Path, source: str) -> tuple[Path
     # engines look for, so neither applies the context's .dockerignore a second
     # time (when a Dockerfile.dockerignore chose the set, that would drop keyed
     # files).
-    return Path(root), Path(dockerfile)
+    return root, dockerfile
 
 
 def remove_tree(path: Path) -> None:
@@ -399,8 +400,9 @@ class Snapshots:
                 os.rename(slot, folder)
             # From where the scan read it: a layers folder repointed since (an
             # atomic deploy) is found by the layer's next read, not mixed in.
-            return _fill(layer, context, Path(folder),
-                         context.root or os.path.realpath(layer.context))
+            _fill(layer, context, folder, context.root or os.path.realpath(layer.context))
+            base = Path(folder)  # parsed once; the two children below are not
+            return base / "context", base / "Dockerfile"
         except BaseException:
             remove_tree(Path(folder))
             if slot is not None:

@@ -409,9 +409,9 @@ def test_a_full_tmpfs_sends_the_snapshot_to_disk(tmp_path: Path,
     scratch = _scratch_in(tmp_path)
     real_fill = snapshot._fill
 
-    def fill(layer: Layer, ctx: context.Context, folder: Path, source: str) -> Any:
-        if str(folder).startswith(str(scratch)):
-            (folder / "context" / "partial").write_text("x")
+    def fill(layer: Layer, ctx: context.Context, folder: str, source: str) -> Any:
+        if folder.startswith(str(scratch)):
+            (Path(folder) / "context" / "partial").write_text("x")
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_fill(layer, ctx, folder, source)
 
