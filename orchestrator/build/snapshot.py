@@ -85,11 +85,13 @@ def _copy_hashed(src: str, dst: str, mode: int, *, follow: bool = False) -> str:
 
 
 def _mkdir_fresh(path: str) -> None:
+    """A build's private folder (0700: the copies inside keep their sources'
+    modes, maybe group- or world-writable, and nobody else may reach them)."""
     try:
-        os.mkdir(path)
+        os.mkdir(path, 0o700)
     except FileNotFoundError:  # the first build: the builds folder itself is missing
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        os.mkdir(path)
+        os.mkdir(path, 0o700)
 
 
 IGNORE_NAME = "Dockerfile.dockerignore"
@@ -103,7 +105,7 @@ def new_folder(dest: Path, *, parents: bool = True) -> None:
     if parents:
         _mkdir_fresh(str(dest))
     else:
-        os.mkdir(dest)
+        os.mkdir(dest, 0o700)
     os.mkdir(os.path.join(dest, "context"))
     os.close(os.open(os.path.join(dest, IGNORE_NAME), _CREATE, 0o644))
 
@@ -145,7 +147,7 @@ def _fill(layer: Layer, context: Context, dest: str, source: str) -> tuple[str, 
             if copied != entry.digest:
                 raise ContextChanged(layer.id, entry.path)
             if same_as_dockerfile is None and copied == context.dockerfile \
-                    and entry.mode & stat.S_IRUSR:
+                    and entry.mode & stat.S_IRUSR and not entry.mode & 0o7022:
                 same_as_dockerfile = dst
             continue
         try:
@@ -178,8 +180,11 @@ def _fill(layer: Layer, context: Context, dest: str, source: str) -> tuple[str, 
     if same_as_dockerfile is not None:
         # The Dockerfile is usually in its context: the copy just verified holds
         # exactly the bytes the key was made from, and a hard link to it costs
-        # one call where a copy costs ten. Only this run's private copies share
-        # the inode; the engine only reads it.
+        # one call where a copy costs ten. Only this build's private copies share
+        # the inode, which no one but the owner may write (else it is copied, as
+        # 0644); the engine only reads it. (Any context file with those bytes
+        # will do: the engine gets the keyed Dockerfile, even if the file itself
+        # was edited since the scan; the next run keys the edit.)
         try:
             os.link(same_as_dockerfile, dockerfile)
             return root, dockerfile
@@ -220,14 +225,11 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _remove_entry(entry: os.DirEntry[str]) -> bool:
-    """Remove one entry; True when it was a folder (whose removal is quiet, so
-    the caller checks it went)."""
+def _remove_entry(entry: os.DirEntry[str]) -> None:
     if entry.is_dir(follow_symlinks=False):
         remove_tree(Path(entry.path))
-        return True
-    os.unlink(entry.path)  # raises when it cannot
-    return False
+    else:
+        os.unlink(entry.path)
 
 
 def _kept(entry: os.DirEntry[str]) -> bool:
@@ -250,19 +252,20 @@ def _empty(dest: str) -> bool:
         return False
     if mode & stat.S_IRWXU != stat.S_IRWXU:  # the source folder's mode, maybe read-only
         os.chmod(root, 0o700)
-    folders = False
-    with os.scandir(root) as entries:
-        for entry in entries:
-            folders |= _remove_entry(entry)
-    if folders and os.listdir(root):  # a folder could not be removed (remove_tree is quiet)
+    with os.scandir(root) as listing:
+        entries = list(listing)  # listed whole before removing (as rmtree does)
+    for entry in entries:
+        _remove_entry(entry)
+    if os.listdir(root):  # a folder remove_tree could not remove, or a newcomer
         return False
+    with os.scandir(dest) as listing:
+        beside = list(listing)
     kept = 0
-    with os.scandir(dest) as entries:
-        for entry in entries:
-            if _kept(entry):
-                kept += 1
-            else:
-                _remove_entry(entry)
+    for entry in beside:
+        if _kept(entry):
+            kept += 1
+        else:
+            _remove_entry(entry)
     return kept == 2
 
 

@@ -16,9 +16,11 @@ from orchestrator.catalog.tomlfile import open_regular
 _CHUNK = 1 << 20
 
 # path -> (device, inode, size, mtime ns, ctime ns, sha256). ctime is in the
-# stamp because an mtime can be put back (cp -p, rsync -t, tar x, touch -r, or
-# a same-size rewrite within one clock tick) but a ctime cannot: any write or
-# chmod moves it.
+# stamp because an mtime can be put back (cp -p, rsync -t, tar x, touch -r)
+# but a ctime cannot: a write or chmod sets it to now. What no stamp can see
+# is a same-size rewrite within one tick of the file system's clock (coarse
+# on kernels before 6.13): the snapshot hashes every file again, so such an
+# edit is refused there, never built under the old key.
 _DIGESTS: dict[str, tuple[int, int, int, int, int, str]] = {}
 _DIGESTS_MAX = 200_000
 

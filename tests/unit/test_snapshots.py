@@ -539,3 +539,29 @@ def test_the_engine_gets_the_hashed_dockerfile_whether_or_not_the_context_holds_
         asyncio.run(take(snapshots, "b2"))
     snapshots.close()
     assert not (tmp_path / "builds").exists() or not any((tmp_path / "builds").iterdir())
+
+
+def test_a_build_folder_is_private_and_an_open_dockerfile_is_copied_not_linked(
+        tmp_path: Path) -> None:
+    """The copies keep their sources' modes, so nobody but the owner may reach
+    them (0700 folder, made or reused); and the Dockerfile the engine reads is
+    never an inode others may write: a 0666 one is copied as 0644."""
+    folder = tmp_path / "layer"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY . /app\n")
+    os.chmod(folder / "Dockerfile", 0o666)
+    layer = layer_at(folder)
+    ctx = context.read_context(layer)
+    builds = tmp_path / "builds"
+    snapshots = Snapshots(inline=True)
+
+    async def main() -> None:
+        for name in ("b1", "b2"):  # b2 reuses b1's folder
+            async with snapshots.snapshot(layer, ctx, builds / name) as (root, dockerfile):
+                assert os.stat(builds / name).st_mode & 0o777 == 0o700
+                assert os.stat(root / "Dockerfile").st_mode & 0o777 == 0o666  # as keyed
+                info = os.stat(dockerfile)
+                assert (info.st_mode & 0o777, info.st_nlink) == (0o644, 1)
+        snapshots.close()
+
+    asyncio.run(main())
