@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from orchestrator.catalog.context import Context
+from orchestrator.catalog.digests import forget
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.model import Layer
 
@@ -145,6 +146,7 @@ def _fill(layer: Layer, context: Context, dest: str, source: str) -> tuple[str, 
                     raise
                 raise ContextChanged(layer.id, entry.path) from None
             if copied != entry.digest:
+                forget(src)  # the scan's digest may have come from its cache
                 raise ContextChanged(layer.id, entry.path)
             if same_as_dockerfile is None and copied == context.dockerfile \
                     and entry.mode & stat.S_IRUSR and not entry.mode & 0o7022:
@@ -195,6 +197,7 @@ def _fill(layer: Layer, context: Context, dest: str, source: str) -> tuple[str, 
     except (FileNotFoundError, NotRegular):
         raise ContextChanged(layer.id, layer.dockerfile.name) from None
     if copied != context.dockerfile:
+        forget(str(layer.dockerfile))
         raise ContextChanged(layer.id, layer.dockerfile.name)
     # The copy is already filtered by the ignore file the key was made with. The
     # empty ignore file beside the Dockerfile (new_folder) is the first one both

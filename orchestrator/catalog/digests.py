@@ -19,8 +19,9 @@ _CHUNK = 1 << 20
 # stamp because an mtime can be put back (cp -p, rsync -t, tar x, touch -r)
 # but a ctime cannot: a write or chmod sets it to now. What no stamp can see
 # is a same-size rewrite within one tick of the file system's clock (coarse
-# on kernels before 6.13): the snapshot hashes every file again, so such an
-# edit is refused there, never built under the old key.
+# on kernels before 6.13): the snapshot hashes every file again, and where
+# its copy disagrees it forgets the digest (``forget``), so the layer is
+# planned again from the file's bytes, never built under the old key.
 _DIGESTS: dict[str, tuple[int, int, int, int, int, str]] = {}
 _DIGESTS_MAX = 200_000
 
@@ -67,3 +68,10 @@ def remember(path: str, before: os.stat_result, after: os.stat_result, data: byt
     and ``after`` the read): its digest needs no second read, if nothing moved."""
     if _stamp(before) == _stamp(after):
         _keep(path, before, hashlib.sha256(data).hexdigest())
+
+
+def forget(path: str) -> None:
+    """The digest of ``path`` is not to be trusted (a copy of the file hashed
+    otherwise, as a same-size rewrite within one clock tick gives): the next
+    read hashes the file."""
+    _DIGESTS.pop(path, None)

@@ -4,6 +4,7 @@ is left behind by a cancelled build or a context that changed."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import time
@@ -565,3 +566,35 @@ def test_a_build_folder_is_private_and_an_open_dockerfile_is_copied_not_linked(
         snapshots.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("stale", ["a.txt", "Dockerfile"])
+def test_a_digest_the_cache_got_wrong_is_forgotten_when_the_copy_disagrees(
+        tmp_path: Path, stale: str) -> None:
+    """A same-size rewrite within one tick of a coarse clock leaves the stat
+    stamp as it was, so the cache serves the old digest. The snapshot's own hash
+    disagrees: the build is refused, and the next read hashes the file."""
+    from orchestrator.catalog import digests
+
+    folder = tmp_path / "layer"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY . /app\n")
+    (folder / "a.txt").write_text("new\n")
+    (folder / ".dockerignore").write_text("Dockerfile\n")  # the Dockerfile copied alone
+    path = folder / stale
+    info = os.stat(path)
+    digests.remember(str(path), info, info, b"old bytes of the same stamp")  # what a tick hides
+    layer = layer_at(folder)
+    snapshots = Snapshots(inline=True)
+
+    async def take(ctx: context.Context, name: str) -> None:
+        async with snapshots.snapshot(layer, ctx, tmp_path / "builds" / name):
+            pass
+
+    with pytest.raises(ContextChanged, match=stale):
+        asyncio.run(take(context.read_context(layer), "b1"))
+    fresh = context.read_context(layer)
+    asyncio.run(take(fresh, "b2"))
+    snapshots.close()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() in \
+        {fresh.dockerfile, *(e.digest for e in fresh.files)}
