@@ -224,6 +224,9 @@ class Pipeline:
         # Per engine: the parents of builds that were stopped or failed.
         self._leftovers: dict[str, tuple[Member, set[str]]] = {}
         self._values: dict[str, str] = {}
+        # Each layer's record as the run began, read in one query by run(): a
+        # layer's own record is written only by its own step, after it was read.
+        self._records: dict[str, LayerRecord] = {}
         for up in self.upstreams.values():
             self._values.update(upstream_values(up.name, up.tag, up.digest,
                                                 up.ref.split("@", 1)[0]))
@@ -249,12 +252,14 @@ class Pipeline:
 
     async def run(self, order: list[str]) -> RunReport:
         parents = {lid: self.catalog.layers[lid].parent for lid in order}
+        self._records = await self.state.layers({*order, *filter(None, parents.values())})
         try:
             results = await run_graph(order, parents, self.step, lambda r: r.outcome,
                                       self.cancelled)
         finally:
             # Shielded: a Ctrl-C lands here too, and the containers must still go.
             await asyncio.shield(self._clear_leftovers())
+            await asyncio.shield(self.state.commit_deferred())
             if self.snapshots.inline:
                 self.snapshots.close()
             else:
@@ -341,7 +346,7 @@ class Pipeline:
         parent_is_upstream = layer.upstream is not None
         base_ref, base_name, parent_digest = await self._parent(layer, parent)
         forced = layer_id in self.forced
-        previous = await self.state.layer(layer_id)
+        previous = self._records.get(layer_id)
         args = tuple((k, self.expand_once(layer, v, f"args.{k}")) for k, v in layer.args)
 
         if parent_digest is None:  # plan only: the parent would build first
@@ -407,7 +412,7 @@ class Pipeline:
             found = dict(parent.platform_digests) or (
                 {self.host: parent.digest} if parent.digest else {})
         elif layer.parent is not None:
-            record = await self.state.layer(layer.parent)
+            record = self._records.get(layer.parent)
             found = dict(record.platform_digests) if record and record.platform_digests \
                 else ({self.host: record.digest} if record else {})
         else:  # an upstream: read its index (or its one platform) from the registry
@@ -450,7 +455,7 @@ class Pipeline:
         if parent is None:
             # The parent is outside this run: stand on its last recorded image.
             assert layer.parent is not None
-            record = await self.state.layer(layer.parent)
+            record = self._records.get(layer.parent)
             if record is None:
                 raise BuildFailed(layer.id, None, f"parent {layer.parent} has never been "
                                   f"built: run `orchestrator build {layer.parent}`", "")

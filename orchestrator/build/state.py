@@ -1,7 +1,11 @@
 """Durable state in SQLite (WAL): what each layer was last built from, and every build.
 
 Each write is one transaction, so a crash or kill -9 leaves either the old or
-the new row, never half of one. A database that cannot be opened is moved
+the new row, never half of one. One kind waits to be committed: a finished
+build's (``finish_built``) joins the next build's start, which must be durable
+before its engine starts anyway, or a timer commits it within COMMIT_DELAY_S;
+a crash in between loses nothing the next run cannot find in the registry.
+A database that cannot be opened is moved
 aside and replaced, because the registry still holds every image: a fresh
 state costs re-planning, not rebuilding.
 """
@@ -14,10 +18,11 @@ import contextlib
 import functools
 import grp
 import json
+import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -125,8 +130,13 @@ class LayerRecord:
     platform_digests: Mapping[str, str] = field(default_factory=dict)
 
 
+# Made once: json.dumps with any option builds a new encoder on every call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_SORTED = json.JSONEncoder(sort_keys=True)
+
+
 def inputs_to_json(inputs: Inputs) -> str:
-    return json.dumps({
+    return _COMPACT.encode({
         "dockerfile": inputs.dockerfile,
         "files": [[e.path, e.mode, e.digest] for e in inputs.files],
         "args": [list(a) for a in inputs.args],
@@ -134,7 +144,7 @@ def inputs_to_json(inputs: Inputs) -> str:
         "bases": [list(b) for b in inputs.bases],
         "platforms": list(inputs.platforms),
         "secrets": list(inputs.secrets),
-    }, separators=(",", ":"))
+    })
 
 
 def inputs_from_json(text: str) -> Inputs:
@@ -170,13 +180,17 @@ class StateStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.moved_aside: Path | None = None
         try:
-            self._db = self._open()
+            self._conn = self._open()
         except sqlite3.DatabaseError:
             self.moved_aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
             path.rename(self.moved_aside)
             for suffix in ("-wal", "-shm"):
                 Path(str(path) + suffix).unlink(missing_ok=True)
-            self._db = self._open()
+            self._conn = self._open()
+        # A write transaction left open for the next one to commit with its own
+        # (finish_built with defer=True), and whether one of ours is running.
+        self._deferred = False
+        self._in_tx = False
         # Build history and logs are for the socket's users only (same group rule).
         for suffix in ("", "-wal", "-shm"):
             restrict(Path(str(path) + suffix), 0o640 if group is None else 0o660, group)
@@ -202,18 +216,67 @@ class StateStore:
         return db
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[None]:
-        """One transaction (the connection is in autocommit mode otherwise)."""
-        self._db.execute("BEGIN IMMEDIATE")
+    def _tx(self, *, defer: bool = False) -> Iterator[None]:
+        """One transaction (the connection is in autocommit mode otherwise).
+        ``defer``: leave it open; the next transaction joins it and commits both,
+        or :meth:`commit_deferred` does. A transaction that joins one and fails
+        undoes its own writes only: the deferred ones are committed."""
+        joined = self._deferred
+        self._conn.execute("SAVEPOINT joined" if joined else "BEGIN IMMEDIATE")
+        self._in_tx = True
         try:
             yield
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._in_tx = False
+            self._deferred = False
+            if joined:
+                self._conn.execute("ROLLBACK TO joined")
+                self._conn.execute("RELEASE joined")
+                self._commit()
+            else:
+                self._rollback()
             raise
-        self._db.execute("COMMIT")
+        self._in_tx = False
+        if joined:
+            self._conn.execute("RELEASE joined")
+        if defer:
+            self._deferred = True
+        else:
+            self._deferred = False
+            self._commit()
+
+    def _commit(self) -> None:
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error:
+            self._rollback()  # a failed COMMIT may leave the transaction open
+            raise
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection for statements: a deferred transaction is committed
+        first, unless inside one of ours (which has joined it), so what is
+        written outside a transaction is durable when its call returns."""
+        if self._deferred and not self._in_tx:
+            self.commit_deferred()
+        return self._conn
+
+    def commit_deferred(self) -> None:
+        """Commit the transaction ``finish_built(defer=True)`` left open, if any."""
+        if self._deferred:
+            self._deferred = False
+            self._commit()
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self.commit_deferred()
+        finally:
+            self._conn.close()
 
     # -- layers -----------------------------------------------------------------
 
@@ -229,9 +292,11 @@ class StateStore:
                                (layer,)).fetchone()
         return None if row is None else self._record(row)
 
-    def layers(self) -> dict[str, LayerRecord]:
+    def layers(self, only: Collection[str] | None = None) -> dict[str, LayerRecord]:
+        """Every layer's record, or those of ``only``: one query (a run reads its
+        layers' records up front, not one statement per layer)."""
         rows = self._db.execute(f"SELECT {self._LAYER_COLUMNS} FROM layers").fetchall()
-        return {r[0]: self._record(r) for r in rows}
+        return {r[0]: self._record(r) for r in rows if only is None or r[0] in only}
 
     def save_layer(self, record: LayerRecord) -> None:
         self._db.execute(
@@ -239,7 +304,8 @@ class StateStore:
             "updated_at, platform_digests) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (record.layer, record.build_key, record.digest, record.ref,
              inputs_to_json(record.inputs), record.built_at, time.time(),
-             json.dumps(dict(record.platform_digests), sort_keys=True)),
+             _SORTED.encode(dict(record.platform_digests)) if record.platform_digests
+             else "{}"),
         )
 
     def key_first_built(self, key: str, layer: str, now: float) -> float:
@@ -294,15 +360,18 @@ class StateStore:
             "UPDATE builds SET outcome = ?, digest = ?, error = ?, finished_at = ?, "
             "platform_digests = ? WHERE id = ?",
             (outcome, digest, error, time.time(),
-             json.dumps(dict(platform_digests), sort_keys=True) if platform_digests else None,
+             _SORTED.encode(dict(platform_digests)) if platform_digests else None,
              build_id),
         )
 
-    def finish_built(self, build_id: str, record: LayerRecord) -> None:
+    def finish_built(self, build_id: str, record: LayerRecord, *, defer: bool = False) -> None:
         """A build that made its image: done, and the layer's record, together (a
         crash between two transactions would leave a built build the layer's
-        record does not know)."""
-        with self._tx():
+        record does not know). ``defer``: committed by the next transaction or
+        :meth:`commit_deferred`. A crash before that loses nothing that matters:
+        the build reads as interrupted, and the next run finds its image under
+        its key in the registry and records the layer then."""
+        with self._tx(defer=defer):
             self.finish_build(build_id, "built", record.digest,
                               platform_digests=record.platform_digests)
             self.save_layer(record)
@@ -518,6 +587,21 @@ class StateStore:
         )
 
 
+# The longest a finished build's record waits for the next build's transaction
+# to commit it with its own.
+COMMIT_DELAY_S = 0.05
+log = logging.getLogger("orchestrator.state")
+
+
+def _commit_logged(store: StateStore) -> None:
+    """The timer's commit: nobody awaits it, so a failure is logged (the build
+    then reads as interrupted; the next run finds its image by its key)."""
+    try:
+        store.commit_deferred()
+    except sqlite3.Error as exc:
+        log.error("state: a finished build's record could not be committed: %s", exc)
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -546,6 +630,7 @@ class AsyncStateStore:
         self.store = store
         self.inline = inline
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="state")
+        self._commit_timer: asyncio.TimerHandle | None = None
 
     @property
     def moved_aside(self) -> Path | None:
@@ -558,8 +643,35 @@ class AsyncStateStore:
         return await loop.run_in_executor(self._worker, functools.partial(fn, *args, **kwargs))
 
     async def close(self) -> None:
-        await self.call(self.store.close)
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+            self._commit_timer = None
+        await self.call(self.store.close)  # commits a deferred transaction first
         self._worker.shutdown(wait=True)
+
+    async def finish_built(self, build_id: str, record: LayerRecord) -> None:
+        """StateStore.finish_built, committed with the next build's start when that
+        comes within COMMIT_DELAY_S (a run of quick builds makes one commit per
+        build, not two), else by a timer then."""
+        await self.call(self.store.finish_built, build_id, record, defer=True)
+        if self._commit_timer is None:
+            self._commit_timer = asyncio.get_running_loop().call_later(
+                COMMIT_DELAY_S, self._commit_deferred)
+
+    async def commit_deferred(self) -> None:
+        """Commit a deferred finish now (a run's end: what it built is durable
+        before it reports)."""
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+            self._commit_timer = None
+        await self.call(_commit_logged, self.store)
+
+    def _commit_deferred(self) -> None:
+        self._commit_timer = None
+        if self.inline:
+            _commit_logged(self.store)
+        else:
+            self._worker.submit(_commit_logged, self.store)
 
     layer = _off_loop(StateStore.layer)
     save_layer = _off_loop(StateStore.save_layer)
@@ -569,7 +681,6 @@ class AsyncStateStore:
     start_build = _off_loop(StateStore.start_build)
     start_keyed_build = _off_loop(StateStore.start_keyed_build)
     finish_build = _off_loop(StateStore.finish_build)
-    finish_built = _off_loop(StateStore.finish_built)
     builds = _off_loop(StateStore.builds)
     build = _off_loop(StateStore.build)
     last_builds = _off_loop(StateStore.last_builds)

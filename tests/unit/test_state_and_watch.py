@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
 import random
+import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +18,15 @@ from typing import Any
 import pytest
 import structlog
 
-from orchestrator.build.state import StateStore, prune_logs
+from orchestrator.build.state import (
+    COMMIT_DELAY_S,
+    AsyncStateStore,
+    LayerRecord,
+    StateStore,
+    prune_logs,
+)
 from orchestrator.core.errors import UpstreamError
-from orchestrator.core.model import ResolvedUpstream, UpstreamSpec
+from orchestrator.core.model import Inputs, ResolvedUpstream, UpstreamSpec
 from orchestrator.registry.upstream import Backoff, UpstreamPoller, jittered
 from orchestrator.service import logs
 from orchestrator.service.watch import LayerFilter
@@ -44,6 +54,95 @@ def test_interrupted_builds_are_never_successful(tmp_path: Path) -> None:
     again = StateStore(tmp_path / "s.db")
     assert [b["id"] for b in again.mark_interrupted()] == ["b1"]
     assert again.build("b1")["outcome"] == "interrupted"  # type: ignore[index]
+
+
+def _record(layer: str, key: str) -> LayerRecord:
+    inputs = Inputs(dockerfile="d" * 64, files=(), args=(), parent_digest="sha256:" + "0" * 64)
+    return LayerRecord(layer, key, "sha256:" + "1" * 64, f"r/{layer}@sha256:" + "1" * 64,
+                       inputs, 1.0)
+
+
+def _seen(path: Path) -> tuple[dict[str, str], set[str]]:
+    """What another process sees: each build's outcome, the layers recorded."""
+    other = StateStore(path)
+    try:
+        return ({b["id"]: b["outcome"] for b in other.builds(limit=100)},
+                set(other.layers()))
+    finally:
+        other.close()
+
+
+def test_a_deferred_finish_is_committed_by_the_next_transaction(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    state = StateStore(path)
+    state.start_keyed_build("b1", "a", "k1", "new", None, 1.0)
+    state.finish_built("b1", _record("a", "k1"), defer=True)
+    assert _seen(path) == ({"b1": "running"}, set())  # not committed yet
+    state.start_keyed_build("b2", "b", "k2", "new", None, 2.0)  # one commit: both
+    assert _seen(path) == ({"b1": "built", "b2": "running"}, {"a"})
+    # A lone statement (a trigger's request) is durable when its call returns,
+    # and so is the deferred finish before it.
+    state.finish_built("b2", _record("b", "k2"), defer=True)
+    state.add_request("r1", ["a"], force=False, cause="test")
+    assert _seen(path) == ({"b1": "built", "b2": "built"}, {"a", "b"})
+    state.close()
+
+
+def test_a_failed_transaction_keeps_the_deferred_one(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    state = StateStore(path)
+    state.start_keyed_build("b1", "a", "k1", "new", None, 1.0)
+    state.finish_built("b1", _record("a", "k1"), defer=True)
+    with pytest.raises(sqlite3.IntegrityError):  # the same build id twice
+        state.start_keyed_build("b1", "b", "k2", "new", None, 2.0)
+    assert _seen(path) == ({"b1": "built"}, {"a"})
+    known = state.keys()
+    assert "k2" not in known  # its own writes are undone
+    state.start_keyed_build("b3", "b", "k3", "new", None, 3.0)  # and the store goes on
+    assert _seen(path)[0] == {"b1": "built", "b3": "running"}
+    state.finish_built("b3", _record("b", "k3"), defer=True)
+    state.close()  # commits what was deferred
+    assert _seen(path) == ({"b1": "built", "b3": "built"}, {"a", "b"})
+
+
+def test_a_crash_before_the_deferred_commit_reads_as_interrupted(tmp_path: Path) -> None:
+    """kill -9 between a build's finish and its commit: the build is interrupted
+    (never successful) and the layer unrecorded, so the next run looks its key
+    up in the registry, as after a crash during the build."""
+    path = tmp_path / "s.db"
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "sys.path[:0] = [sys.argv[2]]\n"
+        "from test_state_and_watch import _record\n"
+        "from orchestrator.build.state import StateStore\n"
+        "s = StateStore(Path(sys.argv[1]))\n"
+        "s.start_keyed_build('b1', 'a', 'k1', 'new', None, 1.0)\n"
+        "s.finish_built('b1', _record('a', 'k1'), defer=True)\n"
+        "os.kill(os.getpid(), 9)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(path), str(Path(__file__).parent)],
+                          check=False)
+    assert done.returncode == -9
+    again = StateStore(path)
+    assert [b["id"] for b in again.mark_interrupted()] == ["b1"]
+    assert again.layer("a") is None
+    again.close()
+
+
+@pytest.mark.parametrize("inline", [True, False])
+async def test_the_async_store_commits_a_deferred_finish_soon(tmp_path: Path,
+                                                              inline: bool) -> None:
+    path = tmp_path / "s.db"
+    state = AsyncStateStore(StateStore(path), inline=inline)
+    await state.start_keyed_build("b1", "a", "k1", "new", None, 1.0)
+    await state.finish_built("b1", _record("a", "k1"))
+    deadline = time.monotonic() + 5
+    while _seen(path)[1] != {"a"}:
+        assert time.monotonic() < deadline, "the deferred finish was never committed"
+        await asyncio.sleep(COMMIT_DELAY_S / 5)
+    await state.finish_built("b1", _record("a", "k1"))
+    await state.close()  # before its timer: close commits it
+    assert _seen(path) == ({"b1": "built"}, {"a"})
 
 
 def test_corrupt_database_is_moved_aside(tmp_path: Path) -> None:
