@@ -18,6 +18,7 @@ import asyncio
 import functools
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -35,7 +36,7 @@ from orchestrator.catalog.layers import host_platform
 from orchestrator.catalog.tomlfile import display
 from orchestrator.core import graph
 from orchestrator.core.buildkey import build_key, context_digest, key_tag
-from orchestrator.core.errors import BuildFailed, InputError, TemplateError
+from orchestrator.core.errors import BuildFailed, InputError, StateWriteError, TemplateError
 from orchestrator.core.imageref import ImageRef, check_tag, parse_reference, parse_repository
 from orchestrator.core.model import (
     Catalog,
@@ -139,10 +140,15 @@ def targets(catalog: Catalog, selected: list[str] | None) -> list[str]:
 _NOT_IN_TAGS = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-@functools.lru_cache(maxsize=4096)
+# What a file:// URI keeps unquoted (RFC 3986 unreserved, and the slashes).
+_URI_PLAIN = re.compile(r"/[A-Za-z0-9_.~/-]*")
+
+
 def _folder_uri(folder: Path) -> str:
-    """A layer folder as a file:// URI (quoted): the same for every build of it."""
-    return folder.as_uri()
+    """A layer folder as a file:// URI (quoted). Most paths need no quoting, and
+    every build asks: those skip as_uri's encoding and quoting."""
+    text = str(folder)
+    return "file://" + text if _URI_PLAIN.fullmatch(text) else folder.as_uri()
 
 
 def upstreams_used(layer: Layer) -> set[str]:
@@ -150,7 +156,7 @@ def upstreams_used(layer: Layer) -> set[str]:
     base (a builder stage's FROM)."""
     names = {layer.upstream} if layer.upstream else set()
     names.update(base.upstream for base in layer.bases if base.upstream)
-    for text in (*layer.tags, *(v for _, v in layer.args)):
+    for text in (*layer.tags, *(v for _, v in layer.args)) if layer.tags or layer.args else ():
         for name in placeholders(text):
             parts = name.strip().split(".")
             if len(parts) == 3 and parts[0] == "upstream":
@@ -227,6 +233,7 @@ class Pipeline:
         # Each layer's record as the run began, read in one query by run(): a
         # layer's own record is written only by its own step, after it was read.
         self._records: dict[str, LayerRecord] = {}
+        self._upstreams_of: dict[str, set[str]] = {}
         for up in self.upstreams.values():
             self._values.update(upstream_values(up.name, up.tag, up.digest,
                                                 up.ref.split("@", 1)[0]))
@@ -259,11 +266,13 @@ class Pipeline:
         finally:
             # Shielded: a Ctrl-C lands here too, and the containers must still go.
             await asyncio.shield(self._clear_leftovers())
-            await asyncio.shield(self.state.commit_deferred())
+            unrecorded = await asyncio.shield(self.state.commit_deferred())
             if self.snapshots.inline:
                 self.snapshots.close()
             else:
                 await asyncio.shield(asyncio.to_thread(self.snapshots.close))
+        if unrecorded is not None:
+            self._not_recorded(results, unrecorded)
         notes = []
         if self.dry_run:
             unreproducible = [m.name for m in self.pool.members if m.spec.backend != "buildah"]
@@ -274,6 +283,23 @@ class Pipeline:
                              "layers below")
         # Report in graph order, not in the order builds happened to finish.
         return RunReport({lid: results[lid] for lid in order}, self.upstreams, notes)
+
+    def _not_recorded(self, results: dict[str, NodeResult[LayerResult]],
+                      error: sqlite3.Error) -> None:
+        """Builds whose images were made and pushed but whose records the state
+        database refused (a full disk): failed, as a write in the build's own
+        step would have made them. The next run finds each image under its key."""
+        for lid in self.state.unsettled:
+            if lid not in results:  # an earlier run's, still waiting
+                continue
+            value = results[lid].value
+            digest = value.digest if value is not None else None
+            results[lid] = NodeResult(Outcome.FAILED, error=StateWriteError(
+                f"{lid}: built {digest}, but the state database could not record it "
+                f"({error}); free space under {self.config.state_dir} and run again: the "
+                "image is found under its build key"))
+            self.on_event("state_write_failed", {"layer": lid, "digest": digest,
+                                                 "error": str(error)})
 
     async def _clear_leftovers(self) -> None:
         """Working containers that stopped or failed builds left in their engines:
@@ -332,12 +358,20 @@ class Pipeline:
         fails that layer, with the reason)."""
         for lid in order:
             layer = self.catalog.layers[lid]
-            if not upstreams_used(layer) & self.upstream_errors.keys():
+            if not self.upstreams_of(layer) & self.upstream_errors.keys():
                 self.tags(layer)
+
+    def upstreams_of(self, layer: Layer) -> set[str]:
+        """upstreams_used, worked out once per layer for this run (asked again by
+        every step and check)."""
+        known = self._upstreams_of.get(layer.id)
+        if known is None:
+            known = self._upstreams_of[layer.id] = upstreams_used(layer)
+        return known
 
     async def step(self, layer_id: str, parent: LayerResult | None) -> LayerResult:
         layer = self.catalog.layers[layer_id]
-        for name in upstreams_used(layer):
+        for name in self.upstreams_of(layer):
             if name in self.upstream_errors:
                 raise self.upstream_errors[name]
         repo = self.repository(layer)

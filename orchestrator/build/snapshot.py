@@ -69,7 +69,12 @@ def _copy_hashed(src: str, dst: str, mode: int, *, follow: bool = False) -> str:
             raise NotRegular(src)
         fd_out = os.open(dst, _CREATE, 0o600)
         try:
-            while chunk := os.read(fd_in, _CHUNK):
+            # Up to the size fstat saw, so a small file takes one read, not two
+            # (the second to see the end). Bytes appended since are not copied,
+            # and not hashed: the digest is of exactly what the copy holds.
+            left = info.st_size
+            while left > 0 and (chunk := os.read(fd_in, min(_CHUNK, left))):
+                left -= len(chunk)
                 h.update(chunk)
                 view = memoryview(chunk)
                 while view:

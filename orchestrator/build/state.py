@@ -191,6 +191,9 @@ class StateStore:
         # (finish_built with defer=True), and whether one of ours is running.
         self._deferred = False
         self._in_tx = False
+        # Deferred finishes since the last commit, to write again if SQLite
+        # rolled their transaction back (disk full, I/O error).
+        self._unsettled: list[tuple[str, LayerRecord]] = []
         # Build history and logs are for the socket's users only (same group rule).
         for suffix in ("", "-wal", "-shm"):
             restrict(Path(str(path) + suffix), 0o640 if group is None else 0o660, group)
@@ -219,22 +222,39 @@ class StateStore:
     def _tx(self, *, defer: bool = False) -> Iterator[None]:
         """One transaction (the connection is in autocommit mode otherwise).
         ``defer``: leave it open; the next transaction joins it and commits both,
-        or :meth:`commit_deferred` does. A transaction that joins one and fails
-        undoes its own writes only: the deferred ones are committed."""
+        or :meth:`commit_deferred` does. Deferred finishes not yet committed are
+        kept until they are (a transaction SQLite rolled back whole, a failed
+        COMMIT): the next transaction writes them again first. A transaction that
+        fails undoes its own writes only; the deferred ones are committed."""
+        assert not self._in_tx, "transactions do not nest"
         joined = self._deferred
-        self._conn.execute("SAVEPOINT joined" if joined else "BEGIN IMMEDIATE")
         self._in_tx = True
+        try:
+            if not joined:
+                self._conn.execute("BEGIN IMMEDIATE")
+                if self._unsettled:
+                    self._write_unsettled()
+                    joined = True
+            if joined:
+                self._conn.execute("SAVEPOINT joined")
+        except BaseException:
+            self._in_tx = False
+            self._deferred = False
+            self._rollback()
+            raise
         try:
             yield
         except BaseException:
             self._in_tx = False
             self._deferred = False
-            if joined:
-                self._conn.execute("ROLLBACK TO joined")
-                self._conn.execute("RELEASE joined")
-                self._commit()
-            else:
-                self._rollback()
+            if joined and self._conn.in_transaction:
+                # Never lets a second error hide the first: the deferred
+                # writes stay unsettled and are written by the next transaction.
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK TO joined")
+                    self._conn.execute("RELEASE joined")
+                    self._commit()
+            self._rollback()
             raise
         self._in_tx = False
         if joined:
@@ -251,26 +271,45 @@ class StateStore:
         except sqlite3.Error:
             self._rollback()  # a failed COMMIT may leave the transaction open
             raise
+        self._unsettled.clear()
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
 
+    def _write_unsettled(self) -> None:
+        for build_id, record in self._unsettled:  # idempotent: the same rows again
+            self._write_finish(build_id, record)
+
     @property
     def _db(self) -> sqlite3.Connection:
-        """The connection for statements: a deferred transaction is committed
-        first, unless inside one of ours (which has joined it), so what is
-        written outside a transaction is durable when its call returns."""
-        if self._deferred and not self._in_tx:
+        """The connection for statements: deferred finishes are committed first,
+        unless inside one of ours (which has joined them), so what is written
+        outside a transaction is durable when its call returns."""
+        if (self._deferred or self._unsettled) and not self._in_tx:
             self.commit_deferred()
         return self._conn
 
     def commit_deferred(self) -> None:
-        """Commit the transaction ``finish_built(defer=True)`` left open, if any."""
+        """Commit what ``finish_built(defer=True)`` left open, or write again and
+        commit deferred finishes a failure lost. Raises when that fails (they are
+        then still kept)."""
         if self._deferred:
             self._deferred = False
-            self._commit()
+            try:
+                self._commit()
+                return
+            except sqlite3.Error:
+                pass  # written again below, once
+        if self._unsettled:
+            with self._tx():
+                pass
+
+    @property
+    def unsettled(self) -> list[str]:
+        """Layers whose finished build is not committed yet."""
+        return [record.layer for _, record in self._unsettled]
 
     def close(self) -> None:
         try:
@@ -372,9 +411,14 @@ class StateStore:
         the build reads as interrupted, and the next run finds its image under
         its key in the registry and records the layer then."""
         with self._tx(defer=defer):
-            self.finish_build(build_id, "built", record.digest,
-                              platform_digests=record.platform_digests)
-            self.save_layer(record)
+            self._write_finish(build_id, record)
+        if defer:
+            self._unsettled.append((build_id, record))
+
+    def _write_finish(self, build_id: str, record: LayerRecord) -> None:
+        self.finish_build(build_id, "built", record.digest,
+                          platform_digests=record.platform_digests)
+        self.save_layer(record)
 
     def builds(self, layer: str | None = None, limit: int = 50,
                request_id: str | None = None) -> list[dict[str, Any]]:
@@ -646,25 +690,41 @@ class AsyncStateStore:
         if self._commit_timer is not None:
             self._commit_timer.cancel()
             self._commit_timer = None
-        await self.call(self.store.close)  # commits a deferred transaction first
-        self._worker.shutdown(wait=True)
+        try:
+            await self.call(self.store.close)  # commits deferred finishes first
+        except sqlite3.Error as exc:  # the connection is closed all the same
+            log.error("state: finished builds could not be recorded at close: %s", exc)
+        finally:
+            self._worker.shutdown(wait=True)
 
     async def finish_built(self, build_id: str, record: LayerRecord) -> None:
         """StateStore.finish_built, committed with the next build's start when that
         comes within COMMIT_DELAY_S (a run of quick builds makes one commit per
         build, not two), else by a timer then."""
-        await self.call(self.store.finish_built, build_id, record, defer=True)
-        if self._commit_timer is None:
-            self._commit_timer = asyncio.get_running_loop().call_later(
-                COMMIT_DELAY_S, self._commit_deferred)
+        try:
+            await self.call(self.store.finish_built, build_id, record, defer=True)
+        finally:  # armed even if this task is cancelled while the write runs
+            loop = asyncio.get_running_loop()
+            # (A handle whose time has passed belongs to a loop that is gone.)
+            if self._commit_timer is None or self._commit_timer.when() < loop.time():
+                self._commit_timer = loop.call_later(COMMIT_DELAY_S, self._commit_deferred)
 
-    async def commit_deferred(self) -> None:
-        """Commit a deferred finish now (a run's end: what it built is durable
-        before it reports)."""
+    async def commit_deferred(self) -> sqlite3.Error | None:
+        """Commit deferred finishes now (a run's end: what it built is durable
+        before it reports). Returns the error when they could not be; they are
+        then still kept (:attr:`unsettled`) for the next write."""
         if self._commit_timer is not None:
             self._commit_timer.cancel()
             self._commit_timer = None
-        await self.call(_commit_logged, self.store)
+        try:
+            await self.call(self.store.commit_deferred)
+        except sqlite3.Error as exc:
+            return exc
+        return None
+
+    @property
+    def unsettled(self) -> list[str]:
+        return self.store.unsettled
 
     def _commit_deferred(self) -> None:
         self._commit_timer = None

@@ -78,3 +78,7 @@ class PolicyError(InputError):
     def __init__(self, lines: list[str]) -> None:
         self.lines = lines
         super().__init__("", "\n".join(lines))
+
+
+class StateWriteError(OrchestratorError):
+    """The state database could not record a build that made its image."""

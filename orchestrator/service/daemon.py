@@ -729,7 +729,8 @@ class Daemon:
                                                     fields.get("outcome", "unknown")).inc()
             if "duration_s" in fields:
                 self.metrics.duration.labels(fields["layer"]).observe(fields["duration_s"])
-        level = "error" if fields.get("outcome") == "failed" else "info"
+        level = "error" if fields.get("outcome") == "failed" or \
+            event == "state_write_failed" else "info"
         if event != "layer_up_to_date":
             self.bus.publish(event, fields, level)
         self.notifier.notify(self._status_text(len(self._running_layers()), None))

@@ -11,12 +11,15 @@ import asyncio
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import orchestrator.build.runs as runs
+from orchestrator.build.state import StateStore
 from orchestrator.cli.main import main
 from orchestrator.core.model import BuilderSpec, Outcome
 from tests.fakes import MemoryBuilder, fixed_upstreams
@@ -151,3 +154,33 @@ def test_install_requirements_without_python_fails(tmp_path: Path) -> None:
                            str(requirements)], capture_output=True, text=True,
                           env={"PATH": str(empty), "HOME": str(tmp_path)})
     assert proc.returncode == 1 and "no Python installed" in proc.stderr
+
+
+def test_a_build_the_state_cannot_record_fails_and_is_found_next_run(
+    shipped: tuple[Path, MemoryBuilder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last build's finish waits for the run's end to be committed; when the
+    database refuses it (a full disk) that build is reported failed, not built,
+    and the next run finds its image under its key instead of building again."""
+    config_path, builder = shipped
+    config, catalog = runs.load(config_path)
+
+    def full(self: StateStore) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(StateStore, "commit_deferred", full)
+        events: list[tuple[str, dict[str, Any]]] = []
+        report = asyncio.run(runs.execute(config, catalog,
+                                          on_event=lambda e, f: events.append((e, f))))
+    failed = report.by_outcome(Outcome.FAILED)
+    assert len(failed) == 1 and not report.ok
+    (lid,) = failed
+    error = str(report.results[lid].error)
+    assert "could not record" in error and "disk is full" in error
+    assert [f["layer"] for e, f in events if e == "state_write_failed"] == [lid]
+    assert len(report.by_outcome(Outcome.BUILT)) == len(catalog.layers) - 1
+
+    again = asyncio.run(runs.execute(config, catalog))
+    assert again.ok and again.results[lid].outcome is Outcome.REUSED
+    assert len(builder.built) == len(catalog.layers)  # nothing built twice

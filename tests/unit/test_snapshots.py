@@ -598,3 +598,18 @@ def test_a_digest_the_cache_got_wrong_is_forgotten_when_the_copy_disagrees(
     snapshots.close()
     assert hashlib.sha256(path.read_bytes()).hexdigest() in \
         {fresh.dockerfile, *(e.digest for e in fresh.files)}
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 5 << 19])
+def test_a_copy_holds_exactly_the_bytes_it_was_hashed_from(tmp_path: Path, size: int) -> None:
+    """Copied up to the size fstat saw (one read for a small file): every size
+    around the read chunk gives the whole file, its digest, its mode and times."""
+    from orchestrator.build.snapshot import _copy_hashed
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    data = os.urandom(size)
+    src.write_bytes(data)
+    os.utime(src, ns=(1_000_000_000, 2_000_000_000))
+    assert _copy_hashed(str(src), str(dst), 0o640) == hashlib.sha256(data).hexdigest()
+    assert dst.read_bytes() == data
+    assert dst.stat().st_mode & 0o7777 == 0o640 and dst.stat().st_mtime_ns == 2_000_000_000

@@ -105,6 +105,59 @@ def test_a_failed_transaction_keeps_the_deferred_one(tmp_path: Path) -> None:
     assert _seen(path) == ({"b1": "built", "b3": "built"}, {"a", "b"})
 
 
+class _FailingCommits:
+    """The store's connection, with its next COMMITs failing as on a full disk
+    (rolled back, as SQLite does)."""
+
+    def __init__(self, conn: sqlite3.Connection, failures: int) -> None:
+        self.conn, self.failures = conn, failures
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT" and self.failures:
+            self.failures -= 1
+            self.conn.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_deferred_finishes_a_failed_commit_lost_are_written_again(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    state = StateStore(path)
+    state.start_build("b1", "a", "k1", "new", None)
+    state._conn = _FailingCommits(state._conn, 2)  # type: ignore[assignment]
+    state.finish_built("b1", _record("a", "k1"), defer=True)
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        state.commit_deferred()  # the commit and the one retry both fail
+    assert state.unsettled == ["a"] and _seen(path) == ({"b1": "running"}, set())
+    # The next statement writes the finish again, then does its own work.
+    state.add_request("r1", ["a"], force=False, cause="test")
+    assert state.unsettled == [] and _seen(path) == ({"b1": "built"}, {"a"})
+    state.close()
+
+
+def test_a_transaction_sqlite_rolls_back_whole_keeps_its_own_error(tmp_path: Path) -> None:
+    """A full disk inside a transaction that joined a deferred finish: the
+    caller sees the real error, and the finish is written again once there is
+    room."""
+    path = tmp_path / "s.db"
+    state = StateStore(path)
+    state.start_keyed_build("b1", "a", "k1", "new", None, 1.0)
+    state.finish_built("b1", _record("a", "k1"), defer=True)
+    pages = state._conn.execute("PRAGMA page_count").fetchone()[0]
+    state._conn.execute(f"PRAGMA max_page_count={pages}")
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        for n in range(1000):
+            state.start_keyed_build(f"b{n + 2}", "b", f"k{n + 2}" + "x" * 4000, "new", None, 2.0)
+    state._conn.execute("PRAGMA max_page_count=1073741823")
+    state.commit_deferred()
+    outcomes, layers = _seen(path)
+    assert outcomes["b1"] == "built" and layers == {"a"}
+    state.close()
+
+
 def test_a_crash_before_the_deferred_commit_reads_as_interrupted(tmp_path: Path) -> None:
     """kill -9 between a build's finish and its commit: the build is interrupted
     (never successful) and the layer unrecorded, so the next run looks its key
