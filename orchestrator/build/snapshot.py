@@ -264,8 +264,11 @@ def _empty(dest: str) -> bool:
         entries = list(listing)  # listed whole before removing (as rmtree does)
     for entry in entries:
         _remove_entry(entry)
-    if os.listdir(root):  # a folder remove_tree could not remove, or a newcomer
+    try:  # refused when anything is left: what remove_tree could not remove, a newcomer
+        os.rmdir(root)
+    except OSError:
         return False
+    os.mkdir(root)  # as new_folder makes it (two calls; listing it again took five)
     with os.scandir(dest) as listing:
         beside = list(listing)
     kept = 0

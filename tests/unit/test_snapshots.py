@@ -613,3 +613,32 @@ def test_a_copy_holds_exactly_the_bytes_it_was_hashed_from(tmp_path: Path, size:
     assert _copy_hashed(str(src), str(dst), 0o640) == hashlib.sha256(data).hexdigest()
     assert dst.read_bytes() == data
     assert dst.stat().st_mode & 0o7777 == 0o640 and dst.stat().st_mtime_ns == 2_000_000_000
+
+
+def test_a_context_that_cannot_be_emptied_is_removed_not_reused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Something left in the context after emptying (a file it could not remove,
+    or one that appeared meanwhile): the folder is not kept for the next build."""
+    from orchestrator.build import snapshot
+
+    layer, ctx = _plain_layer(tmp_path)
+    builds = tmp_path / "builds"
+    snapshots = Snapshots(inline=True)
+    remove = snapshot._remove_entry
+
+    def stubborn(entry: os.DirEntry[str]) -> None:
+        if entry.name != "stuck":
+            remove(entry)
+
+    async def main() -> None:
+        async with snapshots.snapshot(layer, ctx, builds / "b1") as (context_dir, _):
+            (context_dir / "stuck").write_text("left behind\n")
+            monkeypatch.setattr(snapshot, "_remove_entry", stubborn)
+        monkeypatch.setattr(snapshot, "_remove_entry", remove)
+        assert list(builds.iterdir()) == []  # removed, not kept
+        async with snapshots.snapshot(layer, ctx, builds / "b2") as (context_dir, _):
+            assert sorted(p.name for p in context_dir.iterdir()) == ["Dockerfile"]
+        snapshots.close()
+
+    asyncio.run(main())
+    assert list(builds.iterdir()) == []
