@@ -156,7 +156,7 @@ def upstreams_used(layer: Layer) -> set[str]:
     base (a builder stage's FROM)."""
     names = {layer.upstream} if layer.upstream else set()
     names.update(base.upstream for base in layer.bases if base.upstream)
-    for text in (*layer.tags, *(v for _, v in layer.args)) if layer.tags or layer.args else ():
+    for text in (*layer.tags, *(v for _, v in layer.args)):
         for name in placeholders(text):
             parts = name.strip().split(".")
             if len(parts) == 3 and parts[0] == "upstream":
@@ -296,8 +296,8 @@ class Pipeline:
             digest = value.digest if value is not None else None
             results[lid] = NodeResult(Outcome.FAILED, error=StateWriteError(
                 f"{lid}: built {digest}, but the state database could not record it "
-                f"({error}); free space under {self.config.state_dir} and run again: the "
-                "image is found under its build key"))
+                f"({error}); check the disk under {self.config.state_dir} and run again: "
+                "the image is found under its build key"))
             self.on_event("state_write_failed", {"layer": lid, "digest": digest,
                                                  "error": str(error)})
 

@@ -707,7 +707,7 @@ class AsyncStateStore:
             loop = asyncio.get_running_loop()
             # (A handle whose time has passed belongs to a loop that is gone.)
             if self._commit_timer is None or self._commit_timer.when() < loop.time():
-                self._commit_timer = loop.call_later(COMMIT_DELAY_S, self._commit_deferred)
+                self._commit_timer = loop.call_later(COMMIT_DELAY_S, self._on_commit_timer)
 
     async def commit_deferred(self) -> sqlite3.Error | None:
         """Commit deferred finishes now (a run's end: what it built is durable
@@ -726,7 +726,7 @@ class AsyncStateStore:
     def unsettled(self) -> list[str]:
         return self.store.unsettled
 
-    def _commit_deferred(self) -> None:
+    def _on_commit_timer(self) -> None:
         self._commit_timer = None
         if self.inline:
             _commit_logged(self.store)

@@ -72,11 +72,17 @@ def _seen(path: Path) -> tuple[dict[str, str], set[str]]:
         other.close()
 
 
-def test_a_deferred_finish_is_committed_by_the_next_transaction(tmp_path: Path) -> None:
+def _one_deferred(tmp_path: Path) -> tuple[Path, StateStore]:
+    """A store whose build b1 (layer a) has finished, its commit deferred."""
     path = tmp_path / "s.db"
     state = StateStore(path)
     state.start_keyed_build("b1", "a", "k1", "new", None, 1.0)
     state.finish_built("b1", _record("a", "k1"), defer=True)
+    return path, state
+
+
+def test_a_deferred_finish_is_committed_by_the_next_transaction(tmp_path: Path) -> None:
+    path, state = _one_deferred(tmp_path)
     assert _seen(path) == ({"b1": "running"}, set())  # not committed yet
     state.start_keyed_build("b2", "b", "k2", "new", None, 2.0)  # one commit: both
     assert _seen(path) == ({"b1": "built", "b2": "running"}, {"a"})
@@ -89,10 +95,7 @@ def test_a_deferred_finish_is_committed_by_the_next_transaction(tmp_path: Path) 
 
 
 def test_a_failed_transaction_keeps_the_deferred_one(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    state = StateStore(path)
-    state.start_keyed_build("b1", "a", "k1", "new", None, 1.0)
-    state.finish_built("b1", _record("a", "k1"), defer=True)
+    path, state = _one_deferred(tmp_path)
     with pytest.raises(sqlite3.IntegrityError):  # the same build id twice
         state.start_keyed_build("b1", "b", "k2", "new", None, 2.0)
     assert _seen(path) == ({"b1": "built"}, {"a"})
@@ -142,10 +145,7 @@ def test_a_transaction_sqlite_rolls_back_whole_keeps_its_own_error(tmp_path: Pat
     """A full disk inside a transaction that joined a deferred finish: the
     caller sees the real error, and the finish is written again once there is
     room."""
-    path = tmp_path / "s.db"
-    state = StateStore(path)
-    state.start_keyed_build("b1", "a", "k1", "new", None, 1.0)
-    state.finish_built("b1", _record("a", "k1"), defer=True)
+    path, state = _one_deferred(tmp_path)
     pages = state._conn.execute("PRAGMA page_count").fetchone()[0]
     state._conn.execute(f"PRAGMA max_page_count={pages}")
     with pytest.raises(sqlite3.OperationalError, match="full"):
