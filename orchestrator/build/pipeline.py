@@ -259,7 +259,7 @@ class Pipeline:
 
     async def run(self, order: list[str]) -> RunReport:
         parents = {lid: self.catalog.layers[lid].parent for lid in order}
-        self._records = await self.state.layers({*order, *filter(None, parents.values())})
+        self._records = await self.state.records.all({*order, *filter(None, parents.values())})
         try:
             results = await run_graph(order, parents, self.step, lambda r: r.outcome,
                                       self.cancelled)
@@ -422,7 +422,7 @@ class Pipeline:
         if not self.dry_run:
             await self._point_tags(layer, repo, found, tags)
             if previous is None or previous.build_key != key:
-                await self.state.save_layer(LayerRecord(
+                await self.state.records.save(LayerRecord(
                     layer.id, key, found, child_ref, inputs,
                     previous.built_at if previous and previous.digest == found else time.time(),
                     per_platform))
@@ -637,7 +637,7 @@ class Pipeline:
                 key = build_key(inputs)
                 found = await self._lookup(repo, key)
                 if found is not None and layer.id not in self.forced:
-                    previous = await self.state.layer(layer.id)
+                    previous = await self.state.records.get(layer.id)
                     return await self._reuse(layer, decision, inputs, key, repo,
                                              found, tags, display_ref, previous)
         raise AssertionError("unreachable")
@@ -809,14 +809,14 @@ class Pipeline:
                 output = await member.builder.build(request)
         except asyncio.CancelledError:
             self._left_behind(member, base_ref)
-            await asyncio.shield(self.state.finish_build(build_id, Outcome.CANCELLED.value))
+            await asyncio.shield(self.state.history.finish(build_id, Outcome.CANCELLED.value))
             self.on_event("build_finished", {**bound, "outcome": "cancelled",
                                              "duration_s": round(time.time() - started, 3)})
             raise
         except BuildFailed as exc:
             self._left_behind(member, base_ref)  # a timeout stops the engine mid-step too
             first = first_error_line(exc.log_tail)
-            await self.state.finish_build(build_id, Outcome.FAILED.value,
+            await self.state.history.finish(build_id, Outcome.FAILED.value,
                                           error=f"{first}\n{exc}" if first else str(exc))
             self.on_event("build_finished", {**bound, "outcome": "failed",
                                              "duration_s": round(time.time() - started, 3),

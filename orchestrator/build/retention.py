@@ -77,7 +77,7 @@ async def _label_of(client: RegistryClient, repo: ImageRef, digest: str,
 async def plan_gc(config: Config, catalog: Catalog, state: AsyncStateStore,
                   client: RegistryClient, keep: int) -> GcPlan:
     assert config.registry is not None
-    known = await state.keys()
+    known = await state.records.keys()
     in_use = await in_use_now(state)
     plan = GcPlan()
     for image in sorted({layer.image for layer in catalog.layers.values()}):
@@ -125,7 +125,7 @@ async def plan_gc(config: Config, catalog: Catalog, state: AsyncStateStore,
 async def in_use_now(state: AsyncStateStore) -> set[str]:
     """What the hierarchy stands on at this moment: every layer's image (and its
     platforms' images) and every parent digest."""
-    records = await state.layers()
+    records = await state.records.all()
     return ({r.digest for r in records.values()} |
             {d for r in records.values() for d in r.platform_digests.values()} |
             {r.inputs.parent_digest for r in records.values()})

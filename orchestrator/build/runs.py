@@ -144,7 +144,7 @@ async def recover_interrupted(state: AsyncStateStore,
     cut) are recorded as interrupted, never as built, and the working
     containers their builders left in the engines are removed. Only the owner
     of the state dir calls it. Returns (the interrupted builds, containers removed)."""
-    interrupted = await state.mark_interrupted()
+    interrupted = await state.history.mark_interrupted()
     base_refs = {b["base_ref"] for b in interrupted if b.get("base_ref")}
     cleaned = 0
     if base_refs:
@@ -165,7 +165,7 @@ async def with_last_known(state: AsyncStateStore, resolved: dict[str, ResolvedUp
     stays an error. Says so for each."""
     still: dict[str, UpstreamError] = {}
     for name, error in failed.items():
-        known = await state.upstream(name)
+        known = await state.upstreams.get(name)
         if known is None:
             still[name] = error
             continue

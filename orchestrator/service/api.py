@@ -284,11 +284,11 @@ class ControlServer:
     async def list_builds(self, request: web.Request) -> web.StreamResponse:
         limit = _limit(request)
         layer = request.query.get("layer")
-        return web.json_response({"builds": await self.daemon.state.builds(layer, limit)})
+        return web.json_response({"builds": await self.daemon.state.history.builds(layer, limit)})
 
     async def get_build(self, request: web.Request) -> web.StreamResponse:
         build_id = request.match_info["id"]
-        build = await self.daemon.state.build(build_id)
+        build = await self.daemon.state.history.get(build_id)
         if build is not None:
             return web.json_response(build)
         # A request id (from POST /v1/builds): what it asked, its state, its builds.
@@ -299,7 +299,7 @@ class ControlServer:
 
     async def build_log(self, request: web.Request) -> web.StreamResponse:
         build_id = request.match_info["id"]
-        build = await self.daemon.state.build(build_id)
+        build = await self.daemon.state.history.get(build_id)
         if build is None or not build.get("log_path"):
             raise Refused(f"no build {build_id}", 404)
         follow = request.query.get("follow") in ("1", "true", "yes")
@@ -323,7 +323,7 @@ class ControlServer:
                 continue
             if not follow:
                 break
-            row = await self.daemon.state.build(build_id)
+            row = await self.daemon.state.history.get(build_id)
             if row is None or row["outcome"] != "running":
                 follow = False  # one last read picks up the final lines
                 continue
@@ -334,7 +334,7 @@ class ControlServer:
     async def cancel_build(self, request: web.Request) -> web.StreamResponse:
         build_id = request.match_info["id"]
         if not self.daemon.cancel(build_id):
-            if await self.daemon.state.build(build_id) is None:
+            if await self.daemon.state.history.get(build_id) is None:
                 raise Refused(f"no build {build_id}", 404)
             raise Refused(f"build {build_id} is not running", 409)
         return web.json_response({"id": build_id, "cancelled": True}, status=202)

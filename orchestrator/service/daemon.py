@@ -26,6 +26,7 @@ import structlog
 
 from orchestrator.build.attest import Attestor
 from orchestrator.build.lock import StateLock
+from orchestrator.build.logfiles import prune_logs
 from orchestrator.build.pipeline import LayerResult, Pipeline, RunReport, targets, upstreams_used
 from orchestrator.build.runs import (
     STATE_DB,
@@ -41,7 +42,7 @@ from orchestrator.build.runs import (
 )
 from orchestrator.build.scheduler import NodeResult
 from orchestrator.build.snapshot import scratch_path
-from orchestrator.build.state import AsyncStateStore, StateStore, prune_logs, restrict
+from orchestrator.build.state import AsyncStateStore, StateStore, restrict
 from orchestrator.catalog.context import ignore_file, load_ignore, read_contexts
 from orchestrator.catalog.layers import LAYER_FILE, select
 from orchestrator.core import graph
@@ -245,7 +246,7 @@ class Daemon:
                                        + ", ".join(b["id"] for b in interrupted))
         # What the dead run was serving waits again, merged into the entries above
         # (its force and request ids kept).
-        requeued = await self.state.requeue_taken()
+        requeued = await self.state.work.requeue_taken()
         if interrupted or requeued or scratch_removed or cleaned:
             self.bus.publish("state_recovered", {"interrupted": len(interrupted),
                                                  "requeued": requeued,
@@ -298,7 +299,7 @@ class Daemon:
             await self._api.stop()
         if hasattr(self, "state"):
             with contextlib.suppress(Exception):
-                await self.state.requeue_taken()  # not served: waits for the next start
+                await self.state.work.requeue_taken()  # not served: waits for the next start
             await self.state.close()
         await self._close_retired()
         if hasattr(self, "registry"):
@@ -470,7 +471,7 @@ class Daemon:
         for lid, layer in self.catalog.layers.items():
             if layer.rebuild_every_s is None or lid in queued or lid in running:
                 continue
-            record = await self.state.layer(lid)
+            record = await self.state.records.get(lid)
             if record is None or not is_due(record.built_at, layer.rebuild_every_s, now):
                 continue
             # A scheduled rebuild that keeps failing backs off instead of
@@ -486,7 +487,7 @@ class Daemon:
         while not self._watch_stop.is_set():
             try:
                 removed = await asyncio.to_thread(self._prune_logs)
-                pruned = await self.state.prune_requests(time.time() - REQUEST_RETENTION_S)
+                pruned = await self.state.work.prune_requests(time.time() - REQUEST_RETENTION_S)
                 if removed or pruned:
                     self.bus.publish("logs_pruned", {"removed": removed,
                                                      "requests_removed": pruned})

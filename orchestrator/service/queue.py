@@ -54,20 +54,20 @@ class WorkQueue:
                   request_id: str | None = None) -> str:
         """Queue ``layers`` as one request; returns its id."""
         request_id = request_id or new_id("r")
-        await self.state.add_request(request_id, layers, force=force, cause=cause)
+        await self.state.work.add_request(request_id, layers, force=force, cause=cause)
         for layer in layers:
-            await self.state.enqueue(layer, force=force, cause=cause, request_id=request_id)
+            await self.state.work.add(layer, force=force, cause=cause, request_id=request_id)
         self.changed.update(layers)
         self.wakeup.set()
         return request_id
 
     async def waiting(self) -> list[Entry]:
-        return [Entry.from_row(row) for row in await self.state.queued(taken=False)]
+        return [Entry.from_row(row) for row in await self.state.work.entries(taken=False)]
 
     async def take(self) -> list[Entry]:
         """Everything waiting, now held by the run about to start."""
         self.changed = set()
-        self.taken = [Entry.from_row(row) for row in await self.state.take_queue()]
+        self.taken = [Entry.from_row(row) for row in await self.state.work.take()]
         return self.taken
 
     def superseded(self, lineage: Iterable[str]) -> bool:
@@ -76,7 +76,7 @@ class WorkQueue:
 
     async def give_back(self, entries: list[Entry]) -> None:
         """A run that could not start (bad input): its entries wait again, unchanged."""
-        await self.state.requeue_taken([e.id for e in entries])
+        await self.state.work.requeue_taken([e.id for e in entries])
         self.taken = []
 
     async def finish(self, entries: list[Entry], outcomes: dict[str, dict[str, Any]],
@@ -88,8 +88,8 @@ class WorkQueue:
         again = [e for e in entries if e.layer in deferred]
         finished = [e for e in entries if e.layer not in deferred]
         if again:
-            await self.state.requeue_taken([e.id for e in again])
-        await self.state.finish_queue([e.id for e in finished])
+            await self.state.work.requeue_taken([e.id for e in again])
+        await self.state.work.finish([e.id for e in finished])
         results: dict[str, dict[str, dict[str, Any]]] = {}
         for entry in finished:
             for request in entry.requests:
@@ -98,19 +98,20 @@ class WorkQueue:
                     if layer in outcomes:
                         seen[layer] = outcomes[layer]
         self.taken = []
-        return await self.state.record_results(results)
+        return await self.state.work.record_results(results)
 
     async def request(self, request_id: str) -> dict[str, Any] | None:
         """A request as the API shows it: what was asked, its state, its builds."""
-        request = await self.state.request(request_id)
+        request = await self.state.work.get_request(request_id)
         if request is None:
             return None
-        entries = [row for row in await self.state.queued() if request_id in row["requests"]]
-        request["queued"] = entries
-        builds = {b["id"]: b for b in await self.state.builds(request_id=request_id, limit=1000)}
+        request["queued"] = [row for row in await self.state.work.entries()
+                             if request_id in row["requests"]]
+        history = self.state.history
+        builds = {b["id"]: b for b in await history.builds(request_id=request_id, limit=1000)}
         for result in request["results"].values():
             build_id = result.get("build_id")
-            if build_id and build_id not in builds and (row := await self.state.build(build_id)):
+            if build_id and build_id not in builds and (row := await history.get(build_id)):
                 builds[build_id] = row
         request["builds"] = sorted(builds.values(), key=lambda b: b["started_at"])
         return request

@@ -60,7 +60,7 @@ class UpstreamWatch:
         for name in sorted(needed - set(self.pollers)):
             if name not in specs:
                 continue
-            if name not in self.values and (known := await self.state.upstream(name)):
+            if name not in self.values and (known := await self.state.upstreams.get(name)):
                 # A restart during an outage still knows where everything stood.
                 self.values[name] = ResolvedUpstream(name, known["ref"], known["digest"],
                                                      known["tag"])
@@ -97,10 +97,10 @@ class UpstreamWatch:
         was_missing = value.name not in self.values
         self.errors.pop(value.name, None)
         since = self.unreachable_since.pop(value.name, None)
-        previous = await self.state.upstream(value.name)
+        previous = await self.state.upstreams.get(value.name)
         changed = previous is not None and (previous["digest"], previous["tag"]) != (
             value.digest, value.tag)
-        await self.state.save_upstream(value.name, value.tag, value.digest, value.ref, changed)
+        await self.state.upstreams.save(value.name, value.tag, value.digest, value.ref, changed)
         self.values[value.name] = value
         if since is not None:
             self.publish("upstream_recovered", {"upstream": value.name,

@@ -36,7 +36,7 @@ class Views:
         d = self.daemon
         running = []
         for layer, build_id in self.running_layers().items():
-            row = await d.state.build(build_id) or {}
+            row = await d.state.history.get(build_id) or {}
             running.append({"build_id": build_id, "layer": layer,
                             "started": row.get("started_at"), "builder": row.get("builder"),
                             "reason": row.get("reason")})
@@ -48,7 +48,7 @@ class Views:
             "backend": {"name": ", ".join(m.name for m in d.pool.members) if d.pool else None,
                         "error": d.backend_error if not pool_up else None},
             "builders": d.pool.status() if d.pool else [],
-            "queue": await d.state.queued(taken=False),
+            "queue": await d.state.work.entries(taken=False),
             "blocked": d.blocked,
             "run": d.current_run,
             "running": running,
@@ -78,8 +78,8 @@ class Views:
         """Building/queued/failed change by the second: always fresh."""
         d = self.daemon
         running = self.running_layers()
-        queued = {row["layer"] for row in await d.state.queued(taken=False)}
-        last_builds = await d.state.last_builds([entry["layer"] for entry in view])
+        queued = {row["layer"] for row in await d.state.work.entries(taken=False)}
+        last_builds = await d.state.history.last_of([entry["layer"] for entry in view])
         out = []
         for entry in view:
             lid = entry["layer"]
@@ -102,7 +102,7 @@ class Views:
         out = []
         for lid in order:
             layer, result = catalog.layers[lid], report.results[lid]
-            record = await d.state.layer(lid)
+            record = await d.state.records.get(lid)
             value = result.value
             out.append({
                 "layer": lid, "image": layer.image, "parent": layer.parent,
@@ -123,7 +123,7 @@ class Views:
         """One word for a status view, most urgent first, and what goes with it."""
         d = self.daemon
         if lid in running:
-            row = await d.state.build(running[lid]) or {}
+            row = await d.state.history.get(running[lid]) or {}
             return {"state": "building", "build_id": running[lid],
                     "since": row.get("started_at"), "builder": row.get("builder")}
         if lid in queued:

@@ -97,7 +97,7 @@ class Webhooks:
         text = json.dumps(body, default=str, sort_keys=True)
         for target in self.targets:
             if kind in target.events:
-                await self.state.add_notification(target.url, kind, text)
+                await self.state.outbox.add(target.url, kind, text)
                 self.wakeup.set()
 
     def _secret_for(self, url: str) -> str | None:
@@ -119,8 +119,8 @@ class Webhooks:
             while not stop.is_set():
                 try:
                     await self._deliver_due(http)
-                    await self.state.prune_notifications(time.time() - RETENTION_S)
-                    upcoming = await self.state.next_notification_at()
+                    await self.state.outbox.prune(time.time() - RETENTION_S)
+                    upcoming = await self.state.outbox.next_at()
                 except Exception as exc:  # a state or network fault: try again later
                     log.warning("webhook_loop_failed", error=repr(exc))
                     upcoming = time.time() + BASE_DELAY_S
@@ -138,7 +138,7 @@ class Webhooks:
                 waiter.cancel()
 
     async def _deliver_due(self, http: aiohttp.ClientSession) -> None:
-        for row in await self.state.due_notifications(time.time()):
+        for row in await self.state.outbox.due(time.time()):
             body = row["body"].encode()
             headers = {"Content-Type": "application/json",
                        "User-Agent": "orchestrator-webhooks",
@@ -153,17 +153,17 @@ class Webhooks:
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 ok, why = False, f"{type(exc).__name__}: {exc}"
             if ok:
-                await self.state.notification_done(row["id"])
+                await self.state.outbox.delivered(row["id"])
                 log.info("webhook_delivered", delivery=row["id"], webhook_event=row["event"],
                          attempts=row["attempts"] + 1)
                 continue
             attempts = row["attempts"] + 1
             if attempts >= MAX_ATTEMPTS:
                 # Recorded as given up (delivered_at stays empty, next_at far away).
-                await self.state.notification_failed(row["id"], time.time() + 10 * 365 * 86400,
+                await self.state.outbox.failed(row["id"], time.time() + 10 * 365 * 86400,
                                                      f"gave up: {why}")
                 log.error("webhook_given_up", delivery=row["id"], error=why)
                 continue
             delay = min(MAX_DELAY_S, BASE_DELAY_S * 2 ** (attempts - 1))
-            await self.state.notification_failed(row["id"], time.time() + delay, why)
+            await self.state.outbox.failed(row["id"], time.time() + delay, why)
             log.warning("webhook_failed", delivery=row["id"], error=why, retry_in_s=delay)

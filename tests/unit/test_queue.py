@@ -82,7 +82,7 @@ async def test_taken_work_survives_a_crash(tmp_path: Path) -> None:
     await queue.take()
     await state.close()  # as after kill -9: nothing else was written
     again = AsyncStateStore(StateStore(tmp_path / "s.db"))
-    assert await again.requeue_taken() == 1
+    assert await again.work.requeue_taken() == 1
     [entry] = await WorkQueue(again).waiting()
     assert entry.force and entry.requests == (request,)
     await again.close()

@@ -127,9 +127,9 @@ def _state(config_path: Path, keys: Mapping[str, tuple[str, dict[str, str]]],
     config.state_dir.mkdir(parents=True, exist_ok=True)
     store = StateStore(config.state_dir / "state.db")
     for n, c in enumerate(sorted(keys)):
-        store.key_first_built(key(c), "base", 1000.0 * (n + 1))
+        store.records.first_built(key(c), "base", 1000.0 * (n + 1))
     digest, platforms = keys[current]
-    store.save_layer(LayerRecord("base", key(current), digest, "ref",
+    store.records.save(LayerRecord("base", key(current), digest, "ref",
                                  Inputs("x", (), (), "sha256:" + "f" * 64), 3000.0, platforms))
     return store, AsyncStateStore(store, inline=True)
 
@@ -143,7 +143,7 @@ async def test_a_key_made_current_while_gc_runs_is_not_deleted(setup: tuple[
     plan = await plan_gc(config, catalog, state, client, 1)
     assert keys["1"][0] in {k.digest for k in plan.delete}
     # Meanwhile a run reuses key 1 (the inputs were reverted): it is current again.
-    store.save_layer(LayerRecord("base", key("1"), keys["1"][0], "ref",
+    store.records.save(LayerRecord("base", key("1"), keys["1"][0], "ref",
                                  Inputs("x", (), (), "sha256:" + "f" * 64), 4000.0,
                                  keys["1"][1]))
     await apply_gc(client, plan, state)

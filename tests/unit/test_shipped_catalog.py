@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import orchestrator.build.runs as runs
-from orchestrator.build.state import StateStore
+from orchestrator.build.state.db import Database
 from orchestrator.cli.main import main
 from orchestrator.core.model import BuilderSpec, Outcome
 from tests.fakes import MemoryBuilder, fixed_upstreams
@@ -165,11 +165,11 @@ def test_a_build_the_state_cannot_record_fails_and_is_found_next_run(
     config_path, builder = shipped
     config, catalog = runs.load(config_path)
 
-    def full(self: StateStore) -> None:
+    def full(self: Database) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
     with monkeypatch.context() as patch:
-        patch.setattr(StateStore, "commit_deferred", full)
+        patch.setattr(Database, "commit_deferred", full)
         events: list[tuple[str, dict[str, Any]]] = []
         report = asyncio.run(runs.execute(config, catalog,
                                           on_event=lambda e, f: events.append((e, f))))

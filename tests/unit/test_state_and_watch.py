@@ -18,13 +18,9 @@ from typing import Any
 import pytest
 import structlog
 
-from orchestrator.build.state import (
-    COMMIT_DELAY_S,
-    AsyncStateStore,
-    LayerRecord,
-    StateStore,
-    prune_logs,
-)
+from orchestrator.build.logfiles import prune_logs
+from orchestrator.build.state import AsyncStateStore, LayerRecord, StateStore
+from orchestrator.build.state.db import COMMIT_DELAY_S
 from orchestrator.core.errors import UpstreamError
 from orchestrator.core.model import Inputs, ResolvedUpstream, UpstreamSpec
 from orchestrator.registry.upstream import Backoff, UpstreamPoller, jittered
@@ -34,26 +30,27 @@ from orchestrator.service.watch import LayerFilter
 
 def test_queue_coalesces_and_survives_a_crash(tmp_path: Path) -> None:
     state = StateStore(tmp_path / "s.db")
-    assert state.enqueue("a", force=False, cause="one", request_id="r1") == "r1"
-    assert state.enqueue("a", force=True, cause="two", request_id="r2") == "r1"  # merged
-    taken = state.take_queue()
+    assert state.work.add("a", force=False, cause="one", request_id="r1") == "r1"
+    assert state.work.add("a", force=True, cause="two", request_id="r2") == "r1"  # merged
+    taken = state.work.take()
     assert [(t["layer"], t["force"]) for t in taken] == [("a", 1)]
     # A change while "a" is being built: exactly one follow-up, later ones merge in.
-    assert state.enqueue("a", force=False, cause="three", request_id="r3") == "r3"
-    assert state.enqueue("a", force=False, cause="four", request_id="r4") == "r3"
+    assert state.work.add("a", force=False, cause="three", request_id="r3") == "r3"
+    assert state.work.add("a", force=False, cause="four", request_id="r4") == "r3"
     state.close()
     again = StateStore(tmp_path / "s.db")  # as after kill -9: the taken entry is back
-    assert again.requeue_taken() == 1
-    assert [(q["layer"], q["force"], q["cause"]) for q in again.queued()] == [("a", 1, "three")]
+    assert again.work.requeue_taken() == 1
+    assert [(q["layer"], q["force"], q["cause"]) for q in again.work.entries()] == \
+        [("a", 1, "three")]
 
 
 def test_interrupted_builds_are_never_successful(tmp_path: Path) -> None:
     state = StateStore(tmp_path / "s.db")
-    state.start_build("b1", "a", "k", "forced", None)
+    state.history.start("b1", "a", "k", "forced", None)
     state.close()
     again = StateStore(tmp_path / "s.db")
-    assert [b["id"] for b in again.mark_interrupted()] == ["b1"]
-    assert again.build("b1")["outcome"] == "interrupted"  # type: ignore[index]
+    assert [b["id"] for b in again.history.mark_interrupted()] == ["b1"]
+    assert again.history.get("b1")["outcome"] == "interrupted"  # type: ignore[index]
 
 
 def _record(layer: str, key: str) -> LayerRecord:
@@ -66,8 +63,8 @@ def _seen(path: Path) -> tuple[dict[str, str], set[str]]:
     """What another process sees: each build's outcome, the layers recorded."""
     other = StateStore(path)
     try:
-        return ({b["id"]: b["outcome"] for b in other.builds(limit=100)},
-                set(other.layers()))
+        return ({b["id"]: b["outcome"] for b in other.history.builds(limit=100)},
+                set(other.records.all()))
     finally:
         other.close()
 
@@ -89,7 +86,7 @@ def test_a_deferred_finish_is_committed_by_the_next_transaction(tmp_path: Path) 
     # A lone statement (a trigger's request) is durable when its call returns,
     # and so is the deferred finish before it.
     state.finish_built("b2", _record("b", "k2"), defer=True)
-    state.add_request("r1", ["a"], force=False, cause="test")
+    state.work.add_request("r1", ["a"], force=False, cause="test")
     assert _seen(path) == ({"b1": "built", "b2": "built"}, {"a", "b"})
     state.close()
 
@@ -99,7 +96,7 @@ def test_a_failed_transaction_keeps_the_deferred_one(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.IntegrityError):  # the same build id twice
         state.start_keyed_build("b1", "b", "k2", "new", None, 2.0)
     assert _seen(path) == ({"b1": "built"}, {"a"})
-    known = state.keys()
+    known = state.records.keys()
     assert "k2" not in known  # its own writes are undone
     state.start_keyed_build("b3", "b", "k3", "new", None, 3.0)  # and the store goes on
     assert _seen(path)[0] == {"b1": "built", "b3": "running"}
@@ -129,14 +126,14 @@ class _FailingCommits:
 def test_deferred_finishes_a_failed_commit_lost_are_written_again(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     state = StateStore(path)
-    state.start_build("b1", "a", "k1", "new", None)
-    state._conn = _FailingCommits(state._conn, 2)  # type: ignore[assignment]
+    state.history.start("b1", "a", "k1", "new", None)
+    state.db._conn = _FailingCommits(state.db._conn, 2)  # type: ignore[assignment]
     state.finish_built("b1", _record("a", "k1"), defer=True)
     with pytest.raises(sqlite3.OperationalError, match="full"):
         state.commit_deferred()  # the commit and the one retry both fail
     assert state.unsettled == ["a"] and _seen(path) == ({"b1": "running"}, set())
     # The next statement writes the finish again, then does its own work.
-    state.add_request("r1", ["a"], force=False, cause="test")
+    state.work.add_request("r1", ["a"], force=False, cause="test")
     assert state.unsettled == [] and _seen(path) == ({"b1": "built"}, {"a"})
     state.close()
 
@@ -146,12 +143,12 @@ def test_a_transaction_sqlite_rolls_back_whole_keeps_its_own_error(tmp_path: Pat
     caller sees the real error, and the finish is written again once there is
     room."""
     path, state = _one_deferred(tmp_path)
-    pages = state._conn.execute("PRAGMA page_count").fetchone()[0]
-    state._conn.execute(f"PRAGMA max_page_count={pages}")
+    pages = state.db._conn.execute("PRAGMA page_count").fetchone()[0]
+    state.db._conn.execute(f"PRAGMA max_page_count={pages}")
     with pytest.raises(sqlite3.OperationalError, match="full"):
         for n in range(1000):
             state.start_keyed_build(f"b{n + 2}", "b", f"k{n + 2}" + "x" * 4000, "new", None, 2.0)
-    state._conn.execute("PRAGMA max_page_count=1073741823")
+    state.db._conn.execute("PRAGMA max_page_count=1073741823")
     state.commit_deferred()
     outcomes, layers = _seen(path)
     assert outcomes["b1"] == "built" and layers == {"a"}
@@ -177,8 +174,8 @@ def test_a_crash_before_the_deferred_commit_reads_as_interrupted(tmp_path: Path)
                           check=False)
     assert done.returncode == -9
     again = StateStore(path)
-    assert [b["id"] for b in again.mark_interrupted()] == ["b1"]
-    assert again.layer("a") is None
+    assert [b["id"] for b in again.history.mark_interrupted()] == ["b1"]
+    assert again.records.get("a") is None
     again.close()
 
 
@@ -202,7 +199,7 @@ def test_corrupt_database_is_moved_aside(tmp_path: Path) -> None:
     (tmp_path / "s.db").write_bytes(b"garbage" * 1000)
     state = StateStore(tmp_path / "s.db")
     assert state.moved_aside is not None and state.moved_aside.exists()
-    assert state.queued() == []
+    assert state.work.entries() == []
 
 
 def test_prune_logs_keeps_recent_and_running(tmp_path: Path) -> None:
