@@ -12,7 +12,9 @@ from typing import Any
 
 from orchestrator.build.attest import Attestor, AttestSettings
 from orchestrator.build.lock import StateLock
-from orchestrator.build.pipeline import Pipeline, RunReport, targets, upstreams_used
+from orchestrator.build.pipeline import Pipeline
+from orchestrator.build.results import RunReport
+from orchestrator.build.scope import targets, upstreams_used
 from orchestrator.build.snapshot import own_private_folder, remove_tree, scratch_path
 from orchestrator.build.state import AsyncStateStore, StateStore
 from orchestrator.catalog.config import load_config

@@ -9,7 +9,10 @@ cancels every running step and waits for each to clean up.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import contextlib
+import heapq
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -92,3 +95,62 @@ async def run_graph(
             results.setdefault(node, NodeResult(Outcome.CANCELLED))
         raise
     return results
+
+
+def critical_paths(order: Sequence[str], parents: Mapping[str, str | None],
+                   expected: Mapping[str, float]) -> dict[str, float]:
+    """Each node's longest chain of expected times from it down to a leaf (its own
+    included). A node never built counts as the median of the known times (1 s
+    when none is known): unknown is not free."""
+    known = sorted(expected.values())
+    default = known[len(known) // 2] if known else 1.0
+    children: dict[str, list[str]] = {node: [] for node in order}
+    for node in order:
+        parent = parents.get(node)
+        if parent in children:
+            children[parent].append(node)
+    chain: dict[str, float] = {}
+    for node in reversed(order):  # parents come first in ``order``: children are done
+        below = max((chain[child] for child in children[node]), default=0.0)
+        chain[node] = expected.get(node, default) + below
+    return chain
+
+
+class PrioritySlots:
+    """A semaphore whose waiters are served highest priority first (ties: first
+    come), not first come first served: a ready layer that heads a long chain
+    takes the next free slot before a leaf that has waited longer."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def take(self, priority: float) -> AsyncIterator[None]:
+        await self._acquire(priority)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, priority: float) -> None:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (-priority, next(self._arrivals), waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed a slot as it was cancelled: pass it on
+            raise
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, _, waiter = heapq.heappop(self._waiting)
+            if not waiter.done():  # a cancelled waiter is skipped
+                waiter.set_result(None)
+                return
+        self._free += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from orchestrator.build.pipeline import LayerResult, RunReport
+from orchestrator.build.results import LayerResult, RunReport
 from orchestrator.build.scheduler import NodeResult
 from orchestrator.core import graph
 from orchestrator.core.model import Catalog, Outcome

@@ -82,3 +82,15 @@ class PolicyError(InputError):
 
 class StateWriteError(OrchestratorError):
     """The state database could not record a build that made its image."""
+
+
+class PublishFailed(OrchestratorError):
+    """An image was built and pushed, but its key tag or its human tags could not
+    be put (the registry failed). No tag names it as complete: the next attempt
+    finds no key and builds again (from the engine's step cache), or finds the
+    key and points the human tags."""
+
+    def __init__(self, layer: str, digest: str, problem: str) -> None:
+        self.layer = layer
+        self.digest = digest
+        super().__init__(f"{layer}: built {digest[:19]} but could not publish it: {problem}")

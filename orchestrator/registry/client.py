@@ -92,6 +92,16 @@ class RegistryClient:
         scheme = self._scheme(ref)
         return f"{scheme}://{ref.api_host}/v2/{ref.repository}"
 
+    async def answers(self, ref: ImageRef) -> bool:
+        """Whether the registry of ``ref`` answers at all (any HTTP status of its
+        ``/v2/`` base, 401 included): a failed push is worth trying again."""
+        url = f"{self._scheme(ref)}://{ref.api_host}/v2/"
+        try:
+            await self._send("GET", ref, url, {})
+        except RegistryError:
+            return False
+        return True
+
     async def manifest_digest(self, ref: ImageRef, reference: str) -> str | None:
         """The digest a tag (or digest) points at, or None when it does not exist."""
         url = f"{self._base(ref)}/manifests/{reference}"

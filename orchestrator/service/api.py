@@ -20,15 +20,22 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from orchestrator.build.state import AsyncStateStore
 from orchestrator.core.errors import InputError, OrchestratorError
+from orchestrator.core.model import Config
 from orchestrator.engines.guard import marker_end
-from orchestrator.service.daemon import Daemon, Refused
+from orchestrator.service.connections import Connections
+from orchestrator.service.events import EventBus
+from orchestrator.service.metrics import Metrics
+from orchestrator.service.ports import Loaded, Refused
+from orchestrator.service.queue import WorkQueue
+from orchestrator.service.views import Views
 
 MAX_BODY = 1024 * 1024
 BODY_TIMEOUT_S = 5.0
@@ -163,8 +170,34 @@ def _read_chunk(path: Path, offset: int) -> tuple[bytes, int]:
         return b"", 0
 
 
+class ControlTarget(Protocol):
+    """What the control socket reads and asks of the daemon."""
+
+    loaded: Loaded
+    state: AsyncStateStore
+    queue: WorkQueue
+    bus: EventBus
+    metrics: Metrics
+    views: Views
+    connections: Connections
+    backend_error: str | None
+
+    @property
+    def phase(self) -> str: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    async def trigger(self, names: list[str], *, force: bool,
+                      cause: str) -> dict[str, Any]: ...
+
+    def cancel(self, build_id: str) -> bool: ...
+
+    async def reload(self) -> None: ...
+
+
 class ControlServer:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: ControlTarget) -> None:
         self.daemon = daemon
         self.runner: web.AppRunner | None = None
         self.where = str(daemon.config.control_socket)
@@ -268,7 +301,7 @@ class ControlServer:
         if unknown:
             raise Refused(f"unknown field(s): {', '.join(sorted(unknown))} "
                           "(expected layers, force)", 400)
-        layers = data.get("layers", list(self.daemon.catalog.layers))
+        layers = data.get("layers", list(self.daemon.loaded.catalog.layers))
         if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers) \
                 or not layers:
             raise Refused("layers: expected a non-empty list of layer names", 400)
@@ -353,13 +386,14 @@ class ControlServer:
     async def reload(self, request: web.Request) -> web.StreamResponse:
         await read_json(request)  # the body limit and deadline hold here too
         await self.daemon.reload()
-        return web.json_response({"reloaded": True, "layers": len(self.daemon.catalog.layers)})
+        layers = len(self.daemon.loaded.catalog.layers)
+        return web.json_response({"reloaded": True, "layers": layers})
 
     async def explain(self, request: web.Request) -> web.StreamResponse:
         from orchestrator.registry import explain as papers
 
         try:
-            chain = await papers.explain(self.daemon.registry, request.match_info["ref"])
+            chain = await papers.explain(self.daemon.connections.client, request.match_info["ref"])
         except papers.NotFound as exc:
             raise Refused(str(exc), 404) from None
         except OrchestratorError as exc:

@@ -3,6 +3,9 @@ upstreams: bounded sets, never build ids."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 from orchestrator import __version__
@@ -36,8 +39,46 @@ class Metrics:
                                          "Requests to registries by method and status code",
                                          ["registry", "method", "code"],
                                          registry=self.registry)
+        self.state_writable = Gauge("orchestrator_state_writable",
+                                    "1 when the state database takes writes, 0 while it "
+                                    "refuses them (a full disk): intents are held meanwhile",
+                                    registry=self.registry)
+        self.state_writable.set(1)
+        self._counted: set[str] = set()  # layers whose outcome an event counted this run
         info = Info("orchestrator_build", "Version of the orchestrator", registry=self.registry)
         info.info({"version": __version__})
+
+    def build_event(self, event: str, fields: dict[str, Any]) -> None:
+        """Count each build when it finishes, not when its run ends: a cascade that
+        compiles CPython for an hour shows on the dashboards as it goes."""
+        layer = fields.get("layer")
+        if not isinstance(layer, str):
+            return
+        if event == "build_started":
+            self.running.inc()
+        elif event == "build_finished":
+            self.running.dec()
+            outcome = str(fields.get("outcome", "unknown"))
+            self.builds.labels(layer, outcome).inc()
+            self._counted.add(layer)
+            if outcome == "built":
+                self.last_success.labels(layer).set(time.time())
+            for platform in fields.get("platforms") or ():
+                self.platform_builds.labels(layer, platform, outcome).inc()
+            if "duration_s" in fields:
+                self.duration.labels(layer).observe(fields["duration_s"])
+        elif event == "layer_up_to_date":
+            self.builds.labels(layer, "up_to_date").inc()
+            self._counted.add(layer)
+            self.last_success.labels(layer).set(time.time())
+
+    def run_outcome(self, layer: str, outcome: str) -> None:
+        """At a run's end: the outcomes no build event counted (skipped, superseded,
+        a failure before any build started)."""
+        if layer in self._counted:
+            self._counted.discard(layer)
+            return
+        self.builds.labels(layer, outcome).inc()
 
     def registry_request(self, registry: str, method: str, code: str) -> None:
         self.registry_requests.labels(registry, method, code).inc()

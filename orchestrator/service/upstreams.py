@@ -21,6 +21,7 @@ from orchestrator.core.errors import UpstreamError
 from orchestrator.core.model import ResolvedUpstream, UpstreamSpec
 from orchestrator.core.plan import short_digest
 from orchestrator.registry.upstream import UpstreamPoller
+from orchestrator.service.durability import StateHealth
 
 Publish = Callable[[str, dict[str, Any], str], None]
 # (upstream name, cause text, whether layers must rebuild) -> queue the layers on it
@@ -31,8 +32,12 @@ class UpstreamWatch:
     def __init__(self, state: AsyncStateStore,
                  resolver: Callable[[UpstreamSpec], Awaitable[ResolvedUpstream]],
                  publish: Publish, on_change: OnChange,
-                 on_check: Callable[[str, str], None] | None = None) -> None:
+                 on_check: Callable[[str, str], None] | None = None,
+                 health: StateHealth | None = None) -> None:
         self.state = state
+        # A new value the state refuses to store (a full disk) is held there, and
+        # stored and acted on once it can be.
+        self.health = health or StateHealth(state, publish)
         self.resolver = resolver
         self.publish = publish
         self.on_change = on_change
@@ -94,6 +99,10 @@ class UpstreamWatch:
 
     async def _on_value(self, value: ResolvedUpstream) -> None:
         self.on_check(value.name, "ok")
+        await self.health.write(f"upstream {value.name}'s new value",
+                                lambda: self._take_value(value))
+
+    async def _take_value(self, value: ResolvedUpstream) -> None:
         was_missing = value.name not in self.values
         self.errors.pop(value.name, None)
         since = self.unreachable_since.pop(value.name, None)

@@ -1,23 +1,44 @@
-"""What ``status`` and ``GET /v1/layers`` show: read-only views of a running daemon."""
+"""What ``status`` and ``GET /v1/layers`` show: read-only views of a running daemon.
+
+They read the daemon's parts through :class:`Sources`, not the daemon object."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from orchestrator.build.pipeline import Pipeline
+from orchestrator.build.state import AsyncStateStore
 from orchestrator.catalog.context import read_contexts
-
-if TYPE_CHECKING:
-    from orchestrator.service.daemon import Daemon
+from orchestrator.service.connections import Connections
+from orchestrator.service.durability import StateHealth
+from orchestrator.service.ports import Loaded
+from orchestrator.service.runloop import RunLoop
+from orchestrator.service.upstreams import UpstreamWatch
 
 LAYERS_VIEW_TTL_S = 5.0
 
 
+class Sources(Protocol):
+    """What the views read."""
+
+    loaded: Loaded
+    state: AsyncStateStore
+    connections: Connections
+    upstreams: UpstreamWatch
+    runs: RunLoop
+    health: StateHealth
+    started_at: float
+    backend_error: str | None
+
+    @property
+    def phase(self) -> str: ...
+
+
 class Views:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Sources) -> None:
         self.daemon = daemon
         # Bumped by anything that can change a plan; keys the layers-view cache.
         self.generation = 0
@@ -28,9 +49,7 @@ class Views:
 
     def running_layers(self) -> dict[str, str]:
         """layer -> build id of what is building now."""
-        current = self.daemon.current
-        return {layer: build_id for build_id, (layer, _) in
-                (current.running.items() if current else [])}
+        return self.daemon.runs.running_builds()
 
     async def status(self) -> dict[str, Any]:
         d = self.daemon
@@ -40,21 +59,23 @@ class Views:
             running.append({"build_id": build_id, "layer": layer,
                             "started": row.get("started_at"), "builder": row.get("builder"),
                             "reason": row.get("reason")})
-        pool_up = d.pool is not None and d.pool.any_up()
+        pool = d.connections.pool
+        pool_up = pool is not None and pool.any_up()
         return {
             "phase": d.phase,
             "pid": os.getpid(),
             "uptime_s": round(time.time() - d.started_at, 1),
-            "backend": {"name": ", ".join(m.name for m in d.pool.members) if d.pool else None,
+            "backend": {"name": ", ".join(m.name for m in pool.members) if pool else None,
                         "error": d.backend_error if not pool_up else None},
-            "builders": d.pool.status() if d.pool else [],
+            "builders": pool.status() if pool else [],
             "queue": await d.state.work.entries(taken=False),
-            "blocked": d.blocked,
-            "run": d.current_run,
+            "held": d.runs.queue.held(),
+            "state": d.health.status(),
+            "blocked": d.runs.blocked,
+            "run": d.runs.current_run,
             "running": running,
-            "upstreams": d.upstreams.status() if d.upstreams else {},
-            "retrying": {lid: {"failures": n, "next_try": at}
-                         for lid, (n, at) in d.retry_after.items()},
+            "upstreams": d.upstreams.status(),
+            "retrying": d.runs.failures.status(),
             # A leak shows here first: it should not grow with reloads or time.
             "tasks": len(asyncio.all_tasks()),
         }
@@ -90,14 +111,15 @@ class Views:
 
     async def _plan(self) -> list[dict[str, Any]]:
         d = self.daemon
-        catalog, config = d.catalog, d.config
+        catalog, config = d.loaded.catalog, d.loaded.config
         order = list(catalog.layers)
-        contexts = await asyncio.to_thread(read_contexts, catalog.layers.values(), d.engines)
-        assert d.pool is not None
-        planner = Pipeline(config, catalog, d.pool, d.state,
-                           d.registry if config.registry is not None else None,
+        contexts = await asyncio.to_thread(read_contexts, catalog.layers.values(),
+                                           d.loaded.engines)
+        registry = d.connections.registry
+        planner = Pipeline(config, catalog, d.connections.engines, d.state,
+                           registry if config.registry is not None else None,
                            d.upstreams.values, upstream_errors=d.upstreams.unresolved(),
-                           contexts=contexts, dry_run=True, resolver=d.registry)
+                           contexts=contexts, dry_run=True, resolver=registry)
         report = await planner.run(order)
         out = []
         for lid in order:
@@ -128,15 +150,15 @@ class Views:
                     "since": row.get("started_at"), "builder": row.get("builder")}
         if lid in queued:
             return {"state": "queued"}
-        last = d.last_results.get(lid)
+        last = d.runs.last_results.get(lid)
         if last is None and last_build and last_build["outcome"] == "failed":
             last = {"outcome": "failed", "why": None, "build_id": last_build["id"]}
         if last and last["outcome"] == "failed":
             error = (last_build or {}).get("error") or last["why"] or ""
-            retry = d.retry_after.get(lid)
+            retry = d.runs.failures.layers.get(lid)
             return {"state": "failed", "error": error.splitlines()[0] if error else "",
                     "build_id": last["build_id"] or (last_build or {}).get("id"),
-                    "retry_at": retry[1] if retry else None}
+                    "retry_at": retry.not_before if retry else None}
         if last and last["outcome"] == "skipped":
             return {"state": "skipped", "error": last["why"]}
         if stale:

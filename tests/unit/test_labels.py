@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.build.pipeline import _folder_uri
+from orchestrator.build.naming import folder_uri as _folder_uri
 
 
 @pytest.mark.parametrize("folder", ["/srv/layers/python-3.13", "/srv/my layers/ü#1",

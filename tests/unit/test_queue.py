@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.build.pipeline import RunReport
+from orchestrator.build.results import RunReport
 from orchestrator.build.scheduler import NodeResult
 from orchestrator.build.state import AsyncStateStore, StateStore
 from orchestrator.core.model import Outcome

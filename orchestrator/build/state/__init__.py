@@ -18,6 +18,7 @@ build's finish with the layer's record), each one transaction.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from orchestrator.build.state.db import AsyncDatabase, Database, is_unwritable, restrict
@@ -89,6 +90,12 @@ class StateStore:
     def commit_deferred(self) -> None:
         self.db.commit_deferred()
 
+    def probe(self) -> None:
+        """One small durable write: does the database take writes again? (Deferred
+        writes are committed first.)"""
+        self.db.conn.execute("INSERT OR REPLACE INTO meta VALUES ('probe', ?)",
+                             (str(time.time()),))
+
     def close(self) -> None:
         self.db.close()
 
@@ -138,6 +145,9 @@ class AsyncStateStore:
 
     async def commit_deferred(self) -> sqlite3.Error | None:
         return await self.adb.commit_deferred()
+
+    async def probe(self) -> None:
+        await self.adb.call(self.store.probe)
 
     async def close(self) -> None:
         await self.adb.close()

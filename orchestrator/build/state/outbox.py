@@ -16,8 +16,8 @@ class Outbox:
     def add(self, url: str, event: str, body: str) -> int:
         now = time.time()
         cursor = self.db.conn.execute("INSERT INTO notifications (url, event, body, next_at, "
-                                  "created_at) VALUES (?, ?, ?, ?, ?)",
-                                  (url, event, body, now, now))
+                                      "created_at) VALUES (?, ?, ?, ?, ?)",
+                                      (url, event, body, now, now))
         return int(cursor.lastrowid or 0)
 
     def due(self, now: float, limit: int = 50) -> list[dict[str, Any]]:
@@ -27,20 +27,20 @@ class Outbox:
 
     def next_at(self) -> float | None:
         row = self.db.conn.execute("SELECT min(next_at) FROM notifications WHERE delivered_at "
-                               "IS NULL").fetchone()
+                                   "IS NULL").fetchone()
         return float(row[0]) if row and row[0] is not None else None
 
     def delivered(self, ident: int) -> None:
         self.db.conn.execute("UPDATE notifications SET delivered_at = ?, attempts = attempts + 1 "
-                         "WHERE id = ?", (time.time(), ident))
+                             "WHERE id = ?", (time.time(), ident))
 
     def failed(self, ident: int, next_at: float, error: str) -> None:
         self.db.conn.execute("UPDATE notifications SET attempts = attempts + 1, next_at = ?, "
-                         "last_error = ? WHERE id = ?", (next_at, error[:500], ident))
+                             "last_error = ? WHERE id = ?", (next_at, error[:500], ident))
 
     def prune(self, cutoff: float) -> int:
         return self.db.conn.execute("DELETE FROM notifications WHERE delivered_at < ?",
-                                (cutoff,)).rowcount
+                                    (cutoff,)).rowcount
 
 
 class AsyncOutbox:

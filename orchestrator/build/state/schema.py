@@ -76,6 +76,11 @@ CREATE TABLE IF NOT EXISTS keys (
     layer       TEXT NOT NULL,
     first_built REAL NOT NULL
 );
+-- Small facts about the database itself (the last write probe after a full disk).
+CREATE TABLE IF NOT EXISTS meta (
+    name        TEXT PRIMARY KEY,
+    value       TEXT NOT NULL
+);
 """
 # Columns added after the first release: (table, column, declaration).
 MIGRATIONS = [

@@ -21,12 +21,12 @@ class UpstreamValues:
     def save(self, name: str, tag: str | None, digest: str, ref: str, changed: bool) -> None:
         now = time.time()
         self.db.conn.execute(
-            "INSERT INTO upstreams VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
-            "tag = excluded.tag, digest = excluded.digest, ref = excluded.ref, "
-            "checked_at = excluded.checked_at, "
-            "changed_at = CASE WHEN ? THEN excluded.changed_at ELSE changed_at END",
-            (name, tag, digest, ref, now, now, int(changed)),
-        )
+                "INSERT INTO upstreams VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "tag = excluded.tag, digest = excluded.digest, ref = excluded.ref, "
+                "checked_at = excluded.checked_at, "
+                "changed_at = CASE WHEN ? THEN excluded.changed_at ELSE changed_at END",
+                (name, tag, digest, ref, now, now, int(changed)),
+            )
 
 
 class AsyncUpstreamValues:

@@ -27,32 +27,45 @@ class WorkStore:
         self.db = db
 
     def add(self, layer: str, *, force: bool, cause: str, request_id: str,
-                requests: list[str] | None = None) -> str:
+            requests: list[str] | None = None) -> str:
         """Queue a layer; returns the request id of the entry that will serve it. A
         layer already waiting absorbs the trigger (forced if either was, every
         request id kept); one being built gets exactly one follow-up entry."""
-        merged = list(dict.fromkeys(requests or [request_id]))
         with self.db.transaction():
-            row = self.db.conn.execute("SELECT id, request_id, requests FROM queue WHERE layer = ? "
-                                   "AND taken = 0", (layer,)).fetchone()
-            if row is not None:
-                known = json.loads(row[2] or "[]") or [row[1]]
-                union = list(dict.fromkeys([*known, *merged]))
-                self.db.conn.execute("UPDATE queue SET force = max(force, ?), requests = ? "
-                                 "WHERE id = ?", (int(force), json.dumps(union), row[0]))
-                return str(row[1])
-            self.db.conn.execute("INSERT INTO queue (layer, force, cause, request_id, enqueued_at, "
-                             "requests) VALUES (?, ?, ?, ?, ?, ?)",
-                             (layer, int(force), cause, merged[0], time.time(),
-                              json.dumps(merged)))
-            return merged[0]
+            return self._add(layer, force=force, cause=cause, request_id=request_id,
+                             requests=requests)
+
+    def _add(self, layer: str, *, force: bool, cause: str, request_id: str,
+             requests: list[str] | None = None) -> str:
+        merged = list(dict.fromkeys(requests or [request_id]))
+        conn = self.db.conn
+        row = conn.execute("SELECT id, request_id, requests FROM queue WHERE layer = ? "
+                           "AND taken = 0", (layer,)).fetchone()
+        if row is not None:
+            known = json.loads(row[2] or "[]") or [row[1]]
+            union = list(dict.fromkeys([*known, *merged]))
+            conn.execute("UPDATE queue SET force = max(force, ?), requests = ? WHERE id = ?",
+                         (int(force), json.dumps(union), row[0]))
+            return str(row[1])
+        conn.execute("INSERT INTO queue (layer, force, cause, request_id, enqueued_at, "
+                     "requests) VALUES (?, ?, ?, ?, ?, ?)",
+                     (layer, int(force), cause, merged[0], time.time(), json.dumps(merged)))
+        return merged[0]
+
+    def submit(self, request_id: str, layers: list[str], *, force: bool, cause: str) -> None:
+        """A request and its layers' queue entries, in one transaction: a refused
+        write (a full disk) leaves nothing half-queued, so it can be made again."""
+        with self.db.transaction():
+            self.add_request(request_id, layers, force=force, cause=cause)
+            for layer in layers:
+                self._add(layer, force=force, cause=cause, request_id=request_id)
 
     def entries(self, taken: bool | None = None) -> list[dict[str, Any]]:
         if taken is None:
             cursor = self.db.conn.execute("SELECT * FROM queue ORDER BY id")
         else:
             cursor = self.db.conn.execute("SELECT * FROM queue WHERE taken = ? ORDER BY id",
-                                      (int(taken),))
+                                          (int(taken),))
         return [_queue_row(row) for row in rows(cursor)]
 
     def take(self) -> list[dict[str, Any]]:
@@ -62,7 +75,7 @@ class WorkStore:
             self.db.conn.execute("UPDATE queue SET taken = 1 WHERE taken = 0")
             for request in {r for row in rows for r in row["requests"]}:
                 self.db.conn.execute("UPDATE requests SET state = 'running' WHERE id = ? AND "
-                                 "state = 'queued'", (request,))
+                                     "state = 'queued'", (request,))
         return rows
 
     def finish(self, ids: list[int]) -> None:
@@ -77,26 +90,27 @@ class WorkStore:
             if ids is not None:
                 rows = [row for row in rows if row["id"] in ids]
             for row in rows:
-                waiting = self.db.conn.execute("SELECT id, requests, request_id FROM queue WHERE "
-                                           "layer = ? AND taken = 0", (row["layer"],)).fetchone()
+                waiting = self.db.conn.execute(
+                    "SELECT id, requests, request_id FROM queue WHERE layer = ? AND taken = 0",
+                    (row["layer"],)).fetchone()
                 if waiting is None:
                     self.db.conn.execute("UPDATE queue SET taken = 0 WHERE id = ?", (row["id"],))
                     continue
                 known = json.loads(waiting[1] or "[]") or [waiting[2]]
                 union = list(dict.fromkeys([*row["requests"], *known]))
                 self.db.conn.execute("UPDATE queue SET force = max(force, ?), requests = ? "
-                                 "WHERE id = ?", (row["force"], json.dumps(union), waiting[0]))
+                                     "WHERE id = ?", (row["force"], json.dumps(union), waiting[0]))
                 self.db.conn.execute("DELETE FROM queue WHERE id = ?", (row["id"],))
             for request in {r for row in rows for r in row["requests"]}:
                 self.db.conn.execute("UPDATE requests SET state = 'queued' WHERE id = ? AND "
-                                 "state = 'running'", (request,))
+                                     "state = 'running'", (request,))
         return len(rows)
 
     def add_request(self, request_id: str, layers: list[str], *, force: bool,
                     cause: str) -> None:
         self.db.conn.execute("INSERT INTO requests (id, created_at, cause, force, layers, state) "
-                         "VALUES (?, ?, ?, ?, ?, 'queued')",
-                         (request_id, time.time(), cause, int(force), json.dumps(layers)))
+                             "VALUES (?, ?, ?, ?, ?, 'queued')",
+                             (request_id, time.time(), cause, int(force), json.dumps(layers)))
 
     def record_results(self, results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         """Add layer outcomes to requests: {request id: {layer: {"outcome": …,
@@ -106,18 +120,18 @@ class WorkStore:
         with self.db.transaction():
             for request_id, outcomes in results.items():
                 row = self.db.conn.execute("SELECT results FROM requests WHERE id = ?",
-                                       (request_id,)).fetchone()
+                                           (request_id,)).fetchone()
                 if row is None:
                     continue
                 merged = {**json.loads(row[0] or "{}"), **outcomes}
                 self.db.conn.execute("UPDATE requests SET results = ? WHERE id = ?",
-                                 (json.dumps(merged), request_id))
+                                     (json.dumps(merged), request_id))
             for request_id in results:
                 if self._request_pending(request_id):
                     continue
                 changed = self.db.conn.execute(
-                    "UPDATE requests SET state = 'done', finished_at = ? WHERE id = ? AND "
-                    "state != 'done'", (time.time(), request_id)).rowcount
+                        "UPDATE requests SET state = 'done', finished_at = ? WHERE id = ? AND "
+                        "state != 'done'", (time.time(), request_id)).rowcount
                 if changed:
                     done.append(request_id)
         return done
@@ -125,7 +139,7 @@ class WorkStore:
     def _request_pending(self, request_id: str) -> bool:
         # Request ids are letters, digits and "-": no LIKE wildcard can occur.
         return self.db.conn.execute("SELECT 1 FROM queue WHERE requests LIKE ? LIMIT 1",
-                                (f'%"{request_id}"%',)).fetchone() is not None
+                                    (f'%"{request_id}"%',)).fetchone() is not None
 
     def get_request(self, request_id: str) -> dict[str, Any] | None:
         found = rows(self.db.conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,)))
@@ -139,7 +153,7 @@ class WorkStore:
 
     def prune_requests(self, cutoff: float) -> int:
         return self.db.conn.execute("DELETE FROM requests WHERE state = 'done' AND "
-                                "finished_at < ?", (cutoff,)).rowcount
+                                    "finished_at < ?", (cutoff,)).rowcount
 
 
 class AsyncWorkStore:
@@ -147,6 +161,7 @@ class AsyncWorkStore:
         self.part, self.adb = part, adb
 
     add = off_loop(WorkStore.add)
+    submit = off_loop(WorkStore.submit)
     entries = off_loop(WorkStore.entries)
     take = off_loop(WorkStore.take)
     finish = off_loop(WorkStore.finish)
