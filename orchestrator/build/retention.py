@@ -100,6 +100,16 @@ async def plan_gc(config: Config, catalog: Catalog, state: AsyncStateStore,
             per_layer.setdefault(layer, []).append(KeyImage(repo.name, tag, digest, layer,
                                                             first))
         platform_tags = {t: d for t, d in digests.items() if _platform_tag(t) and d}
+        # A platform's image whose key tag never came (a build that failed after
+        # the engine pushed it) is an orphan: nothing names it as complete.
+        keys = {t for t in digests if t.startswith(KEY_TAG_PREFIX) and not _platform_tag(t)}
+        for tag, digest in platform_tags.items():
+            if tag[:len(KEY_TAG_PREFIX) + 64] in keys:
+                continue
+            why = ("a human tag points at it" if digest in human else
+                   "the current hierarchy stands on it" if digest in in_use else None)
+            orphan = KeyImage(repo.name, tag, digest, None, 0.0, why)
+            (plan.keep if why else plan.delete).append(orphan)
         for layer_id, images in per_layer.items():
             images.sort(key=lambda k: k.first_built, reverse=True)
             for rank, item in enumerate(images):
@@ -120,6 +130,15 @@ async def plan_gc(config: Config, catalog: Catalog, state: AsyncStateStore,
                     plan.keep.append(KeyImage(item.repository, item.tag, item.digest,
                                               item.layer, item.first_built, why))
     return plan
+
+
+async def _human_tagged(client: RegistryClient, repo: ImageRef, digest: str) -> bool:
+    for tag in await client.tags(repo):
+        if tag.startswith((KEY_TAG_PREFIX, "sha256-")):
+            continue
+        if await client.manifest_digest(repo, tag) == digest:
+            return True
+    return False
 
 
 async def in_use_now(state: AsyncStateStore) -> set[str]:
@@ -145,6 +164,10 @@ async def apply_gc(client: RegistryClient, plan: GcPlan,
         if item.digest in in_use:
             continue
         repo = parse_repository(item.repository)
+        # A human tag put on it since the plan (a release tagged by hand) keeps
+        # it: checked right before its DELETE, which would take the tag along.
+        if await _human_tagged(client, repo, item.digest):
+            continue
         for referrer in await referrers(client, repo, item.digest):
             await client.delete_manifest(repo, referrer.digest)
         index = await client.manifest_digest(repo, referrers_tag(item.digest))

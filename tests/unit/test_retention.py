@@ -177,3 +177,41 @@ async def test_keys_this_host_never_built_rank_by_their_index_annotations(setup:
     kept = {k.tag for k in plan.keep}
     assert kept == {f"bk-{key('3')}"}, plan.render()  # the newest by created, not by name
     await state.close()
+
+
+async def test_a_human_tag_added_between_plan_and_apply_keeps_its_image(setup: tuple[
+        Path, ScriptedRegistry, dict[str, tuple[str, dict[str, str]]]]) -> None:
+    """gc re-checks the human tags right before each DELETE (which would take
+    the tag along), not only what the hierarchy stands on."""
+    config_path, registry, keys = setup
+    config, catalog = load(config_path)
+    _, state = _state(config_path, keys, current="3")
+    client = RegistryClient(transport=registry)
+    plan = await plan_gc(config, catalog, state, client, 1)
+    assert keys["1"][0] in {k.digest for k in plan.delete}
+    registry.tags["release-2024"] = keys["1"][0]  # tagged by hand meanwhile
+    await apply_gc(client, plan, state)
+    assert registry.tags["release-2024"] == keys["1"][0] and keys["1"][0] in registry.manifests
+    assert keys["2"][0] not in registry.manifests
+    await state.close()
+
+
+async def test_a_platform_image_whose_key_never_came_is_collected(setup: tuple[
+        Path, ScriptedRegistry, dict[str, tuple[str, dict[str, str]]]]) -> None:
+    """An engine pushed bk-<key>-linux-amd64, then publishing failed: no key tag
+    ever names it. gc removes it, unless a human tag or the hierarchy uses it."""
+    config_path, registry, keys = setup
+    config, catalog = load(config_path)
+    _, state = _state(config_path, keys, current="3")
+    orphan = registry.image(9, "2025-02-01T00:00:00Z", "amd64")
+    registry.tags[f"bk-{key('9')}-linux-amd64"] = orphan
+    kept = registry.image(10, "2025-02-01T00:00:00Z", "arm64")
+    registry.tags[f"bk-{key('8')}-linux-arm64"] = kept
+    registry.tags["hand-tagged"] = kept
+    client = RegistryClient(transport=registry)
+    plan = await plan_gc(config, catalog, state, client, 1)
+    assert orphan in {k.digest for k in plan.delete} and kept not in {k.digest for k in
+                                                                      plan.delete}
+    await apply_gc(client, plan, state)
+    assert orphan not in registry.manifests and kept in registry.manifests
+    await state.close()
