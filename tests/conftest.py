@@ -126,18 +126,14 @@ def _remove_scratch_of(project: Project) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_scratch_left_behind() -> Iterator[None]:
-    """Sweep this user's scratch folders the session made without a project
-    fixture to clear them."""
-    shm = Path("/dev/shm")
-    pattern = f"orchestrator-{os.geteuid()}-*"
-    before = set(shm.glob(pattern)) if shm.is_dir() else set()
+def no_scratch_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Sweep the scratch folders of this session's projects that no project
+    fixture cleared (a test that wrote its own config). Only those: another
+    test session on the same machine may be using its own right now."""
     yield
-    if shm.is_dir():
-        from orchestrator.build.snapshot import remove_tree
-
-        for folder in set(shm.glob(pattern)) - before:
-            remove_tree(folder)
+    base = tmp_path_factory.getbasetemp()
+    for config in base.glob("**/config.toml"):
+        _remove_scratch_of(Project(config.parent))
 
 
 def unique_namespace() -> str:

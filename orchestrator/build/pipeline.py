@@ -137,7 +137,7 @@ class Pipeline:
         parents = {lid: self.catalog.layers[lid].parent for lid in order}
         self.decider.records = await self.state.records.all(
             {*order, *filter(None, parents.values())})
-        if not self.dry_run:
+        if not self.dry_run and self.config.build.order == "critical-path":
             self.priority = critical_paths(order, parents,
                                            await self.state.history.durations(order))
         try:

@@ -252,8 +252,13 @@ def _listen(table: Table) -> tuple[str, int] | None:
 
 def _build(table: Table) -> BuildConfig:
     table.check_keys(["backend", "jobs", "timeout", "label_prefix", "source", "buildah",
-                      "buildkit", "keep_local", "platforms"])
+                      "buildkit", "keep_local", "platforms", "order"])
     backend = table.get("backend", str, "buildah")
+    order = table.get("order", str, "critical-path")
+    if order not in ("critical-path", "fifo"):
+        raise table.error("order", f"unknown order {order!r} (use \"critical-path\": the "
+                          "longest chain of expected build times first, or \"fifo\": "
+                          "first ready, first built)")
     if backend not in ("buildah", "buildkit"):
         raise table.error("backend", f"unknown backend {backend!r} (use \"buildah\" or "
                           "\"buildkit\")")
@@ -282,6 +287,7 @@ def _build(table: Table) -> BuildConfig:
         label_prefix=table.get("label_prefix", str, "dev.orchestrator"),
         keep_local=keep_local,
         platforms=platforms,
+        order=cast(Literal["critical-path", "fifo"], order),
         source=table.optional_str("source"),
         buildah=BuildahConfig(
             command=ba.get("command", str, "buildah"),

@@ -96,7 +96,7 @@ def report_json(report: RunReport) -> str:
                 "detail": value.decision.detail, "digest": value.digest,
                 "ref": value.base_ref, "build_key": value.key, "build_id": value.build_id,
                 "log": value.log_path, "started": value.started, "finished": value.finished,
-                "builder": value.builder,
+                "builder": value.builder, "steps": dict(value.steps),
             })
         if result.error is not None:
             entry["error"] = str(result.error)

@@ -137,6 +137,9 @@ class BuildConfig:
     keep_local: int = 2  # images per layer kept in an engine's local store
     platforms: tuple[str, ...] = ()  # the default platform set; () = this host's platform
     source: str | None = None  # org.opencontainers.image.source; default: the layer folder
+    # Which ready build takes a free slot: the one heading the longest chain of
+    # expected build times below it, or the first ready.
+    order: Literal["critical-path", "fifo"] = "critical-path"
     buildah: BuildahConfig = field(default_factory=BuildahConfig)
     buildkit: BuildKitConfig = field(default_factory=BuildKitConfig)
 

@@ -21,8 +21,8 @@ from orchestrator.catalog.context import Context
 from orchestrator.core.errors import PublishFailed, RegistryError
 from orchestrator.core.imageref import ImageRef
 from orchestrator.core.model import (
-    BuilderSpec,
     BuildConfig,
+    BuilderSpec,
     Catalog,
     Config,
     Decision,
@@ -118,9 +118,10 @@ def _job(tmp_path: Path) -> BuildJob:
     layer = Layer("app", "app", tmp_path, tmp_path / "Dockerfile", "app", "base", None,
                   tags=("1.0", "latest"))
     inputs = Inputs("f" * 64, (), (), "sha256:" + "0" * 64)
+    parent = "sha256:" + "0" * 64
     job = BuildJob(layer, ImageNames(ImageRef("127.0.0.1:5000", "t/app"), ("1.0", "latest")),
-                   Base("127.0.0.1:5000/t/base@sha256:" + "0" * 64, "base:1", "sha256:" + "0" * 64),
-                   None, None, Decision("app", True, Reason.NEVER_BUILT), Context("f" * 64, ()), inputs,
+                   Base(f"127.0.0.1:5000/t/base@{parent}", "base:1", parent), None, None,
+                   Decision("app", True, Reason.NEVER_BUILT), Context("f" * 64, ()), inputs,
                    KEY)
     job.build_id = "b1"
     job.member = Member(BuilderSpec("memory", "buildah"), MemoryBuilder())

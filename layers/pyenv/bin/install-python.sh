@@ -27,9 +27,25 @@ if ! pyenv install --list | grep -qx "  *$version"; then
     exit 2
 fi
 
+# A compiler cache when the image has ccache and the build gave it a folder
+# (CCACHE_DIR, a cache mount): the compiler is called through ccache, and the
+# build runs in a fixed folder so that the same sources give the same command
+# lines (and cache hits) every time.
+if [ -n "${CCACHE_DIR:-}" ] && command -v ccache >/dev/null 2>&1; then
+    for dir in /usr/lib/ccache /usr/lib/ccache/bin; do
+        if [ -x "$dir/gcc" ]; then PATH="$dir:$PATH"; break; fi
+    done
+    export PYTHON_BUILD_BUILD_PATH="${PYTHON_BUILD_BUILD_PATH:-${TMPDIR:-/tmp}/python-build-$version}"
+    export CCACHE_DIR
+    ccache --zero-stats >/dev/null 2>&1 || true
+fi
+
 # Both cores (or however many the builder has) for the compile.
 export MAKE_OPTS="${MAKE_OPTS:--j$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)}"
 pyenv install --skip-existing "$version"
 pyenv global "$version"
 pyenv rehash
 python --version
+if [ -n "${PYTHON_BUILD_BUILD_PATH:-}" ] && command -v ccache >/dev/null 2>&1; then
+    ccache --show-stats 2>/dev/null | grep -iE 'hits|misses' || true
+fi
