@@ -7,11 +7,14 @@ The Dockerfiles stay where they are and are never changed: init writes
 build itself.
 
 **Which files.** ``Dockerfile``, ``Containerfile``, ``*.Dockerfile``,
-``*.Containerfile``, ``Dockerfile.*`` and ``Containerfile.*``, except
-templates and ignore files (``Dockerfile.template``, ``*.dockerignore``, …).
-Hidden folders (``.git``, ``.github``, ``.devcontainer``) and vendored ones
-(``vendor``, ``node_modules``, ``third_party``, …) are skipped; symlinked
-folders are not followed.
+``*.Containerfile``, ``Dockerfile.*`` and ``Containerfile.*``, except the
+names of other kinds of file (ignore files such as ``Dockerfile.dockerignore``
+and ``Dockerfile.containerignore``, templates, backups, patches, documents,
+scripts; see ``_NOT_DOCKERFILES``), and a ``Dockerfile.*`` or ``*.Dockerfile``
+with no FROM instruction (it is not one, whatever its name). Hidden folders
+(``.git``, ``.github``, ``.devcontainer``) and vendored ones (``vendor``,
+``node_modules``, ``third_party``, …) are skipped; symlinked folders are not
+followed.
 
 **Which image a Dockerfile builds.** FROM lines name images, not files, so
 each Dockerfile is given the image name its folder implies:
@@ -25,40 +28,59 @@ each Dockerfile is given the image name its folder implies:
   name and every folder is part of the tag: ``DIR`` is then one repository.
   The same reading applies to the whole tree when it explains more FROM
   lines than the first one (a single official-images repository such as
-  ``buildpack-deps/{bookworm/curl,bookworm/scm}/Dockerfile``, scanned at its
-  root).
+  ``buildpack-deps/{debian/bookworm/curl,debian/bookworm/scm}/Dockerfile``,
+  scanned at its root).
 - ``Dockerfile.<v>`` and ``<v>.Dockerfile`` add ``-<v>`` to the tag.
 - ``LABEL org.opencontainers.image.title`` (when it is a valid repository
+  name; a registry host in it is where the image is pushed, not part of its
   name) and ``org.opencontainers.image.version`` (when a valid tag) in the
   final stage override the image and the tag.
 - A Dockerfile alone in its image folder (``pyenv/Dockerfile``) has no tag in
   its path: it takes the tags that other Dockerfiles' FROM lines use for it
   (``FROM relenteny/pyenv:1.2.14`` teaches ``1.2.14``).
+- **A library file** (``--library``, an official-images ``library/<image>``)
+  says it outright: its name is the image, each entry's ``Tags`` (and the
+  ``SharedTags`` no other Dockerfile of the tree shares) are the tags of the
+  Dockerfile at ``Directory``/``File``.
 
 **Which FROM names which Dockerfile.** A reference matches a Dockerfile of
 the tree (never its own) when its repository path equals the image name or
 ends with ``/<image name>`` (the registry and namespace are ignored: the tree
-does not say where its images are pushed), and its tag equals the tag the
-path gives; a Dockerfile without a tag in its path matches ``latest`` and,
-unless the reference is a Docker Hub official image (``python:3.12``, which
-almost always means the real one), any tag. A tag the path gives wins over
-``latest``, which wins over a learned tag; then the longer name match wins.
-A reference with a digest names an existing image and matches nothing.
-A reference a Dockerfile both builds on and would itself answer to
-(``debian/bookworm/Dockerfile`` with ``FROM debian:bookworm``) names the
-upstream, for every Dockerfile. Whatever matches nothing is an upstream.
+does not say where its images are pushed), and its tag is one the Dockerfile
+answers to. From the strongest: a tag of its own (its path's, its label's, its
+library entry's ``Tags``); a library ``SharedTags``; a *tail* of its path's tag
+(``buildpack-deps:bookworm-curl`` is ``debian/bookworm/curl/Dockerfile``: the
+official-images repositories publish without their grouping folders);
+``latest`` for a Dockerfile without a tag; and, unless the reference is a
+Docker Hub official image (``python:3.12``, which almost always means the real
+one), any tag for a Dockerfile without a tag. Then the longer name match wins.
+When the tree's FROM lines drop the same number of leading folders every time,
+every Dockerfile's tag is read that way (``debian/bookworm/Dockerfile`` is
+``buildpack-deps:bookworm``). A reference with a digest names an existing
+image and matches nothing. A reference a Dockerfile both builds on and would
+itself answer to (``debian/bookworm/Dockerfile`` with ``FROM debian:bookworm``)
+names the upstream, for every Dockerfile. Whatever matches nothing is an
+upstream.
+
+**What init cannot match** it lists, each with the one line that would fix it:
+a reference two Dockerfiles answer to equally well (it is read as the
+published image, an upstream, until ``from`` names one), a reference naming
+one of the tree's images by a tag none of them has, a FROM it cannot resolve
+(an ARG without a value), and a Dockerfile with no parent to watch (``FROM
+scratch``, a digest).
 
 **Conflicts** are errors naming the files: two Dockerfiles answering to one
-image:tag, a reference two Dockerfiles answer to equally well, a cycle.
+image:tag, a cycle.
 
 A Dockerfile has one parent: what its final stage builds on (following
 ``FROM <stage>``). Other images it uses (builder stages, ``COPY --from``)
 are listed as ``needs``/``upstream_needs`` and get upstream sections too.
+A child naming its parent by ``latest`` (``FROM myorg/base``) gets ``from``
+set to that layer: ``latest`` is never published, so no tag could say it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -66,6 +88,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from orchestrator.catalog.library import Library, LibraryEntry
 from orchestrator.catalog.lint import final_user
 from orchestrator.catalog.tomlfile import display, read_text_file
 from orchestrator.core import dockerfile as df
@@ -78,19 +101,29 @@ from orchestrator.core.imageref import (
     Reference,
     check_repository,
     check_tag,
+    parse_reference,
 )
-from orchestrator.core.model import UPSTREAM_PREFIX
 from orchestrator.core.versions import parse_version
 
 _BASE_NAMES = ("Dockerfile", "Containerfile")
-# Files that look like Dockerfiles by name but are inputs to something else.
-_NOT_DOCKERFILES = (".dockerignore", ".template", ".tmpl", ".tpl", ".j2", ".jinja", ".jinja2",
-                    ".in", ".orig", ".rej", ".bak", ".swp", "~", ".md", ".txt", ".sh")
+# Names that look like Dockerfiles' but are inputs to something else.
+_NOT_DOCKERFILES = (
+    # the engines' ignore files, and templates a generator renders into Dockerfiles
+    ".dockerignore", ".containerignore", ".template", ".tmpl", ".tpl", ".j2", ".jinja",
+    ".jinja2", ".in", ".erb", ".mustache", ".hbs", ".gotmpl", ".m4", ".njk",
+    # backups, patches, editors' files, examples
+    ".orig", ".rej", ".bak", ".old", ".swp", ".swo", "~", ".patch", ".diff", ".sample",
+    ".example", ".dist",
+    # documents, scripts and data kept beside a Dockerfile
+    ".md", ".rst", ".adoc", ".txt", ".html", ".sh", ".bash", ".ps1", ".py", ".json", ".yml",
+    ".yaml", ".toml", ".lock", ".sum", ".sha256", ".asc", ".sig", ".log")
 SKIP_FOLDERS = frozenset({"vendor", "vendors", "node_modules", "third_party", "third-party",
                           "bower_components", "venv", "__pycache__", "site-packages"})
 TITLE_LABEL = "org.opencontainers.image.title"
 VERSION_LABEL = "org.opencontainers.image.version"
 Reading = Literal["nested", "repository"]
+# How well a Dockerfile's tags answer a reference's (see the module doc).
+_OWN, _SHARED, _TAIL, _LATEST, _ANY = 5, 4, 3, 2, 1
 
 
 # -- results -------------------------------------------------------------------------------
@@ -100,7 +133,7 @@ Reading = Literal["nested", "repository"]
 class AdoptedLayer:
     name: str  # folder under layers/
     image: str  # repository under the registry url
-    tags: tuple[str, ...]  # may hold "latest" when that is all children use
+    tags: tuple[str, ...]  # never "latest": nothing may publish it
     dockerfile: PurePosixPath  # relative to the scanned folder
     context: PurePosixPath  # relative to the scanned folder
     parent: str | None = None  # a layer name …
@@ -110,6 +143,8 @@ class AdoptedLayer:
     needs: tuple[str, ...] = ()  # other layers it uses (builder stages, COPY --from)
     upstream_needs: tuple[str, ...] = ()  # other upstreams it uses
     runs_as_root: bool = False  # no non-root USER in it or the tree's layers below it
+    platforms: tuple[str, ...] = ()  # a library entry's Architectures, as OCI platforms
+    from_candidates: tuple[str, ...] = ()  # layers its unmatched parent reference may mean
     notes: tuple[str, ...] = ()
 
 
@@ -123,6 +158,15 @@ class AdoptedUpstream:
 
 
 @dataclass(frozen=True)
+class Unmatched:
+    """What init could not resolve to a parent, and the one line that fixes it."""
+
+    where: str  # "debian/trixie/scm/Dockerfile:2"
+    what: str  # "FROM buildpack-deps:curl could be …; read as upstream …"
+    fix: str  # 'layers/x/layer.toml: from = "y"'
+
+
+@dataclass(frozen=True)
 class Adoption:
     root: Path  # the scanned folder
     layers: tuple[AdoptedLayer, ...]  # parents before children
@@ -130,6 +174,8 @@ class Adoption:
     reading: Reading = "nested"
     registry_hint: str | None = None  # "docker.io/relenteny" when children agree on it
     notes: tuple[str, ...] = ()
+    unmatched: tuple[Unmatched, ...] = ()
+    library: str | None = None  # the library file that named the images
 
     def layer(self, name: str) -> AdoptedLayer:
         return next(layer for layer in self.layers if layer.name == name)
@@ -176,19 +222,26 @@ def find_dockerfiles(root: Path) -> list[PurePosixPath]:
     return sorted(found)
 
 
-def scan(root: Path) -> Adoption:
+def scan(root: Path, library: Library | None = None) -> Adoption:
     """Read the Dockerfiles under ``root`` and infer the hierarchy (see the module doc)."""
     root = root.resolve()
     if not root.is_dir():
         raise InputError(display(root), "not a folder")
+    paths = set(find_dockerfiles(root))
+    if library is not None:
+        # A library entry's File may be named like no Dockerfile ("Dockerfile-to-use").
+        for entry in library.entries:
+            target = (root / entry.dockerfile).resolve()
+            if target.is_relative_to(root) and target.is_file():
+                paths.add(entry.dockerfile)
     texts: dict[str, str] = {}
     unreadable: list[str] = []
-    for path in find_dockerfiles(root):
+    for path in sorted(paths):
         try:
             texts[str(path)] = read_text_file(root / path)
         except (OSError, InputError) as exc:
             unreadable.append(f"{path}: skipped, cannot read it: {exc}")
-    adoption = infer(root, texts)
+    adoption = infer(root, texts, library)
     return replace(adoption, notes=(*unreadable, *adoption.notes))
 
 
@@ -201,10 +254,16 @@ class _Doc:
     text: str
     analysis: Analysis
     variant: str
-    label_image: str | None
+    label_image: str | None  # the title label's repository path, without a registry
+    label_registry: str | None  # … and its registry, when it names one
     label_tag: str | None
+    entry: LibraryEntry | None = None
     image: str = ""
-    tag: str | None = None  # known from the path, the file name or a label
+    tag: str | None = None  # its first tag: from the path, the file name, a label, a library
+    own: tuple[str, ...] = ()  # every tag it answers to as its own
+    shared: tuple[str, ...] = ()  # a library entry's SharedTags
+    parts: tuple[str, ...] = ()  # what its path's tag is made of: ("debian", "bookworm")
+    tails: dict[str, int] = field(default_factory=dict)  # tag of parts[k:] -> k, for k >= 1
     learned: dict[str, None] = field(default_factory=dict)  # tags children use (ordered)
 
     @property
@@ -218,34 +277,50 @@ class _Doc:
 @dataclass
 class _Matching:
     reading: Reading
-    # (doc index, use index in analysis.image_uses()) -> doc index
+    # (doc index, use index in analysis.image_uses()) -> doc index, and how well
     targets: dict[tuple[int, int], int] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
+    tiers: dict[tuple[int, int], int] = field(default_factory=dict)
+    ambiguous: dict[tuple[int, int], list[int]] = field(default_factory=dict)
     shadowed: set[str] = field(default_factory=set)  # normalised refs that name upstreams
 
 
-def infer(root: Path, files: Mapping[str, str]) -> Adoption:
+def infer(root: Path, files: Mapping[str, str], library: Library | None = None) -> Adoption:
     """The hierarchy of Dockerfiles given as {path relative to root: text}. No I/O."""
-    root_name = _image_name(root.name) or "image"
-    docs = [_doc(PurePosixPath(path), text) for path, text in sorted(files.items())]
-    nested = _match(docs, root_name, "nested")
-    matching = nested
-    if any(d.folders for d in docs):
-        repository = _match(docs, root_name, "repository")
-        if len(repository.targets) > len(nested.targets) and not repository.problems:
-            matching = repository
+    root_name = library.image if library is not None else _image_name(root.name) or "image"
+    notes: list[str] = []
+    docs: list[_Doc] = []
+    for path, text in sorted(files.items()):
+        doc = _doc(PurePosixPath(path), text)
+        if doc.variant and doc.analysis.final is None:
+            notes.append(f"{path}: skipped: named like a Dockerfile, but it has no FROM "
+                         "instruction")
+            continue
+        docs.append(doc)
+    if library is not None:
+        notes += _attach_library(docs, library)
+        matching = _match(docs, root_name, "repository")
+    else:
+        matching = _match(docs, root_name, "nested")
+        if any(d.folders for d in docs):
+            repository = _match(docs, root_name, "repository")
+            if _explained(repository) > _explained(matching):
+                matching = repository
     _claim_all(docs, root_name, matching.reading)
-    problems = [*_duplicates(docs), *matching.problems]
+    problems = _duplicates(docs)
     if problems:
         raise AdoptionError(display(root), problems)
-    for (index, use_index), target in matching.targets.items():
-        ref = docs[index].analysis.image_uses()[use_index].ref
-        if ref is not None and docs[target].tag is None:
-            docs[target].learned.setdefault(ref.effective_tag or DEFAULT_TAG)
     cycle = _cycle(docs, matching)
     if cycle:
         raise AdoptionError(display(root), ["dependency cycle: " + " -> ".join(cycle)])
-    return _assemble(root, docs, matching)
+    notes += _learn_tags(docs, matching)
+    adoption = _assemble(root, docs, matching)
+    return replace(adoption, notes=(*notes, *adoption.notes),
+                   library=library.where if library is not None else None)
+
+
+def _explained(matching: _Matching) -> int:
+    """How many references a reading finds in the tree (ambiguously or not)."""
+    return len(matching.targets) + len(matching.ambiguous)
 
 
 def _doc(path: PurePosixPath, text: str) -> _Doc:
@@ -253,19 +328,46 @@ def _doc(path: PurePosixPath, text: str) -> _Doc:
     labels = dict(analysis.labels)
     title = labels.get(TITLE_LABEL)
     version = labels.get(VERSION_LABEL)
+    image = registry = None
+    if title and "$" not in title and not check_repository(title):
+        # "ghcr.io/acme/base" is acme/base pushed to ghcr.io: FROM lines name it by its
+        # path, whatever registry they write.
+        ref = parse_reference(title)
+        image, registry = ref.path, ref.registry if ref.registry != DOCKER_HUB else None
     return _Doc(
         path=path,
         text=text,
         analysis=analysis,
         variant=dockerfile_variant(path.name) or "",
-        label_image=title if title and "$" not in title and not check_repository(title)
-        else None,
+        label_image=image,
+        label_registry=registry,
         label_tag=version if version and "$" not in version and not check_tag(version)
         else None,
     )
 
 
-def _claim(doc: _Doc, root_name: str, reading: Reading) -> tuple[str, str | None]:
+def _attach_library(docs: list[_Doc], library: Library) -> list[str]:
+    notes: list[str] = []
+    by_path = {doc.path: doc for doc in docs}
+    for entry in library.entries:
+        doc = by_path.get(entry.dockerfile)
+        where = f"{library.where}:{entry.line}"
+        if doc is None:
+            notes.append(f"{where}: Tags {', '.join(entry.tags)}: the tree has no "
+                         f"{entry.dockerfile}; not adopted")
+            continue
+        doc.entry = entry
+        if entry.per_arch:
+            notes.append(f"{where}: {', '.join(entry.per_arch)} ignored: {entry.dockerfile} "
+                         "is adopted for every architecture")
+    notes += [f"{doc.path}: not in {library.where}: named by its folders"
+              for doc in docs if doc.entry is None]
+    return notes
+
+
+def _claim(doc: _Doc, root_name: str, reading: Reading) -> None:
+    """Give ``doc`` the image and tags it answers to under ``reading``."""
+    doc.learned.clear()
     folders = list(doc.folders)
     if reading == "nested" and folders and not folders[0][:1].isdigit():
         image, parts = _image_name(folders[0]) or root_name, folders[1:]
@@ -273,14 +375,31 @@ def _claim(doc: _Doc, root_name: str, reading: Reading) -> tuple[str, str | None
         image, parts = root_name, folders
     if doc.variant:
         parts.append(doc.variant)
-    tag = _tag_name("-".join(parts)) if parts else None
-    return doc.label_image or image, doc.label_tag or tag
+    if doc.entry is not None:
+        doc.image, doc.own, doc.shared = root_name, doc.entry.tags, doc.entry.shared_tags
+        # Its first tag names its layer: the path's when the library has it (python's
+        # "3.13-bookworm" outlives "3.13.5-bookworm"), else the library's first.
+        path_tag = _tag_name("-".join(parts)) if parts else None
+        doc.tag = path_tag if path_tag in doc.own else next(
+            (t for t in doc.own if t != DEFAULT_TAG), None)
+        doc.parts, doc.tails = (), {}
+        return
+    doc.image = doc.label_image or image
+    doc.parts, doc.tails, doc.shared = tuple(parts), {}, ()
+    if doc.label_tag:
+        doc.tag = doc.label_tag
+    else:
+        doc.tag = _tag_name("-".join(parts)) if parts else None
+        for k in range(1, len(parts)):
+            tail = _tag_name("-".join(parts[k:]))
+            if tail is not None and tail != doc.tag:
+                doc.tails.setdefault(tail, k)
+    doc.own = (doc.tag,) if doc.tag is not None else ()
 
 
 def _claim_all(docs: list[_Doc], root_name: str, reading: Reading) -> None:
     for doc in docs:
-        doc.image, doc.tag = _claim(doc, root_name, reading)
-        doc.learned.clear()
+        _claim(doc, root_name, reading)
 
 
 def _image_name(text: str) -> str | None:
@@ -306,17 +425,22 @@ def _name_score(ref: Reference, image: str) -> int:
     return 2 * components if ref.path.endswith("/" + image) else 0
 
 
-def _tag_score(ref: Reference, tag: str | None) -> int:
-    """0: no match; 3: the tag the path gives; 2: "latest" for a Dockerfile without one;
-    1: any other tag for it (not for official images), learned from the reference."""
+def _tag_score(ref: Reference, doc: _Doc) -> int:
+    """0: no match, else how well (the tiers of the module doc)."""
     if ref.digest is not None:
         return 0
     wanted = ref.effective_tag or DEFAULT_TAG
-    if tag is not None:
-        return 3 if wanted == tag else 0
+    if wanted in doc.own:
+        return _OWN
+    if wanted in doc.shared:
+        return _SHARED
+    if wanted in doc.tails:
+        return _TAIL
+    if doc.own or doc.shared:
+        return 0
     if wanted == DEFAULT_TAG:
-        return 2
-    return 0 if ref.is_official else 1
+        return _LATEST
+    return 0 if ref.is_official else _ANY
 
 
 def _match(docs: list[_Doc], root_name: str, reading: Reading) -> _Matching:
@@ -324,7 +448,7 @@ def _match(docs: list[_Doc], root_name: str, reading: Reading) -> _Matching:
     result = _Matching(reading)
 
     def answers(doc: _Doc, ref: Reference) -> tuple[int, int]:
-        return _tag_score(ref, doc.tag), _name_score(ref, doc.image)
+        return _tag_score(ref, doc), _name_score(ref, doc.image)
 
     for doc in docs:
         for use in doc.analysis.image_uses():
@@ -342,13 +466,10 @@ def _match(docs: list[_Doc], root_name: str, reading: Reading) -> _Matching:
             best = max(score for score, _ in scored)
             winners = [j for score, j in scored if score == best]
             if len(winners) > 1:
-                files = " and ".join(str(docs[j].path) for j in winners)
-                result.problems.append(
-                    f"{doc.where(use.line)}: {use.instruction} {use.resolved} could be "
-                    f"{files}; give one of them an org.opencontainers.image.title/version "
-                    "LABEL, or move it")
+                result.ambiguous[(index, use_index)] = winners  # reported, never guessed
                 continue
             result.targets[(index, use_index)] = winners[0]
+            result.tiers[(index, use_index)] = best[0]
     return result
 
 
@@ -356,13 +477,15 @@ def _duplicates(docs: list[_Doc]) -> list[str]:
     claimed: dict[tuple[str, str | None], _Doc] = {}
     problems: list[str] = []
     for doc in docs:
-        key = (doc.image, doc.tag)
-        if key in claimed:
-            what = f"{doc.image}:{doc.tag}" if doc.tag else doc.image
-            problems.append(f"{claimed[key].path} and {doc.path} both build {what}; rename a "
-                            "folder or give one an org.opencontainers.image.version LABEL")
-        else:
-            claimed[key] = doc
+        for tag in doc.own or (None,):
+            key = (doc.image, tag)
+            if key in claimed:
+                what = f"{doc.image}:{tag}" if tag else doc.image
+                problems.append(f"{claimed[key].path} and {doc.path} both build {what}; rename "
+                                "a folder or give one an org.opencontainers.image.version "
+                                "LABEL")
+            else:
+                claimed[key] = doc
     return problems
 
 
@@ -393,6 +516,40 @@ def _cycle(docs: list[_Doc], matching: _Matching) -> list[str] | None:
             if found:
                 return [str(docs[i].path) for i in found]
     return None
+
+
+def _learn_tags(docs: list[_Doc], matching: _Matching) -> list[str]:
+    """The tags children use for each Dockerfile (they are written with its own); and, for
+    an image whose tails all drop the same folders, all its tags read that way."""
+    drops: dict[str, dict[int, str]] = {}  # image -> leading parts dropped -> an example
+    for (index, use_index), target in matching.targets.items():
+        ref = docs[index].analysis.image_uses()[use_index].ref
+        tier = matching.tiers[(index, use_index)]
+        if ref is None or tier == _SHARED:
+            continue
+        doc = docs[target]
+        wanted = ref.effective_tag or DEFAULT_TAG
+        doc.learned.setdefault(wanted)  # its own too: a renamed tag must still answer
+        if tier == _TAIL:
+            drops.setdefault(doc.image, {}).setdefault(
+                doc.tails[wanted], f"{ref.familiar()} is {doc.path}")
+    notes: list[str] = []
+    for image, seen in sorted(drops.items()):
+        if len(seen) != 1:
+            continue
+        [(k, example)] = seen.items()
+        renamed = {i: _tag_name("-".join(doc.parts[k:])) for i, doc in enumerate(docs)
+                   if doc.image == image and doc.entry is None and doc.label_tag is None
+                   and len(doc.parts) > k}
+        final = {(doc.image, renamed.get(i, doc.tag)) for i, doc in enumerate(docs)}
+        if None in renamed.values() or len(final) < len(docs):
+            continue  # two Dockerfiles would share a tag: keep the whole paths
+        for i, tag in renamed.items():
+            docs[i].tag = tag
+        folders = "folder" if k == 1 else f"{k} folders"
+        notes.append(f"{image}: tags are read without their first {folders}, as the tree's "
+                     f"FROM lines name its images ({example})")
+    return notes
 
 
 # -- assembling the result -----------------------------------------------------------------
@@ -427,11 +584,20 @@ def _assemble(root: Path, docs: list[_Doc], matching: _Matching) -> Adoption:
     def upstream_of(ref: Reference) -> str | None:
         return upstream_names.get((ref.name, ref.effective_tag or DEFAULT_TAG))
 
+    shared, shared_notes = _unique_shared_tags(docs)
+    notes += shared_notes
+    by_latest = _named_by_latest(docs, names, matching)
     layers: dict[int, AdoptedLayer] = {}
     parents: dict[int, int | None] = {}
+    unmatched: list[Unmatched] = []
     for index, doc in enumerate(docs):
         layer, parent = _layer(index, doc, names, matching, upstream_of)
-        layers[index] = layer
+        layer, problem = _unmatched(index, docs, names, matching, layer)
+        if problem is not None:
+            unmatched.append(problem)
+        tags = _tags(doc, shared.get(index, ()))
+        layers[index] = replace(layer, tags=tags,
+                                notes=(*by_latest.get(index, ()), *layer.notes))
         parents[index] = parent
         if matching.shadowed:
             for use in doc.analysis.image_uses():
@@ -443,7 +609,8 @@ def _assemble(root: Path, docs: list[_Doc], matching: _Matching) -> Adoption:
     for index in order:
         layers[index] = replace(layers[index], runs_as_root=_runs_as_root(index, docs, parents))
     return Adoption(root, tuple(layers[i] for i in order), upstreams, matching.reading,
-                    _registry_hint(docs, matching), tuple(dict.fromkeys(notes)))
+                    _registry_hint(docs, matching), tuple(dict.fromkeys(notes)),
+                    tuple(unmatched))
 
 
 def _layer(index: int, doc: _Doc, names: list[str], matching: _Matching,
@@ -480,14 +647,19 @@ def _layer(index: int, doc: _Doc, names: list[str], matching: _Matching,
                 upstream_needs.setdefault(name)
         if use.problem and use is not parent_use:
             notes.append(f"line {use.line}: {use.problem}")
-    # Learned tags in a stable order: by their numbers, then text; "latest" last.
-    tags = (doc.tag,) if doc.tag is not None else tuple(sorted(
-        doc.learned, key=lambda t: (t == DEFAULT_TAG, [int(n) for n in re.findall(r"\d+", t)],
-                                    t)))
+        if (index, use_index) in matching.ambiguous:
+            which = " or ".join(names[j] for j in matching.ambiguous[(index, use_index)])
+            notes.append(f"line {use.line}: {use.resolved} could be layer {which}; read as "
+                         "the published image")
+    entry = doc.entry
+    if entry is not None and not any(p.startswith("linux/") for p in entry.platforms):
+        notes.append(f"Architectures: {', '.join(entry.architectures)}: no Linux platform, "
+                     "which is all the engines here build; remove this folder, or keep it "
+                     "off the builds")
     layer = AdoptedLayer(
         name=names[index],
         image=doc.image,
-        tags=tags,
+        tags=(),
         dockerfile=doc.path,
         context=doc.path.parent,
         parent=names[parent] if parent is not None else None,
@@ -496,9 +668,104 @@ def _layer(index: int, doc: _Doc, names: list[str], matching: _Matching,
         parent_line=parent_use.line if parent_use is not None else None,
         needs=tuple(needs),
         upstream_needs=tuple(upstream_needs),
+        platforms=entry.platforms if entry is not None else (),
         notes=tuple(notes),
     )
     return layer, parent
+
+
+def _tags(doc: _Doc, shared: tuple[str, ...]) -> tuple[str, ...]:
+    """What the layer publishes: its own tags, then learned ones in a stable order (by their
+    numbers, then text); never "latest", which moves (lint refuses it)."""
+    learned = sorted(doc.learned, key=lambda t: ([int(n) for n in re.findall(r"\d+", t)], t))
+    own = doc.own if doc.entry is not None else (doc.tag,) if doc.tag is not None else ()
+    return tuple(t for t in dict.fromkeys([*own, *shared, *learned]) if t != DEFAULT_TAG)
+
+
+def _unique_shared_tags(docs: list[_Doc]) -> tuple[dict[int, tuple[str, ...]], list[str]]:
+    """A library's SharedTags that one Dockerfile of the tree holds alone (several make a
+    manifest list across images, which one layer cannot publish), and notes on the rest."""
+    holders: dict[str, list[int]] = {}
+    for index, doc in enumerate(docs):
+        for tag in doc.shared:
+            holders.setdefault(tag, []).append(index)
+    own = {tag for doc in docs for tag in doc.own}
+    out: dict[int, tuple[str, ...]] = {}
+    left: dict[tuple[int, ...], list[str]] = {}
+    for tag, held in holders.items():
+        if len(held) == 1 and tag not in own:
+            out[held[0]] = (*out.get(held[0], ()), tag)
+        elif tag != DEFAULT_TAG:
+            left.setdefault(tuple(held), []).append(tag)
+    notes = [f"SharedTags {', '.join(tags)} not written: "
+             f"{' and '.join(str(docs[i].path) for i in held)} share them (a manifest list "
+             "across images, which no one layer publishes)" for held, tags in left.items()]
+    return out, notes
+
+
+def _named_by_latest(docs: list[_Doc], names: list[str],
+                     matching: _Matching) -> dict[int, list[str]]:
+    """Notes on layers that children name by ``latest``."""
+    out: dict[int, list[str]] = {}
+    for (index, use_index), target in sorted(matching.targets.items()):
+        use = docs[index].analysis.image_uses()[use_index]
+        if use.ref is not None and (use.ref.effective_tag or DEFAULT_TAG) == DEFAULT_TAG:
+            out.setdefault(target, []).append(
+                f"{docs[index].where(use.line)} names it {use.resolved} (latest), a tag nothing "
+                f"publishes: layer {names[index]!r} builds on it through from = "
+                f"\"{names[target]}\"")
+    return out
+
+
+def _unmatched(index: int, docs: list[_Doc], names: list[str], matching: _Matching,
+               layer: AdoptedLayer) -> tuple[AdoptedLayer, Unmatched | None]:
+    """What keeps ``layer`` from a parent init is sure of, with the line that fixes it."""
+    doc = docs[index]
+    final = doc.analysis.final
+    toml = f"layers/{layer.name}/layer.toml"
+    remove = f"rm -r layers/{layer.name}   (or build it elsewhere and name it as an [upstream])"
+    if final is None:
+        return layer, Unmatched(str(doc.path), "no FROM instruction", remove)
+    stage = doc.analysis.root_of(final)
+    use, key = stage.base, (index, stage.index)
+    where = doc.where(use.line)
+    if use.scratch:
+        return layer, Unmatched(where, "FROM scratch: a layer needs a parent to build on",
+                                remove)
+    if use.ref is None:
+        return layer, Unmatched(where, f"FROM {use.written}: {use.problem or 'unreadable'}",
+                                f'{toml}: from = "LAYER"   (or "upstream:NAME")')
+    if use.ref.digest is not None:
+        return layer, Unmatched(where, f"FROM {use.resolved} is pinned by digest: nothing "
+                                "moves it, so nothing rebuilds it", remove)
+    if key in matching.targets or use.ref.normalized() in matching.shadowed:
+        return layer, None
+    upstream = f"upstream {layer.upstream!r}" if layer.upstream else "an upstream"
+    if key in matching.ambiguous:
+        candidates = matching.ambiguous[key]
+        what = (f"FROM {use.resolved} could be "
+                + " or ".join(f"{docs[j].path} ({names[j]})" for j in candidates)
+                + f"; read as the published image, {upstream}")
+    else:
+        candidates = [j for j, other in enumerate(docs)
+                      if j != index and _name_score(use.ref, other.image)]
+        if not candidates or _name_score(use.ref, doc.image):
+            # An image from elsewhere, or the published image this one is named after
+            # (nginx/custom/Dockerfile on nginx:1.27): its upstream is the answer.
+            return layer, None
+        image = docs[candidates[0]].image
+        listed = ", ".join(names[j] for j in candidates[:5])
+        more = f", … ({len(candidates)} in all)" if len(candidates) > 5 else ""
+        what = (f"FROM {use.resolved} names {image}, an image of this tree, by a tag none of "
+                f"its Dockerfiles has ({listed}{more}); read as the published image, "
+                f"{upstream}")
+    chosen = [names[j] for j in candidates]
+    layer = replace(layer, from_candidates=tuple(chosen))
+    quoted = [f'"{name}"' for name in chosen]  # layer names need no escapes
+    return layer, Unmatched(where, what, f"{toml}: from = {quoted[0]}"
+                            + (f"   (or {', '.join(quoted[1:3])}"
+                               f"{', …' if len(chosen) > 3 else ''})" if len(chosen) > 1
+                               else ""))
 
 
 def _runs_as_root(index: int, docs: list[_Doc], parents: Mapping[int, int | None]) -> bool:
@@ -559,8 +826,9 @@ def _upstream_names(refs: list[Reference]) -> dict[tuple[str, str], str]:
 
 
 def _registry_hint(docs: list[_Doc], matching: _Matching) -> str | None:
-    """Where children say the tree's images live, when they all agree."""
-    prefixes: set[str] = set()
+    """Where children (and title labels naming a registry) say the tree's images live,
+    when they all agree."""
+    prefixes = {doc.label_registry for doc in docs if doc.label_registry is not None}
     for (index, use_index), target in matching.targets.items():
         ref = docs[index].analysis.image_uses()[use_index].ref
         if ref is None:
@@ -607,141 +875,3 @@ def suggest_track(tag: str) -> str | None:
         numbers = r"\.\d+" * rest.count(".")
         return f"regex:{first}{numbers}-{re.escape(suffix)}"
     return None
-
-
-# -- output --------------------------------------------------------------------------------
-
-
-def summary(adoption: Adoption) -> str:
-    """The inferred hierarchy as an indented tree, with upstreams at the roots."""
-    kids: dict[str | None, list[AdoptedLayer]] = {}
-    for layer in adoption.layers:
-        key = layer.parent if layer.parent is not None else (
-            UPSTREAM_PREFIX + layer.upstream if layer.upstream is not None else None)
-        kids.setdefault(key, []).append(layer)
-    lines = [f"{adoption.root}: {len(adoption.layers)} Dockerfiles, "
-             f"{len(adoption.upstreams)} upstream image(s)"
-             + (" (read as one repository)" if adoption.reading == "repository" else "")]
-
-    def tree(key: str, depth: int) -> None:
-        for layer in kids.get(key, []):
-            tags = ", ".join(layer.tags) or "no tag"
-            lines.append(f"{'  ' * depth}{layer.name}  {layer.image} [{tags}]  "
-                         f"({layer.dockerfile})")
-            tree(layer.name, depth + 1)
-
-    for up in adoption.upstreams:
-        track = f", track suggestion: {up.track}" if up.track else ""
-        users = [layer.name for layer in adoption.layers if up.name in layer.upstream_needs]
-        also = f"; also used by {', '.join(users)}" if users else ""
-        lines.append(f"upstream {up.name}: {up.image}:{up.tag}{track}{also}")
-        tree(UPSTREAM_PREFIX + up.name, 1)
-    if None in kids:
-        lines.append("no parent (FROM scratch, or not inferred):")
-        for layer in kids[None]:
-            lines.append(f"  {layer.name}  {layer.image}  ({layer.dockerfile})")
-            tree(layer.name, 2)
-    notes = [*adoption.notes,
-             *(f"{layer.dockerfile}: {note}" for layer in adoption.layers for note in layer.notes)]
-    if notes:
-        lines.append("notes:")
-        lines += [f"  {note}" for note in notes]
-    return "\n".join(lines)
-
-
-def write(adoption: Adoption, out: Path) -> str:
-    """Write ``<out>/config.toml`` and ``<out>/layers/<name>/layer.toml``; never overwrite.
-
-    Every target is checked before anything is written, so a refusal leaves
-    nothing half done. Returns the summary and the files written.
-    """
-    out = out.resolve()
-    files: dict[Path, str] = {out / "config.toml": render_config(adoption)}
-    for layer in adoption.layers:
-        folder = out / "layers" / layer.name
-        files[folder / "layer.toml"] = render_layer(adoption, layer, folder)
-    for path in files:
-        if path.exists() or path.is_symlink():
-            raise InputError(display(path), "already exists; init never overwrites a file "
-                             "(move it away, or write to another folder)")
-    for path, text in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("x", encoding="utf-8") as handle:  # "x": refuse a file raced in
-            handle.write(text)
-    written = "\n".join(f"  {path.relative_to(out).as_posix()}" for path in files)
-    return f"{summary(adoption)}\nwrote under {out}:\n{written}"
-
-
-def render_config(adoption: Adoption) -> str:
-    lines = [
-        f"# Written by `orchestrator init` from the Dockerfiles under {adoption.root}.",
-        "# They are built as they are; review the hierarchy below and in layers/.",
-        "",
-        "[catalog]",
-        'layers = "layers"',
-        "",
-        "# Where built images go: <url>/<image>:<tag>.",
-    ]
-    if adoption.registry_hint:
-        lines.append(f"# The Dockerfiles name this tree's images under {adoption.registry_hint}.")
-    lines += ["# [registry]",
-              f"# url = {_toml(adoption.registry_hint or 'registry.example:5000/base')}"]
-    for up in adoption.upstreams:
-        lines += ["", f"[upstream.{up.name}]", f"image = {_toml(up.image)}",
-                  f"tag = {_toml(up.tag)}"]
-        if up.track:
-            lines.append(f"# track = {_toml(up.track)}   # instead of tag: follow newer tags")
-        lines.append(f"names = [{', '.join(_toml(n) for n in up.names)}]")
-    return "\n".join(lines) + "\n"
-
-
-def render_layer(adoption: Adoption, layer: AdoptedLayer, folder: Path) -> str:
-    """``layer.toml`` for ``layer`` written in ``folder`` (paths relative to it)."""
-    source = adoption.root.resolve()
-    dockerfile = _relative(source / layer.dockerfile, folder)
-    context = _relative(source / layer.context, folder)
-    lines = [f"# Adopted by `orchestrator init`: builds {layer.dockerfile} as it is "
-             "(the file is never changed)."]
-    how = f"FROM {layer.parent_ref} (line {layer.parent_line})" if layer.parent_ref else ""
-    if layer.parent is not None:
-        lines += [f"# {how} is layer {layer.parent!r}.", f"from = {_toml(layer.parent)}"]
-    elif layer.upstream is not None:
-        lines += [f"# {how} is upstream {layer.upstream!r} in config.toml.",
-                  f"from = {_toml(UPSTREAM_PREFIX + layer.upstream)}"]
-    elif layer.parent_ref == "scratch":
-        lines += ["# No parent: the final stage builds FROM scratch. Every layer needs one:",
-                  "# build this image elsewhere, declare it as an [upstream] and let the",
-                  "# layers above name it (or remove this folder)."]
-    elif layer.parent_ref and "@" in layer.parent_ref:
-        lines += [f"# No parent: {how} is pinned by digest in the Dockerfile. Every layer",
-                  "# needs one it can watch: declare that image as an [upstream] with a tag",
-                  '# and set from = "upstream:NAME" (or remove this folder).']
-    else:
-        lines.append('# from = "…"   # could not tell the parent; see the notes below')
-    lines.append(f"image = {_toml(layer.image)}")
-    tags = [t for t in layer.tags if t != DEFAULT_TAG]
-    if tags:
-        lines.append(f"tags = [{', '.join(_toml(t) for t in tags)}]")
-    else:
-        lines.append('# tags = ["…"]   # no version found (children use none, or only "latest", '
-                     "which moves and so is refused)")
-    lines += [f"dockerfile = {_toml(dockerfile)}", f"context = {_toml(context)}"]
-    if layer.needs or layer.upstream_needs:
-        used = [f"layer {n!r}" for n in layer.needs] + [
-            f"upstream {n!r}" for n in layer.upstream_needs]
-        lines.append(f"# Also uses (build stages, COPY --from, RUN --mount): {', '.join(used)}.")
-    if layer.runs_as_root:
-        lines.append("# allow_root = true   # no USER sets a non-root user in this image or "
-                     "the layers below it; `orchestrator lint` refuses root images unless "
-                     "allowed")
-    lines += [f"# note: {note}" for note in layer.notes]
-    return "\n".join(lines) + "\n"
-
-
-def _relative(target: Path, folder: Path) -> str:
-    return PurePosixPath(Path(os.path.relpath(target, folder)).as_posix()).as_posix()
-
-
-def _toml(value: str) -> str:
-    """A TOML basic string (JSON's escapes are valid TOML; DEL must be escaped too)."""
-    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007F")

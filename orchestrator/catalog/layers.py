@@ -111,13 +111,17 @@ def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[Pen
             # Hashing it would read /proc/kcore and every device; watching it, everything.
             raise table.error("context", f"{display(context_dir)} ({real}) cannot be a build "
                               "context: point it at the folder the Dockerfile copies from")
-    dockerfile = Path(os.path.normpath(folder / table.get("dockerfile", str, "Dockerfile")))
+    dockerfile = _dockerfile(folder, table, context_dir)
     try:
         # Its digest comes with it: keying the layer then needs no second read.
         dockerfile_text = read_text_file(dockerfile, encoding="utf-8-sig",
                                          seen=functools.partial(remember, str(dockerfile)))
     except FileNotFoundError:
-        raise InputError(display(dockerfile), "Dockerfile not found") from None
+        if "dockerfile" in table.data or context_dir is None:
+            raise InputError(display(dockerfile), "Dockerfile not found") from None
+        raise InputError(where, f"no Dockerfile: neither {display(folder / 'Dockerfile')} nor "
+                         f"{display(context_dir / 'Dockerfile')} (the context's) exists; add "
+                         "one, or say which with dockerfile = \"PATH\"") from None
 
     image = table.get("image", str, folder.name)
     problem = check_repository(image)
@@ -184,6 +188,17 @@ def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[Pen
             dockerfile_text,
         ))
     return out
+
+
+def _dockerfile(folder: Path, table: Table, context_dir: Path | None) -> Path:
+    """``dockerfile``, else the layer folder's Dockerfile, else (with ``context`` and no
+    Dockerfile in the folder) the context's, as ``docker build`` and bake default to."""
+    if "dockerfile" in table.data:
+        return Path(os.path.normpath(folder / table.require("dockerfile", str)))
+    own = folder / "Dockerfile"
+    if context_dir is None or os.path.exists(own):
+        return own
+    return context_dir / "Dockerfile"
 
 
 def _matrix(table: Table) -> dict[str, list[str]]:

@@ -6,7 +6,9 @@ Dockerfiles do (``FROM myorg/pyenv:2.8.1``). A literal name matches:
 
 - a catalog layer when the reference's repository is the layer's image (its
   last path component: registry and namespace are how *other* hosts spell
-  it) and its tag is one of the layer's literal tags;
+  it) and its tag is one of the layer's literal tags; with ``from = LAYER``,
+  also by a tag no layer has, or none (``FROM myorg/base``: Docker's
+  ``latest``, which no layer publishes);
 - an upstream when it is one of the upstream's ``names``, or its image and
   tag, or its image and any tag its ``track`` policy accepts.
 
@@ -54,6 +56,11 @@ def _matches_layer(ref: Reference, layer: Layer) -> bool:
     image = ref.repository.rsplit("/", 1)[-1]
     return image == layer.image.rsplit("/", 1)[-1] and tag in {
         t for t in layer.tags if not placeholders(t)}
+
+
+def _names_image_of(ref: Reference, layer: Layer) -> bool:
+    return ref.digest is None and (
+        ref.repository.rsplit("/", 1)[-1] == layer.image.rsplit("/", 1)[-1])
 
 
 def _matches_upstream(ref: Reference, spec: UpstreamSpec) -> bool:
@@ -191,6 +198,11 @@ class Linker:
             wanted = linked.parent or f"{UPSTREAM_PREFIX}{linked.upstream}"
             if linked.parent in layers or linked.upstream in ups:
                 return linked
+            if linked.parent is not None and not layers and use.ref is not None \
+                    and _names_image_of(use.ref, self.pending[linked.parent].layer):
+                # A tag no layer has (an alias, or none: Docker's latest, which nothing
+                # publishes): from = says which layer of that image it is.
+                return linked
             raise InputError(where, f"line {use.line}: FROM {use.written} does not name "
                              f"{wanted} (layer.toml from): give the FROM that layer's "
                              "image:tag, or drop from = and let the FROM line decide")
@@ -207,10 +219,14 @@ class Linker:
         assert use.ref is not None
         ref = use.ref
         name = ref.repository.rsplit("/", 1)[-1]
+        same_image = [other for other, e in self.pending.items()
+                      if other != lid and _names_image_of(ref, e.layer)]
+        ours = (f"; or, if it is layer {same_image[0]} (the image {name} without that tag), "
+                f"from = \"{same_image[0]}\" in {_where(entry.layer)}") if same_image else ""
         raise InputError(where, f"line {use.line}: FROM {use.written} matches no layer or "
                          f"upstream: watch it with [upstream.{name}] image = \"{ref.name}\" "
                          f"tag = \"{ref.effective_tag or 'TAG'}\" in config.toml (or names = "
-                         f"[\"{use.written}\"] on an upstream that mirrors it)")
+                         f"[\"{use.written}\"] on an upstream that mirrors it){ours}")
 
     def _check_registry_upstream(self, where: str, use: fromlines.ImageUse, name: str) -> None:
         if self.upstreams[name].kind != "registry":

@@ -50,6 +50,9 @@ def parser() -> argparse.ArgumentParser:
     init.add_argument("dir", type=Path, help="the tree to adopt (its files are never edited)")
     init.add_argument("--out", type=Path, default=Path("."),
                       help="where to write config.toml and layers/ (default: here)")
+    init.add_argument("--library", type=Path, metavar="FILE",
+                      help="an official-images library file (library/<image>): the image's "
+                      "name, and each Directory's Tags")
 
     gr = sub.add_parser("graph", help="print the hierarchy")
     gr.add_argument("--format", choices=["tree", "dot", "json"], default="tree")
@@ -136,11 +139,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         code: int = _run_interruptible(_papers(args))
         return code
     if args.command == "init":
-        from orchestrator.catalog.adopt import scan, write
+        from orchestrator.catalog.adopt import scan
+        from orchestrator.catalog.adopt_output import write
+        from orchestrator.catalog.library import read_library
 
         if not args.dir.is_dir():
             raise InputError(str(args.dir), "not a folder")
-        print(write(scan(args.dir), args.out))
+        library = read_library(args.library) if args.library is not None else None
+        print(write(scan(args.dir, library), args.out))
         return EXIT_OK
     from orchestrator.build.runs import enforce_policy, load, policy
     from orchestrator.catalog.layers import select

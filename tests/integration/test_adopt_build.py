@@ -128,3 +128,40 @@ def test_an_existing_tree_is_adopted_and_built_as_it_is(tmp_path: Path, testbed:
     rebuilt = {e["layer"] for e in json.loads(edited.stdout)["layers"]
                if e["outcome"] == "built"}
     assert rebuilt == {"buildpack-deps-1.36-scm", "buildpack-deps-1.36", "app"}
+
+
+def test_an_official_images_checkout_is_adopted_by_its_folder_tails(
+        tmp_path: Path, testbed: Testbed) -> None:
+    # docker-library's own layout: debian/<suite>/curl/Dockerfile is published as
+    # buildpack-deps:<suite>-curl, which is how scm/ names it. Scanned at the checkout's
+    # top, as a user adopting buildpack-deps would.
+    repo = tmp_path / "buildpack-deps"
+    for rel, text in TREE.items():
+        if rel.startswith("buildpack-deps/"):
+            path = repo / "debian" / rel.removeprefix("buildpack-deps/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    out = tmp_path / "catalog"
+    init = cli(None, "init", str(repo), "--out", str(out))
+    assert init.returncode == 0, init.stderr
+    assert "not matched" not in init.stdout, init.stdout
+    config = out / "config.toml"
+    text = re.sub(r'image = "docker.io/library/busybox"\ntag = "1.36"',
+                  f'image = "{testbed.seed_image}"\ntag = "{testbed.seed_tag}"\n'
+                  'tls_verify = false', config.read_text())
+    namespace = unique_namespace()
+    config.write_text(text + f'\n[registry]\nurl = "{testbed.registry}/{namespace}"\n'
+                      'tls_verify = false\n[build]\nbackend = "buildah"\n'
+                      '[state]\ndir = "state"\n')
+    graph = cli(config, "graph")
+    assert graph.stdout.split() == [
+        "buildpack-deps-1.36-curl", "(from", "upstream:busybox)", "└──",
+        "buildpack-deps-1.36-scm", "└──", "buildpack-deps-1.36"], graph.stdout + graph.stderr
+    build = cli(config, "build", "--json")
+    assert build.returncode == 0, build.stderr[-3000:]
+    report = {e["layer"]: e for e in json.loads(build.stdout)["layers"]}
+    for child, parent in (("buildpack-deps-1.36-scm", "buildpack-deps-1.36-curl"),
+                          ("buildpack-deps-1.36", "buildpack-deps-1.36-scm")):
+        labels = image_config(testbed.registry, f"{namespace}/buildpack-deps",
+                              report[child]["digest"])["config"]["Labels"]
+        assert labels["org.opencontainers.image.base.digest"] == report[parent]["digest"]

@@ -18,9 +18,8 @@ from orchestrator.catalog.adopt import (
     find_dockerfiles,
     scan,
     suggest_track,
-    summary,
-    write,
 )
+from orchestrator.catalog.adopt_output import summary, write
 from orchestrator.core.errors import InputError
 from orchestrator.core.versions import check_track, newest
 
@@ -411,7 +410,10 @@ def test_official_images_do_not_teach_tags(tmp_path: Path) -> None:
     # … while a namespaced reference, or "latest", does.
     assert adoption.layer("tool").parent == "python"
     assert adoption.layer("cli").parent == "python"
-    assert adoption.layer("python").tags == ("3.7.4", "latest")
+    # "latest" is never published (lint refuses it): cli builds on it through from = "python".
+    assert adoption.layer("python").tags == ("3.7.4",)
+    assert any("cli/Dockerfile:1 names it python (latest)" in note
+               for note in adoption.layer("python").notes)
     assert [u.name for u in adoption.upstreams] == ["pyenv", "python"]
 
 
@@ -497,6 +499,73 @@ def test_which_files_are_dockerfiles(tmp_path: Path) -> None:
     (tmp_path / "loop").symlink_to(tmp_path, target_is_directory=True)
     assert [str(p) for p in find_dockerfiles(tmp_path)] == [
         "Dockerfile", "a/Containerfile", "a/b/c.Dockerfile"]
+
+
+def test_ignore_files_and_other_kinds_named_like_dockerfiles_are_not_adopted(
+        tmp_path: Path) -> None:
+    others = ("Dockerfile.containerignore", "Containerfile.containerignore",
+              "Dockerfile.dockerignore", "Dockerfile.tmpl", "Dockerfile.erb", "Dockerfile.bak",
+              "Dockerfile.old", "Dockerfile.patch", "Dockerfile.yml", "Dockerfile.sample",
+              "app.Dockerfile.containerignore")
+    assert [n for n in others if dockerfile_variant(n) is not None] == []
+    tree = make_tree(tmp_path / "src", {
+        "app/Dockerfile": "FROM alpine:3.20\nUSER 1\n",
+        "app/Dockerfile.containerignore": "*\n!src\n",
+        # A name nobody lists, and no FROM: not a Dockerfile either.
+        "app/Dockerfile.lst": "src/\nbin/\n",
+        "app/Dockerfile.dev": "FROM alpine:3.20\nUSER 1\n",
+    })
+    adoption = scan(tree)
+    assert [str(layer.dockerfile) for layer in adoption.layers] == [
+        "app/Dockerfile", "app/Dockerfile.dev"]
+    assert adoption.notes == ("app/Dockerfile.lst: skipped: named like a Dockerfile, but it "
+                              "has no FROM instruction",)
+
+
+def test_a_title_label_with_a_registry_host_names_the_image_by_its_path(
+        tmp_path: Path) -> None:
+    adoption = scan(make_tree(tmp_path / "src", {
+        "os/Dockerfile": "FROM alpine:3.20\n"
+                         "LABEL org.opencontainers.image.title=ghcr.io/acme/base \\\n"
+                         "      org.opencontainers.image.version=1.0\n",
+        "svc/Dockerfile": "FROM ghcr.io/acme/base:1.0\n",
+        "cli/Dockerfile": "FROM acme/base:1.0 AS base\nFROM base\n",
+    }))
+    assert adoption.layer("acme-base-1.0").image == "acme/base"
+    assert adoption.layer("svc").parent == "acme-base-1.0"
+    assert adoption.layer("cli").parent == "acme-base-1.0"
+    assert adoption.upstreams[0].image == "docker.io/library/alpine"
+    assert len(adoption.upstreams) == 1
+    assert adoption.registry_hint is None  # ghcr.io from the label, docker.io from cli
+    one = scan(make_tree(tmp_path / "one", {
+        "os/Dockerfile": "FROM alpine:3.20\nLABEL org.opencontainers.image.title="
+                         "ghcr.io/acme/base org.opencontainers.image.version=1.0\n",
+        "svc/Dockerfile": "FROM ghcr.io/acme/base:1.0\n"}))
+    assert one.registry_hint == "ghcr.io"
+
+
+def test_tails_that_drop_different_folders_keep_whole_path_tags(tmp_path: Path) -> None:
+    adoption = scan(make_tree(tmp_path / "img", {
+        "a/x/Dockerfile": "FROM alpine:3.20\n",
+        "a/y/z/Dockerfile": "FROM img:x\n",  # drops 1 folder
+        "b/w/Dockerfile": "FROM img:y-z\n",  # drops 1 too …
+        "c/d/e/Dockerfile": "FROM img:z\n",  # … and this one 2
+    }))
+    assert adoption.reading == "repository"
+    assert adoption.layer("img-a-y-z").parent == "img-a-x"
+    assert adoption.layer("img-a-x").tags == ("a-x", "x")  # its own, then what children use
+    assert not any("tags are read without" in note for note in adoption.notes)
+
+
+def test_a_whole_path_tag_a_child_uses_survives_the_shorter_reading(tmp_path: Path) -> None:
+    adoption = scan(make_tree(tmp_path / "img", {
+        "debian/bookworm/curl/Dockerfile": "FROM debian:bookworm\n",
+        "debian/bookworm/scm/Dockerfile": "FROM img:bookworm-curl\n",
+        "tools/Dockerfile": "FROM img:debian-bookworm-curl\n",
+    }))
+    curl = adoption.layer("img-bookworm-curl")
+    assert curl.tags == ("bookworm-curl", "debian-bookworm-curl")
+    assert adoption.layer("img-tools").parent == curl.name
 
 
 def test_odd_folder_names_become_valid_names_and_paths_stay_exact(tmp_path: Path) -> None:

@@ -60,3 +60,26 @@ def test_init_graph_lint_and_plan_on_the_seed(tmp_path: Path,
     # Written again into the same place: refused, nothing overwritten.
     assert main(["init", str(seed), "--out", str(catalog)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_a_child_naming_its_parent_by_latest_loads(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # FROM myorg/base is base:latest, a tag nothing publishes: the child builds on the
+    # base layer through from = "base", and the catalog loads as written.
+    tree = tmp_path / "src"
+    for rel, text in {"base/Dockerfile": "FROM alpine:3.20\nUSER 1\n",
+                      "app/Dockerfile": "FROM myorg/base\nUSER 1\n",
+                      "pinned/Dockerfile": "FROM myorg/base:1.0\nUSER 1\n"}.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text(text)
+    catalog = tmp_path / "catalog"
+    assert main(["init", str(tree), "--out", str(catalog)]) == 0
+    printed = capsys.readouterr().out
+    assert main(["-c", str(catalog / "config.toml"), "graph"]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.split() == [
+        "base", "(from", "upstream:alpine)", "├──", "app", "└──", "pinned"]
+    assert "base  base [1.0]  (base/Dockerfile)" in printed
+    assert 'app/Dockerfile:1 names it myorg/base (latest), a tag nothing publishes: ' \
+           'layer \'app\' builds on it through from = "base"' in printed
+    assert 'tags = ["1.0"]' in (catalog / "layers" / "base" / "layer.toml").read_text()
+    assert 'from = "base"' in (catalog / "layers" / "app" / "layer.toml").read_text()

@@ -87,6 +87,29 @@ def test_a_literal_from_must_name_the_declared_parent(
     assert "layer.toml from" in err
 
 
+def test_from_names_the_layer_a_tagless_or_alias_from_means(
+    ok_project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # FROM myorg/base is Docker's latest, which no layer publishes: from = "base" says
+    # which layer it is (its digest is what the engine gets), as an adopted tree writes.
+    (ok_project.layers / "base" / "layer.toml").write_text(
+        'from = "upstream:seed"\ntags = ["1.0"]\n')
+    for written in ("myorg/base", "base:stable"):
+        (ok_project.layers / "child" / "Dockerfile").write_text(f"FROM {written}\nUSER 1\n")
+        assert run(ok_project, capsys, "graph") == (0, "")
+    # A tag another layer publishes is that layer: from = contradicts it.
+    ok_project.layer("other", 'from = "upstream:seed"\nimage = "base"\ntags = ["2.0"]\n')
+    (ok_project.layers / "child" / "Dockerfile").write_text("FROM base:2.0\nUSER 1\n")
+    code, err = run(ok_project, capsys, "graph")
+    assert code == 2 and "FROM base:2.0 does not name base" in err
+    # Without from =, the error says which line would name it.
+    (ok_project.layers / "child" / "layer.toml").write_text("")
+    (ok_project.layers / "child" / "Dockerfile").write_text("FROM myorg/base\nUSER 1\n")
+    code, err = run(ok_project, capsys, "graph")
+    assert code == 2 and "FROM myorg/base matches no layer or upstream" in err
+    assert 'if it is layer base (the image base without that tag), from = "base"' in err
+
+
 def test_a_literal_parent_that_matches_nothing_says_how_to_watch_it(
     ok_project: Project, capsys: pytest.CaptureFixture[str]
 ) -> None:
