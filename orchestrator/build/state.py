@@ -22,7 +22,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -114,6 +114,10 @@ MIGRATIONS = [
     ("queue", "requests", "TEXT NOT NULL DEFAULT '[]'"),  # every request merged into it
     ("layers", "platform_digests", "TEXT NOT NULL DEFAULT '{}'"),  # platform -> manifest
     ("builds", "platform_digests", "TEXT"),
+    # A delivery belongs to a [[notify]] target by identity (its name, else its URL;
+    # never its secret). Rows from before have none: their url stands for it.
+    ("notifications", "target", "TEXT"),
+    ("notifications", "given_up_at", "REAL"),  # no longer tried; last_error says why
 ]
 
 
@@ -158,6 +162,11 @@ def inputs_from_json(text: str) -> Inputs:
         platforms=tuple(data.get("platforms", [])),
         secrets=tuple(data.get("secrets", [])),
     )
+
+
+# A target's pending deliveries (a row from before targets had an identity
+# belongs to the target whose identity is its url).
+_PENDING_FOR = ("delivered_at IS NULL AND given_up_at IS NULL AND coalesce(target, url) = ?")
 
 
 def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
@@ -583,23 +592,35 @@ class StateStore:
                                 "finished_at < ?", (cutoff,)).rowcount
 
     # -- webhook deliveries -------------------------------------------------------
+    # A row is pending until delivered_at or given_up_at is set. A target's rows
+    # are sent oldest first, one at a time.
 
-    def add_notification(self, url: str, event: str, body: str) -> int:
+    def add_notifications(self, targets: Sequence[tuple[str, str]], event: str, body: str,
+                          max_pending: int) -> dict[str, int]:
+        """One event's deliveries, one row per (target identity, url), in one
+        transaction. A target with more than ``max_pending`` rows waiting loses its
+        oldest: returns how many each target lost."""
         now = time.time()
-        cursor = self._db.execute("INSERT INTO notifications (url, event, body, next_at, "
-                                  "created_at) VALUES (?, ?, ?, ?, ?)",
-                                  (url, event, body, now, now))
-        return int(cursor.lastrowid or 0)
+        lost: dict[str, int] = {}
+        with self._tx():
+            for target, url in targets:
+                self._db.execute("INSERT INTO notifications (url, target, event, body, "
+                                 "next_at, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                                 (url, target, event, body, now, now))
+                lost[target] = self._db.execute(
+                    "UPDATE notifications SET given_up_at = ?, last_error = 'queue full' "
+                    "WHERE id IN (SELECT id FROM notifications WHERE " + _PENDING_FOR +
+                    " ORDER BY id DESC LIMIT -1 OFFSET ?)",
+                    (now, target, max_pending)).rowcount
+        return lost
 
-    def due_notifications(self, now: float, limit: int = 50) -> list[dict[str, Any]]:
-        return _rows(self._db.execute(
-            "SELECT * FROM notifications WHERE delivered_at IS NULL AND next_at <= ? "
-            "ORDER BY id LIMIT ?", (now, limit)))
-
-    def next_notification_at(self) -> float | None:
-        row = self._db.execute("SELECT min(next_at) FROM notifications WHERE delivered_at "
-                               "IS NULL").fetchone()
-        return float(row[0]) if row and row[0] is not None else None
+    def next_notification(self, target: str) -> tuple[dict[str, Any] | None, int]:
+        """A target's oldest pending delivery, and how many are pending."""
+        rows = _rows(self._db.execute("SELECT * FROM notifications WHERE " + _PENDING_FOR +
+                                      " ORDER BY id LIMIT 1", (target,)))
+        count = self._db.execute("SELECT count(*) FROM notifications WHERE " + _PENDING_FOR,
+                                 (target,)).fetchone()[0]
+        return (rows[0] if rows else None), int(count)
 
     def notification_done(self, ident: int) -> None:
         self._db.execute("UPDATE notifications SET delivered_at = ?, attempts = attempts + 1 "
@@ -609,9 +630,26 @@ class StateStore:
         self._db.execute("UPDATE notifications SET attempts = attempts + 1, next_at = ?, "
                          "last_error = ? WHERE id = ?", (next_at, error[:500], ident))
 
+    def notification_given_up(self, ident: int, error: str) -> None:
+        self._db.execute("UPDATE notifications SET given_up_at = ?, last_error = ? "
+                         "WHERE id = ?", (time.time(), error[:500], ident))
+
+    def drop_notifications(self, keep: Collection[str], error: str) -> dict[str, int]:
+        """Give up the pending rows of every target not in ``keep``: how many, by target."""
+        marks = ", ".join("?" * len(keep))
+        where = ("delivered_at IS NULL AND given_up_at IS NULL AND coalesce(target, url) "
+                 f"NOT IN ({marks})")
+        with self._tx():
+            counts = {str(t): int(n) for t, n in self._db.execute(
+                f"SELECT coalesce(target, url), count(*) FROM notifications WHERE {where} "
+                "GROUP BY 1", tuple(keep))}
+            self._db.execute(f"UPDATE notifications SET given_up_at = ?, last_error = ? "
+                             f"WHERE {where}", (time.time(), error[:500], *keep))
+        return counts
+
     def prune_notifications(self, cutoff: float) -> int:
-        return self._db.execute("DELETE FROM notifications WHERE delivered_at < ?",
-                                (cutoff,)).rowcount
+        return self._db.execute("DELETE FROM notifications WHERE delivered_at < ? OR "
+                                "given_up_at < ?", (cutoff, cutoff)).rowcount
 
     # -- upstream values last seen -------------------------------------------
 
@@ -754,11 +792,12 @@ class AsyncStateStore:
     record_results = _off_loop(StateStore.record_results)
     request = _off_loop(StateStore.request)
     prune_requests = _off_loop(StateStore.prune_requests)
-    add_notification = _off_loop(StateStore.add_notification)
-    due_notifications = _off_loop(StateStore.due_notifications)
-    next_notification_at = _off_loop(StateStore.next_notification_at)
+    add_notifications = _off_loop(StateStore.add_notifications)
+    next_notification = _off_loop(StateStore.next_notification)
     notification_done = _off_loop(StateStore.notification_done)
     notification_failed = _off_loop(StateStore.notification_failed)
+    notification_given_up = _off_loop(StateStore.notification_given_up)
+    drop_notifications = _off_loop(StateStore.drop_notifications)
     prune_notifications = _off_loop(StateStore.prune_notifications)
     upstream = _off_loop(StateStore.upstream)
     save_upstream = _off_loop(StateStore.save_upstream)

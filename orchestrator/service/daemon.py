@@ -190,8 +190,9 @@ class Daemon:
                              "error")
         self.upstreams = UpstreamWatch(self.state, self._resolve, self.bus.publish,
                                        self._on_upstream_change, self._count_check)
-        self.webhooks = Webhooks(self.state, config.notify)
+        self.webhooks = Webhooks(self.state, config.notify, self.metrics)
         self.bus.listeners.append(self.webhooks.notice)
+        self.webhooks.start(deliver=not self.once)  # lives until _shutdown, across reloads
         await self._connect(config)
         await self._recover(removed)
         self._api = self.control_factory(self)
@@ -291,6 +292,8 @@ class Daemon:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         if hasattr(self, "upstreams"):
             await self.upstreams.close()
+        if hasattr(self, "webhooks"):
+            await self.webhooks.close()
         # Event streams end before the server stops: the server waits for open
         # responses, and a follower would otherwise hold the stop for minutes.
         self.bus.close()
@@ -387,8 +390,6 @@ class Daemon:
                                               self._filter))
         self._own("schedule", self._schedule_loop())
         self._own("housekeeping", self._housekeeping_loop())
-        if self.webhooks.targets:
-            self._own("webhooks", self.webhooks.run(self._watch_stop))
 
     async def _rewatch(self) -> None:
         await self._stop_watchers()
@@ -396,8 +397,7 @@ class Daemon:
 
     async def _stop_watchers(self) -> None:
         self._watch_stop.set()
-        names = [n for n in self._tasks if n.startswith(("watch-", "schedule", "housekeeping",
-                                                          "webhooks"))]
+        names = [n for n in self._tasks if n.startswith(("watch-", "schedule", "housekeeping"))]
         tasks = [self._tasks.pop(n) for n in names]
         await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -538,7 +538,7 @@ class Daemon:
             finally:
                 self.notifier.notify("READY=1", await self._status_line())
             self.config, self.catalog = config, catalog
-            self.webhooks.targets = list(config.notify)
+            await self.webhooks.configure(config.notify)  # never waits on a receiver
             self.views.changed()
             if self.phase != "ready":
                 return

@@ -36,6 +36,15 @@ class Metrics:
                                          "Requests to registries by method and status code",
                                          ["registry", "method", "code"],
                                          registry=self.registry)
+        # Per [[notify]] target (its name, else its URL's host): what became of each
+        # attempt and each delivery. result: delivered, failed (tried again later),
+        # gave_up (attempts or age spent), dropped (target removed, queue full).
+        self.webhooks = Counter("orchestrator_webhook_deliveries",
+                                "Webhook attempts and deliveries by target and result",
+                                ["target", "result"], registry=self.registry)
+        self.webhooks_pending = Gauge("orchestrator_webhook_pending",
+                                      "Webhook deliveries waiting per target", ["target"],
+                                      registry=self.registry)
         info = Info("orchestrator_build", "Version of the orchestrator", registry=self.registry)
         info.info({"version": __version__})
 

@@ -55,6 +55,7 @@ class Views:
             "upstreams": d.upstreams.status() if d.upstreams else {},
             "retrying": {lid: {"failures": n, "next_try": at}
                          for lid, (n, at) in d.retry_after.items()},
+            "webhooks": d.webhooks.status() if hasattr(d, "webhooks") else [],
             # A leak shows here first: it should not grow with reloads or time.
             "tasks": len(asyncio.all_tasks()),
         }
