@@ -293,6 +293,9 @@ class Daemon:
         if hasattr(self, "upstreams"):
             await self.upstreams.close()
         if hasattr(self, "webhooks"):
+            # Only now, with the drain over and nothing left to publish: the events
+            # of builds that finished during the drain are recorded, then sending
+            # stops at once (what is left goes out after the next start).
             await self.webhooks.close()
         # Event streams end before the server stops: the server waits for open
         # responses, and a follower would otherwise hold the stop for minutes.
