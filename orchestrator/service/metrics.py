@@ -36,9 +36,9 @@ class Metrics:
                                          "Requests to registries by method and status code",
                                          ["registry", "method", "code"],
                                          registry=self.registry)
-        # Per [[notify]] target (its name, else its URL's host): what became of each
-        # attempt and each delivery. result: delivered, failed (tried again later),
-        # gave_up (attempts or age spent), dropped (target removed, queue full).
+        # Per [[notify]] target (its name, else its URL's host). result: failed (an
+        # attempt), and how a delivery ended: delivered, gave_up (attempts or age
+        # spent), dropped (target removed, event unsubscribed, queue full).
         self.webhooks = Counter("orchestrator_webhook_deliveries",
                                 "Webhook attempts and deliveries by target and result",
                                 ["target", "result"], registry=self.registry)
