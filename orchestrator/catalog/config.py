@@ -177,16 +177,23 @@ def _builders(root: Table, build: BuildConfig) -> tuple[BuilderSpec, ...]:
     return tuple(specs)
 
 
+NOTIFY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 def _notify(root: Table) -> tuple[NotifyTarget, ...]:
     raw = root.data.get("notify")
     if raw is None:
         return ()
     if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
         raise root.error("notify", "expected [[notify]] tables with url = …")
-    out = []
+    out: list[NotifyTarget] = []
+    seen: dict[str, int] = {}
     for index, item in enumerate(raw):
         table = Table(item, root.where, f"notify[{index}].")
-        table.check_keys(["url", "events", "secret", "secret_env"])
+        table.check_keys(["name", "url", "events", "secret", "secret_env"])
+        name = table.optional_str("name")
+        if name is not None and not NOTIFY_NAME.fullmatch(name):
+            raise table.error("name", f"{name!r}: use 1-64 letters, digits, '.', '_' or '-'")
         url = table.require("url", str)
         if not url.startswith(("http://", "https://")):
             raise table.error("url", f"{url!r}: give an http:// or https:// URL")
@@ -202,7 +209,18 @@ def _notify(root: Table) -> tuple[NotifyTarget, ...]:
             secret = os.environ.get(env)
             if secret is None:
                 raise table.error("secret_env", f"${env} is not set")
-        out.append(NotifyTarget(url, events, secret))
+        if not secret:
+            # Receivers tell our POSTs from anyone else's by the signature alone.
+            raise table.error("secret", 'every delivery is signed: give secret = "…" or '
+                              'secret_env = "NAME" (a non-empty value)')
+        target = NotifyTarget(url, events, secret, name)
+        if target.identity in seen:
+            what = f"name {name!r}" if name else "url"
+            raise table.error("name" if name else "url",
+                              f"{what} is also notify[{seen[target.identity]}]'s: give each "
+                              'target its own name = "…"')
+        seen[target.identity] = index
+        out.append(target)
     return tuple(out)
 
 

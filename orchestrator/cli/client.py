@@ -156,4 +156,11 @@ def render_full_status(status: dict[str, Any], layers: list[dict[str, Any]]) -> 
                 f"{up.get('tag')} {str(up.get('digest'))[:19]}"
             lines.append(f"  {name:<16} {state}; checked {_ago(up.get('last_check'))}, "
                          f"next poll {_ago(up.get('next_check'))}")
+    hooks = [h for h in status.get("webhooks") or [] if h["pending"] or h["last_error"]]
+    if hooks:
+        lines += ["", "webhooks"]
+        for h in hooks:
+            lines.append(f"  {h['target']:<16} {h['pending']} pending, {h['delivered']} "
+                         "delivered" + (f"; last error {_ago(h['last_error_at'])}: "
+                                        f"{h['last_error']}" if h["last_error"] else ""))
     return "\n".join(lines)

@@ -177,6 +177,14 @@ class NotifyTarget:
     url: str
     events: tuple[str, ...] = NOTIFY_EVENTS
     secret: str | None = field(default=None, repr=False)  # HMAC-SHA256 key; never logged
+    name: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """What its queued deliveries are stored under: the name, else the URL. It
+        survives a reload that keeps it, and a rotated secret (queued deliveries
+        are signed with the new one); a name also lets the URL move."""
+        return self.name or self.url
 
 
 @dataclass(frozen=True)

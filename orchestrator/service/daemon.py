@@ -222,27 +222,24 @@ class Daemon:
         self.upstreams = UpstreamWatch(self.state, self._resolve, bus.publish,
                                        self._on_upstream_change, self._count_check,
                                        health=self.health)
-        self.webhooks = Webhooks(self.state, loaded.config.notify)
+        self.webhooks = Webhooks(self.state, loaded.config.notify, self.metrics)
         bus.listeners.append(self.webhooks.notice)
+        self.webhooks.start(deliver=not self.once)  # lives until _shutdown, across reloads
         self.runs = RunLoop(loaded, self.state, self.queue, self.connections, self.upstreams,
                             bus, self.metrics, self.health, self._stop, once=self.once,
                             on_change=self._queue_changed)
         self.triggers = Triggers(loaded, self.queue, self.state, self.runs, bus,
                                  phase=lambda: self._phase, on_change=self._queue_changed)
         self.watchers = Watchers(loaded, self.triggers, self.runs, self.upstreams, self.state,
-                                 bus, own=self._own, extra=self._webhook_tasks,
-                                 on_catalog=self.views.changed, once=self.once)
+                                 bus, own=self._own, on_catalog=self.views.changed,
+                                 once=self.once)
         self.reloader = Reloader(loaded, self.connections, self.upstreams, self.watchers,
                                  self.triggers, bus, self.notifier, phase=lambda: self._phase,
                                  status_line=self._status_line, on_config=self._on_config,
                                  once=self.once)
 
-    def _webhook_tasks(self, stop: asyncio.Event
-                       ) -> list[tuple[str, Coroutine[Any, Any, Any]]]:
-        return [("webhooks", self.webhooks.run(stop))] if self.webhooks.targets else []
-
-    def _on_config(self, config: Config) -> None:
-        self.webhooks.targets = list(config.notify)
+    async def _on_config(self, config: Config) -> None:
+        await self.webhooks.configure(config.notify)  # never waits on a receiver
         self.views.changed()
 
     async def _recover(self, scratch_removed: int) -> None:
@@ -323,6 +320,10 @@ class Daemon:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         if wired:
             await self.upstreams.close()
+            # Only now, with the drain over and nothing left to publish: the events
+            # of builds that finished during the drain are recorded, then sending
+            # stops at once (what is left goes out after the next start).
+            await self.webhooks.close()
         # Event streams end before the server stops: the server waits for open
         # responses, and a follower would otherwise hold the stop for minutes.
         self.bus.close()

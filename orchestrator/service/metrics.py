@@ -45,6 +45,15 @@ class Metrics:
                                     registry=self.registry)
         self.state_writable.set(1)
         self._counted: set[str] = set()  # layers whose outcome an event counted this run
+        # Per [[notify]] target (its name, else its URL's host). result: failed (an
+        # attempt), and how a delivery ended: delivered, gave_up (attempts or age
+        # spent), dropped (target removed, event unsubscribed, queue full).
+        self.webhooks = Counter("orchestrator_webhook_deliveries",
+                                "Webhook attempts and deliveries by target and result",
+                                ["target", "result"], registry=self.registry)
+        self.webhooks_pending = Gauge("orchestrator_webhook_pending",
+                                      "Webhook deliveries waiting per target", ["target"],
+                                      registry=self.registry)
         info = Info("orchestrator_build", "Version of the orchestrator", registry=self.registry)
         info.info({"version": __version__})
 

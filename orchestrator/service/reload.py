@@ -26,7 +26,7 @@ class Reloader:
     def __init__(self, loaded: Loaded, connections: Connections, upstreams: UpstreamWatch,
                  watchers: Watchers, triggers: Triggers, bus: EventBus, notifier: Notifier,
                  *, phase: Callable[[], str], status_line: Callable[[], Awaitable[str]],
-                 on_config: Callable[[Config], None], once: bool) -> None:
+                 on_config: Callable[[Config], Awaitable[None]], once: bool) -> None:
         self.loaded = loaded
         self.connections = connections
         self.upstreams = upstreams
@@ -54,7 +54,7 @@ class Reloader:
             finally:
                 self.notifier.notify("READY=1", await self.status_line())
             self.loaded.config, self.loaded.catalog = config, catalog
-            self.on_config(config)
+            await self.on_config(config)
             if self.phase() != "ready":
                 return
             await self.watchers.stop_all()

@@ -17,6 +17,7 @@ from orchestrator.service.durability import StateHealth
 from orchestrator.service.ports import Loaded
 from orchestrator.service.runloop import RunLoop
 from orchestrator.service.upstreams import UpstreamWatch
+from orchestrator.service.webhooks import Webhooks
 
 LAYERS_VIEW_TTL_S = 5.0
 
@@ -30,6 +31,7 @@ class Sources(Protocol):
     upstreams: UpstreamWatch
     runs: RunLoop
     health: StateHealth
+    webhooks: Webhooks
     started_at: float
     backend_error: str | None
 
@@ -76,6 +78,7 @@ class Views:
             "running": running,
             "upstreams": d.upstreams.status(),
             "retrying": d.runs.failures.status(),
+            "webhooks": d.webhooks.status(),
             # A leak shows here first: it should not grow with reloads or time.
             "tasks": len(asyncio.all_tasks()),
         }

@@ -46,8 +46,7 @@ Own = Callable[[str, Coroutine[Any, Any, Any]], None]
 class Watchers:
     def __init__(self, loaded: Loaded, triggers: Triggers, runs: RunLoop,
                  upstreams: UpstreamWatch, state: AsyncStateStore, bus: EventBus, *,
-                 own: Own, extra: Callable[[asyncio.Event], list[tuple[str, Coroutine[
-                     Any, Any, Any]]]], on_catalog: Callable[[], None], once: bool) -> None:
+                 own: Own, on_catalog: Callable[[], None], once: bool) -> None:
         self.loaded = loaded
         self.triggers = triggers
         self.runs = runs
@@ -55,7 +54,6 @@ class Watchers:
         self.state = state
         self.bus = bus
         self.own = own  # the daemon owns every task (and reaps its errors)
-        self.extra = extra  # more tasks that live as long as the watchers (webhooks)
         self.on_catalog = on_catalog  # a new catalog is in force
         self.once = once
         self.stop = asyncio.Event()
@@ -72,8 +70,7 @@ class Watchers:
         tasks = [("watch-files", watch_layers(config.layers_dir, self._on_files, self.stop,
                                                config.daemon.debounce_s, self._filter)),
                  ("schedule", self._schedule_loop()),
-                 ("housekeeping", self._housekeeping_loop()),
-                 *self.extra(self.stop)]
+                 ("housekeeping", self._housekeeping_loop())]
         for name, coro in tasks:
             self.own(name, self._kept(name, coro))
 

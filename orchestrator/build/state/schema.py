@@ -93,4 +93,8 @@ MIGRATIONS = [
     ("layers", "platform_digests", "TEXT NOT NULL DEFAULT '{}'"),  # platform -> manifest
     ("builds", "platform_digests", "TEXT"),
     ("builds", "steps", "TEXT"),  # JSON {step: seconds}: where a build's time went
+    # A delivery belongs to a [[notify]] target by identity (its name, else its URL;
+    # never its secret). Rows from before have none: their url stands for it.
+    ("notifications", "target", "TEXT"),
+    ("notifications", "given_up_at", "REAL"),  # no longer tried; last_error says why
 ]
