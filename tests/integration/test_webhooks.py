@@ -188,8 +188,9 @@ def test_a_build_finishing_during_the_shutdown_drain_is_notified_after_the_next_
         receiver.fail["/hook"] = 1_000_000  # nothing gets through before the restart
         daemon_config(project, testbed.registry, unique_namespace(), testbed.seed_image,
                       testbed.seed_tag, extra=notify(receiver.url("/hook"), "ops"))
+        # Long enough that the SIGTERM lands mid-build on a loaded machine too.
         project.layer("slow", 'from = "upstream:seed"\n',
-                      "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN sleep 3\nUSER 1000\n")
+                      "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN sleep 6\nUSER 1000\n")
         daemon = DaemonProcess(project).ready()
         try:
             wait_until(lambda: api(daemon.socket, "GET", "/v1/status")[1]["running"], 60, 0.1,
