@@ -163,8 +163,17 @@ def main(argv: list[str]) -> int:
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda sig, frame: stopping.append(sig))
     signal.signal(signal.SIGINT, lambda sig, frame: stopping.append(sig))
-
     log = CappedLog(log_path, cap)
+    read_end, pid = _start(command)
+    status = _follow(pid, read_end, log, stopping, grace, me, group)
+    _stop_leftovers(grace, me, group)
+    if stopping:
+        log.write(b"\n[orchestrator: builder stopped]\n")
+    return 128 - status if status < 0 else status
+
+
+def _start(command: list[str]) -> tuple[int, int]:
+    """Fork the builder with its output on a pipe: (the pipe's read end, its pid)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the builder
@@ -180,6 +189,13 @@ def main(argv: list[str]) -> int:
         os._exit(127)
     os.close(write_end)
     os.set_blocking(read_end, False)
+    return read_end, pid
+
+
+def _follow(pid: int, read_end: int, log: CappedLog, stopping: list[int], grace: float,
+            me: int, group: int) -> int:
+    """Copy the builder's output to the log until it exits (stopping it, politely
+    then not, once asked to); its exit status."""
     status: int | None = None
     kill_at = 0.0
     while True:
@@ -201,10 +217,13 @@ def main(argv: list[str]) -> int:
         # hold the pipe open, and is stopped below rather than waited for.
         if status is not None:
             _drain(read_end, log)
-            break
+            return status
         if eof:
             time.sleep(0.02)
-    # The builder is done; nothing it started may stay behind.
+
+
+def _stop_leftovers(grace: float, me: int, group: int) -> None:
+    """The builder is done; nothing it started may stay behind."""
     if _signal_all(signal.SIGTERM, me, group):
         deadline = time.monotonic() + min(grace, 5.0)
         while _signal_all(signal.SIGTERM, me, group) and time.monotonic() < deadline:
@@ -212,10 +231,6 @@ def main(argv: list[str]) -> int:
             time.sleep(0.05)
         _signal_all(signal.SIGKILL, me, group)
     _reap()
-    if stopping:
-        log.write(b"\n[orchestrator: builder stopped]\n")
-    assert status is not None
-    return 128 - status if status < 0 else status
 
 
 if __name__ == "__main__":

@@ -33,14 +33,10 @@ import structlog
 
 from orchestrator.build.lock import StateLock
 from orchestrator.build.runs import (
-    STATE_DB,
     check_platforms,
-    clear_scratch,
     load,
-    recover_interrupted,
 )
-from orchestrator.build.snapshot import scratch_path
-from orchestrator.build.state import AsyncStateStore, StateStore, is_unwritable, restrict
+from orchestrator.build.state import AsyncStateStore
 from orchestrator.core.model import Config, UpstreamSpec
 from orchestrator.engines.runner import CommandRunner
 from orchestrator.registry.upstream import resolve
@@ -58,6 +54,8 @@ from orchestrator.service.sdnotify import (
     listen_sockets,
     watchdog_interval,
 )
+from orchestrator.service.startup import open_state, recover
+from orchestrator.service.status_line import StatusLine
 from orchestrator.service.triggers import Triggers
 from orchestrator.service.upstreams import UpstreamWatch
 from orchestrator.service.views import Views
@@ -66,7 +64,6 @@ from orchestrator.service.webhooks import Webhooks
 
 log = structlog.get_logger("orchestrator.daemon")
 BACKEND_RETRY_S = (1, 2, 5, 10, 30)
-STATE_RETRY_S = (1, 2, 5, 10, 30, 60)
 
 
 class Daemon:
@@ -90,7 +87,7 @@ class Daemon:
         self.started_at = time.time()
         self._stop = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[Any]] = {}
-        self._status_due = asyncio.Event()
+        self.status_line = StatusLine(self.notifier, self.metrics, lambda: self._phase)
         self._exit_code = 0
         self._api: Control | None = None
         self._lock = StateLock(Path("."))
@@ -151,14 +148,16 @@ class Daemon:
     async def _startup(self) -> None:
         config = self.loaded.config
         self._own("watchdog", self._watchdog())  # ticks while the state dir is full too
-        removed = await self._open_state(config)
-        if self._stop.is_set():
+        self._own("status", self.status_line.run())
+        opened = await open_state(config, self.bus.publish, self.notifier, self._stop)
+        if opened is None:
             return
+        self.state, removed = opened
         self._wire()
         self._own("state-health", self.health.run(self._stop))
-        self._own("status", self._status_loop())
         self.connections.connect(config)
-        await self._recover(removed)
+        await recover(self.state, self.connections.engines, self.queue, self.health,
+                      self.loaded.catalog, self.bus.publish, removed)
         self._api = self.control_factory(self)
         await self._api.start(self.listen)
         await self._wait_for_backend()
@@ -170,49 +169,13 @@ class Daemon:
                              cause="startup reconcile")
         self.upstreams.live = True
         self._phase = "ready"
-        self.notifier.notify("READY=1", await self._status_line())
+        self.notifier.notify("READY=1", await self.status_line.text())
         self.bus.publish("daemon_ready", {"layers": len(self.loaded.catalog.layers),
                                           "socket": self._api.where,
                                           "builders": [m.name for m in
                                                        self.connections.engines.members]})
         self._own("runner", self.runs.run())
         self.watchers.start()
-
-    async def _open_state(self, config: Config) -> int:
-        """The state dir and its database. A full disk here is waited out (said
-        in the systemd status and the log), not a crash into a restart loop."""
-        group = config.daemon.socket_group
-        attempt = 0
-        while True:
-            try:
-                config.state_dir.mkdir(parents=True, exist_ok=True)
-                # History and logs are for the socket's users only: same group rule.
-                restrict(config.state_dir, 0o750 if group is None else 0o770, group)
-                (config.state_dir / "logs").mkdir(exist_ok=True)
-                restrict(config.state_dir / "logs", 0o750 if group is None else 0o770, group)
-                removed = await asyncio.to_thread(clear_scratch, config.state_dir,
-                                                  scratch_path(config.scratch, config.state_dir))
-                store = await asyncio.to_thread(StateStore, config.state_dir / STATE_DB, group)
-                break
-            except Exception as exc:
-                if not is_unwritable(exc):
-                    raise
-                delay = STATE_RETRY_S[min(attempt, len(STATE_RETRY_S) - 1)]
-                attempt += 1
-                self.bus.publish("state_unwritable", {"error": str(exc), "retry_in_s": delay},
-                                 "error")
-                self.notifier.notify(f"STATUS=waiting: the state dir {config.state_dir} "
-                                     f"refuses writes ({exc})",
-                                     "EXTEND_TIMEOUT_USEC=" + str(int((delay + 30) * 1e6)))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                if self._stop.is_set():
-                    return 0
-        self.state = AsyncStateStore(store)
-        if self.state.moved_aside is not None:
-            self.bus.publish("state_corrupt", {"moved_to": str(self.state.moved_aside)},
-                             "error")
-        return removed
 
     def _wire(self) -> None:
         """The parts, over the state just opened."""
@@ -235,46 +198,14 @@ class Daemon:
                                  once=self.once)
         self.reloader = Reloader(loaded, self.connections, self.upstreams, self.watchers,
                                  self.triggers, bus, self.notifier, phase=lambda: self._phase,
-                                 status_line=self._status_line, on_config=self._on_config,
+                                 status_line=self.status_line.text, on_config=self._on_config,
                                  once=self.once)
+        self.status_line.queue, self.status_line.health = self.queue, self.health
+        self.status_line.running = self.runs.running_layers
 
     async def _on_config(self, config: Config) -> None:
         await self.webhooks.configure(config.notify)  # never waits on a receiver
         self.views.changed()
-
-    async def _recover(self, scratch_removed: int) -> None:
-        try:
-            interrupted, cleaned = await recover_interrupted(self.state,
-                                                             self.connections.engines)
-        except Exception as exc:
-            if not is_unwritable(exc):
-                raise
-            # The builds stay 'running' until the state takes writes; the next
-            # start (or this daemon's next recovery) marks them.
-            self.health.failed("marking interrupted builds", exc)
-            interrupted, cleaned = [], 0
-        for build in interrupted:
-            self.bus.publish("build_interrupted", {"layer": build["layer"],
-                                                   "build_id": build["id"]}, "warning")
-        requeued_layers = [b["layer"] for b in interrupted
-                           if b["layer"] in self.loaded.catalog.layers]
-        if requeued_layers:
-            await self.queue.add(sorted(set(requeued_layers)), force=False,
-                                 cause="re-run after interrupted build "
-                                       + ", ".join(b["id"] for b in interrupted))
-        # What the dead run was serving waits again, merged into the entries above
-        # (its force and request ids kept).
-        requeued: list[int] = []
-
-        async def requeue() -> None:
-            requeued.append(await self.state.work.requeue_taken())
-
-        await self.health.write("requeueing taken work", requeue)
-        if interrupted or sum(requeued) or scratch_removed or cleaned:
-            self.bus.publish("state_recovered", {"interrupted": len(interrupted),
-                                                 "requeued": sum(requeued),
-                                                 "scratch_removed": scratch_removed,
-                                                 "containers_removed": cleaned})
 
     async def _wait_for_backend(self) -> None:
         """READY only once a builder answers; until then say why, and retry."""
@@ -385,31 +316,6 @@ class Daemon:
         self.metrics.state_writable.set(1 if writable else 0)
         self._queue_changed()
 
-    # -- the systemd status line -----------------------------------------------
-
     def _queue_changed(self) -> None:
         self.views.changed()
-        self._status_due.set()
-
-    async def _status_loop(self) -> None:
-        """The queue-depth metric and the systemd status line, after each change
-        (one task, woken per change: a burst of changes is one update)."""
-        while True:
-            await self._status_due.wait()
-            self._status_due.clear()
-            waiting = len(await self.queue.waiting())
-            self.metrics.queue_depth.set(waiting)
-            self.notifier.notify(self._status_text(waiting))
-
-    async def _status_line(self) -> str:
-        waiting = len(await self.queue.waiting()) if hasattr(self, "queue") else 0
-        return self._status_text(waiting)
-
-    def _status_text(self, waiting: int | None) -> str:
-        running = self.runs.running_layers() if hasattr(self, "runs") else []
-        text = f"STATUS={self._phase}: {len(running)} building"
-        if running:
-            text += f" ({', '.join(running[:3])}{'…' if len(running) > 3 else ''})"
-        if hasattr(self, "health") and not self.health.writable:
-            text += f"; the state refuses writes ({self.health.error}), intents held"
-        return text + (f", {waiting} queued" if waiting is not None else "")
+        self.status_line.changed()
