@@ -10,19 +10,27 @@ strips them on COPY, so for buildah a flip of those bits rebuilds an image
 that comes out the same (never the other way round). The build itself then
 runs on a private copy of exactly these files (``build/snapshot.py``), so the
 engine can never see anything else.
+
+The daemon reads contexts as root, and their users may change them while it
+does: below the context folder nothing is reached by a path string. Folders
+are walked through their descriptors, never through a name that may have
+become a link since it was listed (``catalog/beneath.py``), so what is hashed
+is always inside the context.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.catalog.digests import digest_of, file_digest
-from orchestrator.catalog.tomlfile import display, is_folder, read_text_file
+from orchestrator.catalog.beneath import FILE, FOLDER, Escapes, inside, open_beneath, open_inside
+from orchestrator.catalog.digests import digest_at, digest_of_open, file_digest
+from orchestrator.catalog.tomlfile import display, link_out_of, read_text_file
 from orchestrator.core.buildkey import first_changed_path
 from orchestrator.core.dockerignore import DockerIgnore, ignore_file_for
 from orchestrator.core.errors import InputError
@@ -35,6 +43,11 @@ METADATA_FILES = frozenset({"layer.toml"})
 PERMISSIONS = 0o7777
 
 
+# A folder's (subfolders, everything else) as listed through its descriptor,
+# each sorted by name.
+Listing = tuple[list[os.DirEntry[str]], list[os.DirEntry[str]]]
+
+
 def ignore_file(layer: Layer, engines: Iterable[str],
                 listed: Mapping[str, os.DirEntry[str]] | None = None) -> str | None:
     """The ignore file (relative to the context) the configured engines read.
@@ -43,22 +56,26 @@ def ignore_file(layer: Layer, engines: Iterable[str],
     the engines would read different files here, that is a configuration error
     (so is the same file meaning different things to them: see read_context).
     ``listed``: the context folder's entries by name, when the caller listed it
-    already (the candidates at its top are then looked up, not stat-ed)."""
+    already (the candidates at its top are then looked up, not stat-ed).
+
+    An ignore file is looked for inside the context only: one that is a link
+    counts when it leads to a regular file inside the context, and a link out
+    of it is an InputError (treating it as absent would send what it hides)."""
     # String work: this runs for every layer on every scan.
     context, dockerfile = str(layer.context), str(layer.dockerfile)
-    if dockerfile.startswith(context.rstrip("/") + "/"):
-        dockerfile_rel = dockerfile[len(context.rstrip("/")) + 1:]
-    else:
-        dockerfile_rel = layer.dockerfile.name
+    dockerfile_rel = inside(dockerfile, context) or layer.dockerfile.name
 
     def exists(rel: str) -> bool:
-        if listed is None or "/" in rel:
-            return os.path.isfile(os.path.join(context, rel))
-        entry = listed.get(rel)
-        try:  # as os.path.isfile: a regular file, through a link
-            return entry is not None and entry.is_file()
-        except OSError:
-            return False
+        if listed is not None and "/" not in rel:
+            entry = listed.get(rel)
+            if entry is None:
+                return False
+            try:
+                if not entry.is_symlink():  # the listing's type: no call
+                    return entry.is_file(follow_symlinks=False)
+            except OSError:
+                return False
+        return _is_file_inside(context, rel)
 
     chosen = {engine: ignore_file_for(engine, dockerfile_rel, exists) for engine in engines}
     names = set(chosen.values())
@@ -71,14 +88,30 @@ def ignore_file(layer: Layer, engines: Iterable[str],
     return names.pop() if names else None
 
 
+def _is_file_inside(context: str, rel: str) -> bool:
+    """As os.path.isfile(context/rel), never leaving the context."""
+    path = os.path.join(context, rel)
+    try:
+        fd = open_inside(context, path)
+    except Escapes as exc:
+        raise link_out_of(path, context, exc.target) from None
+    except OSError:
+        return False  # missing, a link to nothing, a file where a folder should be
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+
+
 def load_ignore(context: Path, name: str | None, engine: str = "buildah") -> DockerIgnore:
     """The ignore file as ``engine`` reads it (a byte-order mark, for one, is
-    stripped by Docker and kept by buildah: the engine's parser decides)."""
+    stripped by Docker and kept by buildah: the engine's parser decides), read
+    without leaving the context."""
     if name is None:
         return DockerIgnore([], engine)
     path = context / name
     try:
-        ignore = DockerIgnore.parse(read_text_file(path), engine)
+        ignore = DockerIgnore.parse(read_text_file(path, beneath=context), engine)
     except FileNotFoundError:
         return DockerIgnore([], engine)
     if ignore.error is not None:
@@ -87,25 +120,33 @@ def load_ignore(context: Path, name: str | None, engine: str = "buildah") -> Doc
     return ignore
 
 
-def _listing(folder: str) -> tuple[list[os.DirEntry[str]], list[os.DirEntry[str]]]:
-    """A folder's (directories, everything else), each sorted by name, as
-    ``os.walk`` splits them: a symlink to a directory counts as a directory."""
+def _listing(folder: int) -> Listing:
+    """The folder open as ``folder``: its subfolders (never a link: that is a
+    file of the context, sent as a link) and everything else, each sorted by
+    name. The entries' stat calls go through the descriptor, which must stay
+    open while they are used."""
     dirs: list[os.DirEntry[str]] = []
     others: list[os.DirEntry[str]] = []
     with os.scandir(folder) as entries:
         for entry in entries:
-            (dirs if is_folder(entry) else others).append(entry)
+            (dirs if _is_folder(entry) else others).append(entry)
     dirs.sort(key=_name)
     others.sort(key=_name)
     return dirs, others
+
+
+def _is_folder(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:  # gone since the listing (where the type needs a stat)
+        return False
 
 
 def _name(entry: os.DirEntry[str]) -> str:
     return entry.name
 
 
-def scan(context: Path, ignore: DockerIgnore, root: str | None = None,
-         top: tuple[list[os.DirEntry[str]], list[os.DirEntry[str]]] | None = None,
+def scan(folder: int, root: str, ignore: DockerIgnore, top: Listing | None = None,
          ) -> tuple[tuple[FileEntry, ...], int]:
     """Every file, symlink and directory the builder would receive, sorted by path.
     Directories are entries too (``path/``): an empty one, or a mode change on
@@ -115,102 +156,179 @@ def scan(context: Path, ignore: DockerIgnore, root: str | None = None,
     would send a dangling link, and the key could not see the target) and for
     anything that cannot be read, naming the path.
 
-    Plain ``os.scandir`` on strings: the daemon rescans every context on each
-    run and status view, and each entry's lstat comes with the listing.
-    ``root``: ``context`` already resolved. Also returns the size in bytes of
-    the regular files (where a build's snapshot of them can go depends on it).
-    ``top``: ``_listing(root)``, when the caller made it already."""
-    root = root or os.path.realpath(context)
-    entries: list[FileEntry] = []
-    size = 0
-    kept_dirs: set[str] = set()  # directories the rules keep (an empty one too)
-    seen_dirs: dict[str, os.DirEntry[str]] = {}
-    walk_errors: list[OSError] = []
-    pending = [(root, "")]
-    while pending:
-        folder, rel_dir = pending.pop()
-        if top is not None and not rel_dir:
-            dirs, others = list(top[0]), list(top[1])  # others grows below: a copy
-        else:
-            try:
-                dirs, others = _listing(folder)
-            except OSError as exc:
-                walk_errors.append(exc)
+    ``folder``: the context folder's descriptor; ``root`` its resolved path.
+    Every folder below is opened relative to its parent's descriptor with
+    O_NOFOLLOW (a folder swapped for a link after it was listed is not
+    entered, and not sent), every file likewise: nothing outside the context
+    is read, whatever changes in it meanwhile. Each entry's lstat comes with
+    the listing (one call, through the descriptor). Also returns the size in
+    bytes of the regular files (where a build's snapshot of them can go
+    depends on it). ``top``: ``_listing(folder)``, when the caller made it."""
+    walk = _Walk(root, ignore)
+    # Depth first, each folder's descriptor held until its subfolders are done:
+    # descriptors stay open as deep as the tree goes, never as wide.
+    frames: list[tuple[int, str, Iterator[os.DirEntry[str]]]] = []
+    try:
+        frames.append((folder, "", iter(walk.visit(folder, "", top))))
+        while frames:
+            parent, rel_dir, pending = frames[-1]
+            dir_entry = next(pending, None)
+            if dir_entry is None:
+                frames.pop()
+                if parent != folder:
+                    os.close(parent)
                 continue
+            rel = rel_dir + dir_entry.name
+            inner = walk.enter(parent, dir_entry.name, rel)
+            if inner is not None:
+                frames.append((inner, rel + "/", iter(())))  # closed by the finally from here
+                frames[-1] = (inner, rel + "/", iter(walk.visit(inner, rel + "/", None)))
+    finally:
+        for fd, _, _ in frames:
+            if fd != folder:
+                os.close(fd)
+    return walk.result()
+
+
+class _Walk:
+    """What scan finds, folder by folder."""
+
+    def __init__(self, root: str, ignore: DockerIgnore) -> None:
+        self.root = root
+        self.ignore = ignore
+        self.entries: list[FileEntry] = []
+        self.size = 0
+        self.dir_modes: dict[str, int] = {}  # every folder that may be sent, as found
+        self.kept_dirs: set[str] = set()  # directories the rules keep (an empty one too)
+        self.errors: list[OSError] = []
+
+    def visit(self, folder: int, rel_dir: str,
+              listing: Listing | None) -> list[os.DirEntry[str]]:
+        """Record the files and links of the folder open as ``folder``; returns
+        the subfolders to enter."""
+        try:
+            dirs, others = listing if listing is not None else _listing(folder)
+        except OSError as exc:
+            exc.filename = rel_dir.rstrip("/")
+            self.errors.append(exc)
+            return []
+        descend = []
         for dir_entry in dirs:
             rel = rel_dir + dir_entry.name
-            if dir_entry.is_symlink():
-                others.append(dir_entry)  # record the link itself, never descend
-                continue
-            seen_dirs[rel] = dir_entry
-            if not ignore.excluded(rel, directory=True):
-                kept_dirs.add(rel)
-            if ignore.may_include_below(rel):
-                pending.append((dir_entry.path, rel + "/"))
+            kept = not self.ignore.excluded(rel, directory=True)
+            if self.ignore.may_include_below(rel):
+                descend.append(dir_entry)
+                if kept:
+                    self.kept_dirs.add(rel)
+            elif kept:  # sent, never entered: its mode now, while its parent is open
+                info = _folder_info(dir_entry, self.root, rel)
+                if info is not None:
+                    self.dir_modes[rel] = info.st_mode
+                    self.kept_dirs.add(rel)
         for item in others:
             rel = rel_dir + item.name
-            if (not rel_dir and item.name in METADATA_FILES) or ignore.excluded(rel):
+            if (not rel_dir and item.name in METADATA_FILES) or self.ignore.excluded(rel):
                 continue
-            entry = _entry(root, item, rel)
-            if entry is not None:
-                entries.append(entry)
-                if stat.S_ISREG(entry.mode):  # the lstat _entry made, kept by the DirEntry
-                    size += item.stat(follow_symlinks=False).st_size
-    # A folder removed while we walked (a build tool's temp dir) is not sent either.
-    walk_errors = [e for e in walk_errors if not isinstance(e, FileNotFoundError)]
-    if walk_errors:
-        error = walk_errors[0]
-        raise InputError(display(Path(error.filename or root)), f"cannot read: "
-                         f"{error.strerror or error}: make it readable or list it in the "
-                         "ignore file")
-    # Every parent of a kept entry is sent too, whatever the rules say of it.
-    for entry in entries:
-        parts = entry.path.split("/")[:-1]
-        kept_dirs.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
-    for rel in kept_dirs:
+            found = _entry(folder, self.root, item, rel)
+            if found is not None:
+                self.entries.append(found[0])
+                self.size += found[1]
+        return descend
+
+    def enter(self, parent: int, name: str, rel: str) -> int | None:
+        """The subfolder ``name`` opened through its parent's descriptor, its
+        mode recorded from what was opened; None when it cannot be entered."""
         try:
-            seen = seen_dirs.get(rel)
-            info = seen.stat(follow_symlinks=False) if seen is not None else \
-                os.lstat(os.path.join(root, rel))
-        except FileNotFoundError:
-            continue  # gone since the walk; the snapshot then finds the change
+            fd = os.open(name, FOLDER, dir_fd=parent)
         except OSError as exc:
-            raise InputError(display(Path(root, rel)), f"cannot read: {exc.strerror}") from exc
-        entries.append(FileEntry(rel + "/", stat.S_IFDIR | (info.st_mode & PERMISSIONS), ""))
-    entries.sort(key=lambda e: e.path)
-    return tuple(entries), size
+            # ENOTDIR: a link (or a file) since the listing: not entered, not sent;
+            # ENOENT: gone, not sent either.
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP, errno.ENOENT):
+                exc.filename = rel
+                self.errors.append(exc)
+            return None
+        try:
+            self.dir_modes[rel] = os.fstat(fd).st_mode
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def result(self) -> tuple[tuple[FileEntry, ...], int]:
+        # A folder removed while we walked (a build tool's temp dir) is not sent either.
+        errors = [e for e in self.errors if not isinstance(e, FileNotFoundError)]
+        if errors:
+            error = errors[0]
+            where = error.filename if isinstance(error.filename, str) else ""
+            raise InputError(display(Path(self.root, where)), f"cannot read: "
+                             f"{error.strerror or error}: make it readable or list it in "
+                             "the ignore file")
+        entries = self.entries
+        # Every parent of a kept entry is sent too, whatever the rules say of it.
+        for entry in entries:
+            parts = entry.path.split("/")[:-1]
+            self.kept_dirs.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
+        for rel in self.kept_dirs:
+            mode = self.dir_modes.get(rel)
+            if mode is not None:  # else gone (or no longer a folder) since it was listed
+                entries.append(FileEntry(rel + "/", stat.S_IFDIR | (mode & PERMISSIONS), ""))
+        entries.sort(key=lambda e: e.path)
+        return tuple(entries), self.size
 
 
-def _entry(root: str, item: os.DirEntry[str], rel: str) -> FileEntry | None:
+def _folder_info(entry: os.DirEntry[str], root: str, rel: str) -> os.stat_result | None:
+    """A listed folder's lstat; None when it is gone or no longer a folder."""
+    try:
+        info = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InputError(display(Path(root, rel)), f"cannot read: {exc.strerror}") from exc
+    return info if stat.S_ISDIR(info.st_mode) else None
+
+
+def _entry(folder: int, root: str, item: os.DirEntry[str],
+           rel: str) -> tuple[FileEntry, int] | None:
+    """A listed file or link of the folder open as ``folder``, and its size in
+    bytes when it is a regular file; None when it is gone, or something the
+    engines do not send."""
+    path = os.path.join(root, rel)
     try:
         info = item.stat(follow_symlinks=False)
     except FileNotFoundError:
         return None  # deleted while we looked (an editor's probe file): not sent either
     except OSError as exc:
-        raise InputError(display(Path(item.path)), f"cannot read: {exc.strerror}: make it "
+        raise InputError(display(Path(path)), f"cannot read: {exc.strerror}: make it "
                          "readable or list it in the ignore file") from exc
-    mode = stat.S_IFMT(info.st_mode) | (info.st_mode & PERMISSIONS)
     if stat.S_ISLNK(info.st_mode):
         try:
-            target = os.readlink(item.path)
+            target = os.readlink(item.name, dir_fd=folder)
         except FileNotFoundError:
             return None  # deleted while we looked
         except OSError as exc:
-            raise InputError(display(Path(item.path)), f"cannot read the link: "
+            if exc.errno == errno.EINVAL:
+                return None  # no longer a link: changed while we looked, not sent
+            raise InputError(display(Path(path)), f"cannot read the link: "
                              f"{exc.strerror}") from exc
-        resolved = os.path.normpath(os.path.join(os.path.dirname(item.path), target))
+        resolved = os.path.normpath(os.path.join(os.path.dirname(path), target))
         if resolved != root and not resolved.startswith(root.rstrip("/") + "/"):
-            raise InputError(display(Path(item.path)), f"symlink escapes the build context "
+            raise InputError(display(Path(path)), f"symlink escapes the build context "
                              f"(-> {target}); copy the file into the layer folder instead")
-        return FileEntry(rel, mode, hashlib.sha256(target.encode()).hexdigest())
+        mode = stat.S_IFLNK | (info.st_mode & PERMISSIONS)
+        return FileEntry(rel, mode, hashlib.sha256(target.encode()).hexdigest()), 0
     if stat.S_ISREG(info.st_mode):
         try:
-            return FileEntry(rel, mode, digest_of(item.path, info))
+            read = digest_at(folder, item.name, path, info)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise InputError(display(Path(item.path)), f"cannot read: {exc.strerror}: make "
+            raise InputError(display(Path(path)), f"cannot read: {exc.strerror}: make "
                              "it readable or list it in the ignore file") from exc
+        if read is None:
+            return None  # no longer a regular file: changed while we looked, not sent
+        digest, info = read  # the file read, which an atomic save may have put there
+        mode = stat.S_IFREG | (info.st_mode & PERMISSIONS)
+        return FileEntry(rel, mode, digest), info.st_size
     return None  # fifo, socket, device: the engines do not copy them
 
 
@@ -223,6 +341,8 @@ class Context:
     ignore_file: str | None = None  # which ignore file selected ``files``
     size: int = 0  # bytes in the regular files of ``files``, as scanned
     root: str = ""  # the context folder, resolved, as it was scanned
+    # That folder's (device, inode): the snapshot copies from this folder only.
+    root_id: tuple[int, int] | None = None
 
 
 class SharedParents:
@@ -260,21 +380,32 @@ def read_context(layer: Layer, engines: Iterable[str] = ("buildah",),
 
 def _read_context(layer: Layer, engines: Iterable[str],
                   resolve: Callable[[Path], str]) -> Context:
-    try:
-        dockerfile = file_digest(layer.dockerfile)
-    except OSError as exc:
-        raise InputError(display(layer.dockerfile), f"cannot read: {exc.strerror}") from exc
     kinds = sorted(set(engines)) or ["buildah"]
     root = resolve(layer.context)
+    try:
+        # O_NOFOLLOW: resolved a moment ago, it is no link unless swapped since.
+        folder = os.open(root, FOLDER)
+    except OSError as exc:
+        raise InputError(display(layer.context), f"cannot read: {exc.strerror}") from exc
+    try:
+        return _read_open_context(layer, kinds, root, folder)
+    finally:
+        os.close(folder)
+
+
+def _read_open_context(layer: Layer, kinds: list[str], root: str, folder: int) -> Context:
+    """read_context of the context folder open as ``folder`` (resolved: ``root``)."""
     # The context's top listed once: it answers which ignore file exists there
     # (four stat calls otherwise) and starts every engine's scan.
     try:
-        top: tuple[list[os.DirEntry[str]], list[os.DirEntry[str]]] | None = _listing(root)
+        top: Listing | None = _listing(folder)
     except OSError:
         top = None  # the scan meets the same error and reports it
     listed = None if top is None else {entry.name: entry for entry in (*top[0], *top[1])}
+    dockerfile = _dockerfile_digest(layer, folder, root, listed)
+    identity = os.fstat(folder)
     name = ignore_file(layer, kinds, listed)
-    scans = {kind: scan(layer.context, load_ignore(layer.context, name, kind), root, top)
+    scans = {kind: scan(folder, root, load_ignore(layer.context, name, kind), top)
              for kind in kinds}
     first, *others = kinds
     for kind in others:
@@ -285,7 +416,38 @@ def _read_context(layer: Layer, engines: Iterable[str],
                              f"{path}), so the image would depend on the engine that builds "
                              "it: simplify the patterns, or use one kind of engine")
     files, size = scans[first]
-    return Context(dockerfile, files, name, size, root)
+    return Context(dockerfile, files, name, size, root, (identity.st_dev, identity.st_ino))
+
+
+def _dockerfile_digest(layer: Layer, folder: int, root: str,
+                       listed: Mapping[str, os.DirEntry[str]] | None) -> str:
+    """The Dockerfile's digest. One in the context is read as its files are,
+    never through a link out of it; one outside (the layer's folder when the
+    context is elsewhere, or wherever layer.toml's ``dockerfile`` points) is
+    the catalog's own file, read as named."""
+    path = str(layer.dockerfile)
+    rel = inside(path, str(layer.context))
+    try:
+        if rel is None:
+            return file_digest(layer.dockerfile)
+        entry = listed.get(rel) if listed is not None and "/" not in rel else None
+        if entry is not None and entry.is_file(follow_symlinks=False):
+            read = digest_at(folder, rel, path, entry.stat(follow_symlinks=False))
+            if read is not None:
+                return read[0]
+        fd = open_beneath(folder, rel, FILE, root)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise InputError(display(path), "not a regular file (a fifo, device or "
+                                 "socket): make it an ordinary file")
+            return digest_of_open(fd, path, info)
+        finally:
+            os.close(fd)
+    except Escapes as exc:
+        raise link_out_of(path, layer.context, exc.target) from None
+    except OSError as exc:
+        raise InputError(display(path), f"cannot read: {exc.strerror}") from exc
 
 
 def read_contexts(layers: Iterable[Layer], engines: Iterable[str] = ("buildah",)

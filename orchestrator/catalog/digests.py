@@ -7,10 +7,13 @@ whose stat is unchanged since its bytes were hashed is not read again.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from pathlib import Path
 
+from orchestrator.catalog.beneath import FILE
 from orchestrator.catalog.tomlfile import open_regular
 
 _CHUNK = 1 << 20
@@ -44,23 +47,66 @@ def file_digest(path: Path) -> str:
 
 
 def digest_of(path: str, info: os.stat_result) -> str:
-    """file_digest of ``path``, whose stat (or lstat, for a regular file) is ``info``."""
+    """file_digest of ``path``, whose stat is ``info`` (the catalog's own files,
+    named by layer.toml: a context's files are read with digest_at)."""
     cached = _DIGESTS.get(path)
     if cached is not None and cached[:5] == _stamp(info):
         return cached[5]
-    h = hashlib.sha256()
     fd = open_regular(path)
     try:
-        while chunk := os.read(fd, _CHUNK):
-            h.update(chunk)
+        digest = _read_digest(fd)
+        # The file may have changed while we read it: only a stat that held still
+        # around the read may vouch for the digest next time.
+        if _stamp(os.fstat(fd)) == _stamp(info):
+            _keep(path, info, digest)
     finally:
         os.close(fd)
-    digest = h.hexdigest()
-    # The file may have changed while we read it: only a stat that held still
-    # around the read may vouch for the digest next time.
-    if _stamp(os.stat(path)) == _stamp(info):
-        _keep(path, info, digest)
     return digest
+
+
+def digest_at(folder: int, name: str, path: str,
+              info: os.stat_result) -> tuple[str, os.stat_result] | None:
+    """The digest of the regular file ``name`` in the folder whose descriptor is
+    ``folder`` (``path`` names it in the cache; ``info`` is its lstat), opened
+    without following a link, and the stat of the file it was read from: an
+    editor's atomic save may have put another file there since the lstat.
+    None when what is there now is no regular file (a link, a fifo): it
+    changed while it was looked at."""
+    cached = _DIGESTS.get(path)
+    if cached is not None and cached[:5] == _stamp(info):
+        return cached[5], info
+    try:
+        fd = os.open(name, FILE, dir_fd=folder)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link since the lstat
+            return None
+        raise
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            return None
+        return digest_of_open(fd, path, opened), opened
+    finally:
+        os.close(fd)
+
+
+def digest_of_open(fd: int, path: str, opened: os.stat_result) -> str:
+    """The digest of the regular file open as ``fd`` (``opened``: its fstat),
+    from the cache when its stamp is unchanged."""
+    cached = _DIGESTS.get(path)
+    if cached is not None and cached[:5] == _stamp(opened):
+        return cached[5]
+    digest = _read_digest(fd)
+    if _stamp(os.fstat(fd)) == _stamp(opened):
+        _keep(path, opened, digest)
+    return digest
+
+
+def _read_digest(fd: int) -> str:
+    h = hashlib.sha256()
+    while chunk := os.read(fd, _CHUNK):
+        h.update(chunk)
+    return h.hexdigest()
 
 
 def remember(path: str, before: os.stat_result, after: os.stat_result, data: bytes) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
+from orchestrator.catalog.beneath import confining
 from orchestrator.catalog.digests import remember
 from orchestrator.catalog.parents import LAYER_FILE as LAYER_FILE
 from orchestrator.catalog.parents import Linker, Pending
@@ -34,7 +35,8 @@ def dockerfile_texts(catalog: Catalog) -> dict[str, str]:
     for lid, layer in catalog.layers.items():
         if layer.dockerfile not in by_path:
             try:
-                by_path[layer.dockerfile] = read_text_file(layer.dockerfile)
+                by_path[layer.dockerfile] = read_text_file(
+                    layer.dockerfile, beneath=confining(layer.dockerfile, layer.context))
             except FileNotFoundError:
                 raise InputError(display(layer.dockerfile), "Dockerfile not found") from None
         out[lid] = by_path[layer.dockerfile]
@@ -115,7 +117,8 @@ def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[Pen
     try:
         # Its digest comes with it: keying the layer then needs no second read.
         dockerfile_text = read_text_file(dockerfile, encoding="utf-8-sig",
-                                         seen=functools.partial(remember, str(dockerfile)))
+                                         seen=functools.partial(remember, str(dockerfile)),
+                                         beneath=confining(dockerfile, context_dir or folder))
     except FileNotFoundError:
         if "dockerfile" in table.data or context_dir is None:
             raise InputError(display(dockerfile), "Dockerfile not found") from None

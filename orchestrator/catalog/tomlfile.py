@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from orchestrator.catalog.beneath import Escapes, open_inside
 from orchestrator.core.durations import parse_duration, parse_size
 from orchestrator.core.errors import InputError
 
@@ -42,20 +43,30 @@ def is_folder(entry: os.DirEntry[str]) -> bool:
 TEXT_LIMIT = 4 << 20
 
 
-def open_regular(path: str | os.PathLike[str]) -> int:
+def open_regular(path: str | os.PathLike[str],
+                 beneath: str | os.PathLike[str] | None = None) -> int:
     """A read-only descriptor of a regular file (following a symlink). Raises
     FileNotFoundError when it is missing, InputError naming the file when it is
-    anything else: a fifo would block its reader for good, a device never ends."""
-    return _open_regular(path)[0]
+    anything else: a fifo would block its reader for good, a device never ends.
+    ``beneath``: a folder ``path`` lies in (a build context) that the open must
+    not leave, whatever links stand on the way (see catalog/beneath.py)."""
+    return _open_regular(path, beneath)[0]
 
 
-def _open_regular(path: str | os.PathLike[str]) -> tuple[int, os.stat_result]:
+def _open_regular(path: str | os.PathLike[str],
+                  beneath: str | os.PathLike[str] | None = None,
+                  ) -> tuple[int, os.stat_result]:
     """open_regular, and the descriptor's stat."""
     try:
-        # O_NONBLOCK: opening a fifo must not wait for a writer.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if beneath is None:
+            # O_NONBLOCK: opening a fifo must not wait for a writer.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        else:
+            fd = open_inside(os.fspath(beneath), os.fspath(path))
     except FileNotFoundError:
         raise
+    except Escapes as exc:
+        raise link_out_of(path, beneath or ".", exc.target) from None
     except OSError as exc:
         raise InputError(display(path), f"cannot read: {exc.strerror}") from exc
     try:
@@ -69,17 +80,25 @@ def _open_regular(path: str | os.PathLike[str]) -> tuple[int, os.stat_result]:
     return fd, info
 
 
+def link_out_of(path: str | os.PathLike[str], folder: str | os.PathLike[str],
+                target: str) -> InputError:
+    """A file of a build context reached through a link out of it."""
+    return InputError(display(path), f"a link out of {display(folder)} (-> {target}): "
+                      "the daemon reads nothing outside a build context for it; copy the "
+                      "file in, or name its real path in layer.toml")
+
+
 # What read_text_file tells a caller that wants the bytes too: the descriptor's
 # stat before and after the read, and the bytes read.
 Seen = Callable[[os.stat_result, os.stat_result, bytes], None]
 
 
 def read_text_file(path: Path, *, encoding: str = "utf-8", limit: int = TEXT_LIMIT,
-                   seen: Seen | None = None) -> str:
+                   seen: Seen | None = None, beneath: Path | None = None) -> str:
     """A user-written text file of at most ``limit`` bytes, opened with
     open_regular (FileNotFoundError when missing, InputError for anything else).
-    ``seen`` is given the bytes as read (see Seen)."""
-    fd, before = _open_regular(path)
+    ``seen`` is given the bytes as read (see Seen); ``beneath`` as open_regular."""
+    fd, before = _open_regular(path, beneath)
     try:
         data = b""
         while len(data) <= limit and (chunk := os.read(fd, limit + 1 - len(data))):
