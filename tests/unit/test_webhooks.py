@@ -83,7 +83,7 @@ def metric(hooks: Webhooks, name: str, **labels: str) -> float:
     return hooks.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-async def eventually(check: Callable[[], Any], within: float = 5.0, what: str = "it") -> Any:
+async def eventually(check: Callable[[], Any], within: float = 15.0, what: str = "it") -> Any:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         value = check()
