@@ -87,19 +87,8 @@ class Pipeline:
         self.engines = tuple(sorted({m.spec.backend for m in pool.members}))
         if config.registry and not config.registry.tls_verify and registry is not None:
             registry.allow_insecure(config.registry.host)
-        local = pool.members[0].builder  # without a registry, images live in one store
-        self.naming = Naming(config, self.upstreams, local)
-        self.decider = Decider(config, catalog, self.naming, upstreams=self.upstreams,
-                               upstream_errors=dict(upstream_errors or {}), registry=registry,
-                               resolver=resolver, local=local, engines=self.engines,
-                               contexts=dict(contexts or {}), records={}, forced=forced)
-        self.executor = Executor(config, self.naming, self.decider, registry=registry,
-                                 on_event=self.on_event)
-        self.publisher = Publisher(config, catalog, registry=registry, attestor=attestor,
-                                   upstreams=self.upstreams, on_event=self.on_event)
-        self.recorder = Recorder(state, config.state_dir / "logs",
-                                 cause_of=cause_of or (lambda layer: (None, None)),
-                                 on_event=self.on_event)
+        self._steps(registry, resolver, attestor, dict(upstream_errors or {}),
+                    dict(contexts or {}), cause_of or (lambda layer: (None, None)))
         # --jobs caps the whole run; otherwise the engines' slots are the limit.
         self.slots = PrioritySlots(jobs or pool.capacity)
         self.priority: dict[str, float] = {}
@@ -112,6 +101,25 @@ class Pipeline:
         # Per engine: the parents of builds that were stopped or failed.
         self._leftovers: dict[str, tuple[Member, set[str]]] = {}
         self._housekeeping: set[asyncio.Task[None]] = set()
+
+    def _steps(self, registry: RegistryClient | None, resolver: RegistryClient | None,
+               attestor: Attestor | None, upstream_errors: dict[str, Exception],
+               contexts: dict[str, Context | InputError],
+               cause_of: Callable[[str], tuple[str | None, str | None]]) -> None:
+        """The parts that carry out each step of a layer's build."""
+        config, catalog = self.config, self.catalog
+        local = self.pool.members[0].builder  # without a registry, images live in one store
+        self.naming = Naming(config, self.upstreams, local)
+        self.decider = Decider(config, catalog, self.naming, upstreams=self.upstreams,
+                               upstream_errors=upstream_errors, registry=registry,
+                               resolver=resolver, local=local, engines=self.engines,
+                               contexts=contexts, records={}, forced=self.forced)
+        self.executor = Executor(config, self.naming, self.decider, registry=registry,
+                                 on_event=self.on_event)
+        self.publisher = Publisher(config, catalog, registry=registry, attestor=attestor,
+                                   upstreams=self.upstreams, on_event=self.on_event)
+        self.recorder = Recorder(self.state, config.state_dir / "logs", cause_of=cause_of,
+                                 on_event=self.on_event)
 
     def check_tags(self, order: list[str]) -> None:
         self.decider.check_tags(order)

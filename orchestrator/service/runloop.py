@@ -111,21 +111,11 @@ class RunLoop:
         entries = [e for e in entries if e.layer in catalog.layers]
         if not entries:
             return
-        parents = {lid: layer.parent for lid, layer in catalog.layers.items()}
         order = targets(catalog, [e.layer for e in entries])
         forced = frozenset(e.layer for e in entries if e.force)
-        by_layer = {e.layer: e for e in entries}
         self.current_run = {"id": run_id, "started": time.time(), "layers": order,
                             "requests": sorted({r for e in entries for r in e.requests})}
         self.on_change()
-
-        def cause_of(layer: str) -> tuple[str | None, str | None]:
-            for lid in (layer, *graph.ancestors(parents, layer)):
-                if lid in by_layer:
-                    entry = by_layer[lid]
-                    cause = entry.cause if lid == layer else f"parent {lid}: {entry.cause}"
-                    return cause, entry.request_id
-            return "dependency of a triggered layer", None
 
         def superseded(lineage: list[str]) -> bool:
             # Draining: no new builds start. Otherwise: a newer change is queued.
@@ -152,7 +142,8 @@ class RunLoop:
             connections.registry if config.registry is not None else None,
             self.upstreams.values, upstream_errors=self.upstreams.unresolved(),
             contexts=contexts, revision=lambda: catalog_revision(config.layers_dir),
-            forced=forced, on_event=self._on_pipeline_event, cause_of=cause_of,
+            forced=forced, on_event=self._on_pipeline_event,
+            cause_of=causes(entries, {lid: layer.parent for lid, layer in catalog.layers.items()}),
             superseded=superseded, resolver=connections.registry,
             attestor=connections.attestor,
         )
@@ -263,3 +254,20 @@ class RunLoop:
         if event in ("build_started", "build_finished"):
             self.on_change()
 
+
+
+def causes(entries: list[Entry], parents: dict[str, str | None]
+           ) -> Callable[[str], tuple[str | None, str | None]]:
+    """Why each layer of a run builds, for its history: the entry that queued it,
+    or the nearest ancestor's ("parent NAME: CAUSE"), with that entry's request."""
+    by_layer = {e.layer: e for e in entries}
+
+    def cause_of(layer: str) -> tuple[str | None, str | None]:
+        for lid in (layer, *graph.ancestors(parents, layer)):
+            if lid in by_layer:
+                entry = by_layer[lid]
+                cause = entry.cause if lid == layer else f"parent {lid}: {entry.cause}"
+                return cause, entry.request_id
+        return "dependency of a triggered layer", None
+
+    return cause_of
