@@ -7,7 +7,7 @@ import itertools
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from orchestrator.catalog.beneath import confining
@@ -101,60 +101,10 @@ def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[Pen
     parent_ref = table.get("from", str, "").strip()
     if "from" in table.data and not parent_ref:
         raise table.error("from", "empty; name a parent layer or \"upstream:NAME\"")
-    # An existing repository can stay where it is: context and Dockerfile may
-    # point out of the layer folder (paths relative to it).
-    context_dir: Path | None = None
-    if "context" in table.data:
-        context_dir = Path(os.path.normpath(folder / table.require("context", str)))
-        if not context_dir.is_dir():
-            raise table.error("context", f"{display(context_dir)} is not a folder")
-        real = os.path.realpath(context_dir)
-        if real == "/" or any(real == top or real.startswith(top + "/") for top in SYSTEM_DIRS):
-            # Hashing it would read /proc/kcore and every device; watching it, everything.
-            raise table.error("context", f"{display(context_dir)} ({real}) cannot be a build "
-                              "context: point it at the folder the Dockerfile copies from")
-    dockerfile = _dockerfile(folder, table, context_dir)
-    try:
-        # Its digest comes with it: keying the layer then needs no second read.
-        dockerfile_text = read_text_file(dockerfile, encoding="utf-8-sig",
-                                         seen=functools.partial(remember, str(dockerfile)),
-                                         beneath=confining(dockerfile, context_dir or folder))
-    except FileNotFoundError:
-        if "dockerfile" in table.data or context_dir is None:
-            raise InputError(display(dockerfile), "Dockerfile not found") from None
-        raise InputError(where, f"no Dockerfile: neither {display(folder / 'Dockerfile')} nor "
-                         f"{display(context_dir / 'Dockerfile')} (the context's) exists; add "
-                         "one, or say which with dockerfile = \"PATH\"") from None
-
-    image = table.get("image", str, folder.name)
-    problem = check_repository(image)
-    if problem:
-        raise table.error("image", f"{image!r} is not a valid image name: {problem}")
-    tags = table.string_list("tags")
-    for tag in tags:
-        # A tag with upstream placeholders is checked again once they are filled in.
-        literal = tag if not placeholders(tag) else None
-        if literal is not None and (problem := check_tag(literal)):
-            raise table.error("tags", f"{tag!r} is not a valid tag: {problem}")
-    platforms = tuple(dict.fromkeys(table.string_list("platforms")))
-    for platform in platforms:
-        if problem := check_platform(platform):
-            raise table.error("platforms", problem)
-    secrets = tuple(table.string_list("secrets"))
-    args = table.string_map("args")
-    for name in args:
-        # Passed as --build-arg NAME=VALUE: an "=" or a space would split elsewhere.
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name):
-            raise table.error(f"args.{name}", "not a build-arg name: use letters, digits and "
-                              "'_' (as the Dockerfile's ARG line names it)")
-    if "BASE_IMAGE" in args:
-        raise table.error("args.BASE_IMAGE", "reserved: the orchestrator passes the parent "
-                          "pinned by digest; remove it")
-    rebuild = table.table("rebuild")
-    rebuild.check_keys(["every"])
-    every = rebuild.duration("every", None, minimum=1.0)
+    context_dir = _context_dir(folder, table)
+    dockerfile, dockerfile_text = _read_dockerfile(folder, table, context_dir)
+    fields = _Fields.read(table, folder)
     matrix = _matrix(table)
-
     names = list(matrix)
     variants = [tuple(zip(names, combo, strict=True))
                 for combo in itertools.product(*(matrix[n] for n in names))] if names else [()]
@@ -162,10 +112,11 @@ def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[Pen
     for variant in variants:
         values = dict(variant)
         suffix = "-".join(v for _, v in variant)
-        layer_tags = tags or ([suffix] if suffix else [])
+        layer_tags = fields.tags or ([suffix] if suffix else [])
         try:
             expanded_tags = tuple(_expand(t, values, upstreams) for t in layer_tags)
-            expanded_args = tuple((k, _expand(v, values, upstreams)) for k, v in args.items())
+            expanded_args = tuple((k, _expand(v, values, upstreams))
+                                  for k, v in fields.args.items())
             expanded_from = expand(parent_ref, values)
         except TemplateError as exc:
             raise InputError(where, str(exc) + _placeholder_hint(names, upstreams)) from None
@@ -175,22 +126,97 @@ def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[Pen
                 name=folder.name,
                 folder=folder,
                 dockerfile=dockerfile,
-                image=image,
+                image=fields.image,
                 parent=None,
                 upstream=None,
                 tags=expanded_tags,
                 args=expanded_args,
                 variant=variant,
-                rebuild_every_s=every,
-                allow_root=table.get("allow_root", bool, False),
+                rebuild_every_s=fields.every,
+                allow_root=fields.allow_root,
                 context_dir=context_dir,
-                platforms=platforms,
-                secrets=secrets,
+                platforms=fields.platforms,
+                secrets=fields.secrets,
             ),
             expanded_from,
             dockerfile_text,
         ))
     return out
+
+
+def _context_dir(folder: Path, table: Table) -> Path | None:
+    """``context = "PATH"``: an existing repository can stay where it is (paths
+    relative to the layer folder); None means the layer folder itself."""
+    if "context" not in table.data:
+        return None
+    context_dir = Path(os.path.normpath(folder / table.require("context", str)))
+    if not context_dir.is_dir():
+        raise table.error("context", f"{display(context_dir)} is not a folder")
+    real = os.path.realpath(context_dir)
+    if real == "/" or any(real == top or real.startswith(top + "/") for top in SYSTEM_DIRS):
+        # Hashing it would read /proc/kcore and every device; watching it, everything.
+        raise table.error("context", f"{display(context_dir)} ({real}) cannot be a build "
+                          "context: point it at the folder the Dockerfile copies from")
+    return context_dir
+
+
+def _read_dockerfile(folder: Path, table: Table, context_dir: Path | None) -> tuple[Path, str]:
+    """The layer's Dockerfile and its text. Its digest comes with the read: keying
+    the layer then needs no second read."""
+    dockerfile = _dockerfile(folder, table, context_dir)
+    try:
+        return dockerfile, read_text_file(
+            dockerfile, encoding="utf-8-sig", seen=functools.partial(remember, str(dockerfile)),
+            beneath=confining(dockerfile, context_dir or folder))
+    except FileNotFoundError:
+        if "dockerfile" in table.data or context_dir is None:
+            raise InputError(display(dockerfile), "Dockerfile not found") from None
+        raise InputError(table.where, f"no Dockerfile: neither {display(folder / 'Dockerfile')} "
+                         f"nor {display(context_dir / 'Dockerfile')} (the context's) exists; "
+                         "add one, or say which with dockerfile = \"PATH\"") from None
+
+
+@dataclass(frozen=True)
+class _Fields:
+    """A layer.toml's own settings, checked (matrix values not yet filled in)."""
+
+    image: str
+    tags: list[str]
+    platforms: tuple[str, ...]
+    secrets: tuple[str, ...]
+    args: dict[str, str]
+    every: float | None
+    allow_root: bool
+
+    @classmethod
+    def read(cls, table: Table, folder: Path) -> _Fields:
+        image = table.get("image", str, folder.name)
+        if problem := check_repository(image):
+            raise table.error("image", f"{image!r} is not a valid image name: {problem}")
+        tags = table.string_list("tags")
+        for tag in tags:
+            # A tag with upstream placeholders is checked again once they are filled in.
+            literal = tag if not placeholders(tag) else None
+            if literal is not None and (problem := check_tag(literal)):
+                raise table.error("tags", f"{tag!r} is not a valid tag: {problem}")
+        platforms = tuple(dict.fromkeys(table.string_list("platforms")))
+        for platform in platforms:
+            if problem := check_platform(platform):
+                raise table.error("platforms", problem)
+        args = table.string_map("args")
+        for name in args:
+            # Passed as --build-arg NAME=VALUE: an "=" or a space would split elsewhere.
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name):
+                raise table.error(f"args.{name}", "not a build-arg name: use letters, digits "
+                                  "and '_' (as the Dockerfile's ARG line names it)")
+        if "BASE_IMAGE" in args:
+            raise table.error("args.BASE_IMAGE", "reserved: the orchestrator passes the "
+                              "parent pinned by digest; remove it")
+        rebuild = table.table("rebuild")
+        rebuild.check_keys(["every"])
+        return cls(image, tags, platforms, tuple(table.string_list("secrets")), args,
+                   rebuild.duration("every", None, minimum=1.0),
+                   table.get("allow_root", bool, False))
 
 
 def _dockerfile(folder: Path, table: Table, context_dir: Path | None) -> Path:
