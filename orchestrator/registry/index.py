@@ -2,8 +2,8 @@
 
 Each platform is built as its own image (FROM its parent's image for that
 platform) and pushed under a per-platform key tag; the index that lists them
-is then pushed under the layer's tags and, last, its key tag (the marker of a
-complete build). The same for every engine, so each platform's parent is
+is then pushed by its digest, and tagged (key tag, then the layer's tags) once
+its attestations are attached. The same for every engine, so each platform's parent is
 pinned exactly, whatever the engine can or cannot do in one call.
 """
 
@@ -52,8 +52,9 @@ async def image_platform(client: RegistryClient, repo: ImageRef, digest: str) ->
 
 async def push_index(client: RegistryClient, repo: ImageRef, manifests: Mapping[str, str],
                      annotations: Mapping[str, str], tags: list[str]) -> str:
-    """Push an index of ``manifests`` (platform -> digest) under ``tags``, in order
-    (the key tag last); returns the index digest."""
+    """Push an index of ``manifests`` (platform -> digest) by its digest, then under
+    ``tags`` in order (none: the caller tags it when the build is complete);
+    returns the index digest."""
     entries: list[dict[str, Any]] = []
     for platform, digest in sorted(manifests.items()):
         found = await client.get_manifest(repo, digest)
@@ -70,6 +71,7 @@ async def push_index(client: RegistryClient, repo: ImageRef, manifests: Mapping[
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries,
              "annotations": dict(sorted(annotations.items()))}
     body = json.dumps(index, separators=(",", ":"), sort_keys=True).encode()
-    for tag in tags:
-        await client.put_manifest(repo, tag, body, OCI_INDEX)
-    return "sha256:" + hashlib.sha256(body).hexdigest()
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    for reference in (digest, *tags):
+        await client.put_manifest(repo, reference, body, OCI_INDEX)
+    return digest
