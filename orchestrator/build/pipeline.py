@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import __version__
-from orchestrator.build.attest import Attestor
+from orchestrator.build.attest import Ancestor, Attestor
 from orchestrator.build.scheduler import STOPPED, NodeResult, run_graph
 from orchestrator.build.snapshot import ContextChanged, Snapshots, remove_tree, scratch_path
 from orchestrator.build.state import AsyncStateStore, LayerRecord
@@ -733,8 +733,12 @@ class Pipeline:
             parent=parent_image, upstreams=upstreams, reason=decision.describe(),
             parent_build_id=parent.build_id if parent else None, build_key=build_key(inputs))
         try:
-            found = await self.attestor.attest(repo, digest, facts, tags[0] if tags else None,
-                                               work)
+            # Packages below are attributed to the parent (layer or upstream) as a whole.
+            owner = layer.parent or (f"upstream:{layer.upstream}" if layer.upstream
+                                     else parent_image.repository)
+            found = await self.attestor.attest(
+                repo, digest, facts, tags[0] if tags else None, work,
+                [Ancestor(owner, parent_image.repository, parent_digest)])
         except Exception as exc:
             self.on_event("attestation_failed", {"layer": layer.id, "build_id": build_id,
                                                  "error": f"{type(exc).__name__}: {exc}"})
