@@ -226,6 +226,9 @@ class Inputs:
     bases: tuple[tuple[str, str], ...] = ()
     platforms: tuple[str, ...] = ()  # the platform set the layer is built for
     secrets: tuple[str, ...] = ()  # names only: a secret's value is never an input
+    # Fixed package versions the layer is (re)built against after a package fix:
+    # ("deb:libssl3:amd64", "3.0.16-1~deb12u1"), sorted (core.packagefix.key_pins).
+    packages: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

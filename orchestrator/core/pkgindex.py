@@ -37,6 +37,25 @@ class IndexEntry:
 
 
 @dataclass(frozen=True)
+class IndexSnapshot:
+    """What one index offers now, for the packages asked about. ``digest``/``date``
+    identify the snapshot (provenance lists them)."""
+
+    source: str  # IndexSource.id: "apt URI SUITE", "apk URL"
+    suite: str  # as the index names itself: "bookworm-security", "v3.20/main"
+    security: bool
+    date: str | None
+    digest: str  # "sha256:…" of the Release (or APKINDEX.tar.gz) read
+    url: str  # where it was read
+    entries: Mapping[str, tuple[IndexEntry, ...]]  # by package name
+    changed_at: float = 0.0
+
+    @property
+    def ecosystem(self) -> str:
+        return "apk" if self.source.startswith("apk ") else "deb"
+
+
+@dataclass(frozen=True)
 class IndexFile:
     path: str  # relative to the suite: "main/binary-amd64/Packages.xz"
     sha256: str

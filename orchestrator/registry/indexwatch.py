@@ -48,6 +48,7 @@ from orchestrator.core.pkgindex import (
     IndexEntry,
     IndexFile,
     IndexFormatError,
+    IndexSnapshot,
     parse_apkindex,
     parse_packages,
     parse_release,
@@ -108,21 +109,6 @@ class IndexState:
                              self.digest, self.url,
                              {name: tuple(found) for name, found in sorted(by_name.items())},
                              self.changed_at or 0.0)
-
-
-@dataclass(frozen=True)
-class IndexSnapshot:
-    """What a source offers now, for the packages asked about. ``digest``/``date``
-    identify the snapshot (provenance lists them)."""
-
-    source: str  # IndexSource.id
-    suite: str  # "bookworm-security", "v3.20/main"
-    security: bool
-    date: str | None
-    digest: str
-    url: str  # of the Release or APKINDEX it was read from
-    entries: Mapping[str, tuple[IndexEntry, ...]]  # by package name
-    changed_at: float = 0.0
 
 
 @dataclass(frozen=True)
