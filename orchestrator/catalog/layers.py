@@ -144,8 +144,9 @@ def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[Pen
         raise table.error("args.BASE_IMAGE", "reserved: the orchestrator passes the parent "
                           "pinned by digest; remove it")
     rebuild = table.table("rebuild")
-    rebuild.check_keys(["every"])
+    rebuild.check_keys(["every", "packages"])
     every = rebuild.duration("every", None, minimum=1.0)
+    rebuild_packages = rebuild.get("packages", bool, True)
     matrix = _matrix(table)
 
     names = list(matrix)
@@ -175,6 +176,7 @@ def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[Pen
                 args=expanded_args,
                 variant=variant,
                 rebuild_every_s=every,
+                rebuild_packages=rebuild_packages,
                 allow_root=table.get("allow_root", bool, False),
                 context_dir=context_dir,
                 platforms=platforms,

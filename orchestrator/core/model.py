@@ -58,6 +58,7 @@ class Layer:
     args: tuple[tuple[str, str], ...] = ()
     variant: tuple[tuple[str, str], ...] = ()  # this node's matrix values
     rebuild_every_s: float | None = None
+    rebuild_packages: bool = True  # [rebuild] packages = false: no rebuilds for package fixes
     allow_root: bool = False
     context_dir: Path | None = None  # ``context = "PATH"``; default: the layer folder
     # Images the Dockerfile names literally; empty when it takes its parent
@@ -186,6 +187,17 @@ class ProvenanceConfig:
 
 
 @dataclass(frozen=True)
+class PackagesConfig:
+    """``[packages]``: watch the package indexes the images name; rebuild for fixes."""
+
+    poll_s: float = 3600.0
+    only: Literal["security", "all"] = "security"
+    window_s: float = 3600.0  # fixes within this time make one rebuild per layer
+    urgent: tuple[str, ...] = ("critical",)  # severities that skip the window
+    feeds: tuple[str, ...] = ()  # advisory feeds: URLs, "osv:Debian", "osv:Alpine"
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     layers_dir: Path
@@ -202,6 +214,7 @@ class Config:
     notify: tuple[NotifyTarget, ...] = ()
     # [state] scratch: "auto", "none" or a folder for small build snapshots.
     scratch: str = "auto"
+    packages: PackagesConfig | None = None  # None: package fixes are not watched
 
 
 @dataclass(frozen=True)
