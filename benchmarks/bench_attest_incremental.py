@@ -14,11 +14,21 @@ Each timed run edits the app's file and runs `orchestrator build`: only the app
 rebuilds. "full" empties the record cache first, so the SBOM reads every layer of
 the image, which is what every build did before; "incremental" keeps it. Median of
 REPEAT runs each, interleaved so drift hits all alike.
+
+``--image REF`` measures the SBOM step alone on an image already in a registry
+(such as the examples/debian chain the integration tests build, CPython
+included), following its parents through their base.digest labels: the read of
+every layer as before package records, against the read of its own layers from
+its parent's record.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,7 +38,7 @@ from pathlib import Path
 
 from benchmarks.common import orchestrator, testbed, write_config
 
-REPEAT = 5
+REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
 VARIANTS = ("off", "full", "incremental")
 
 OS = """ARG BASE_IMAGE
@@ -91,7 +101,103 @@ def build(root: Path, expect: set[str]) -> float:
     return took
 
 
+async def image_mode(reference: str) -> None:
+    from datetime import UTC, datetime
+
+    from orchestrator.build.attest import Ancestor, Attestor, AttestSettings, _opened
+    from orchestrator.build.packagestore import PackageStore
+    from orchestrator.core.imageref import ImageRef, parse_reference, parse_repository
+    from orchestrator.core.sbom import (
+        SBOM_PATTERNS,
+        SBOM_PRESENCE_PATTERNS,
+        build_sbom,
+        sbom_document,
+    )
+    from orchestrator.registry.client import Manifest, RegistryClient
+    from orchestrator.registry.imagefs import contents, select_files
+
+    ref = parse_reference(reference)
+    async with RegistryClient(insecure=frozenset({ref.registry})) as client:
+        # The chain, oldest first: (owner, repository, manifest).
+        chain: list[tuple[str, ImageRef, Manifest]] = []
+        repo = parse_repository(f"{ref.registry}/{ref.repository}")
+        at = ref.digest or ref.tag or "latest"
+        while True:
+            manifest = await client.get_manifest(repo, at)
+            assert manifest is not None, f"{repo.name}@{at} not found"
+            config = json.loads(await client.get_blob(repo, manifest.json()["config"]["digest"]))
+            labels = (config.get("config") or {}).get("Labels") or {}
+            chain.insert(0, (repo.name.rsplit("/", 1)[1], repo, manifest))
+            parent = labels.get("org.opencontainers.image.base.digest")
+            name = labels.get("org.opencontainers.image.base.name")
+            if not parent or not name or len(chain) > 10:
+                break
+            named = parse_reference(name)
+            repo, at = parse_repository(f"{named.registry}/{named.repository}"), parent
+        owner0, repo0, manifest0 = chain[0]
+        chain[0] = (f"upstream:{owner0}", repo0, manifest0)
+        *below, (owner, repo, subject) = chain
+        layers = [layer["digest"] for layer in subject.json()["layers"]]
+        sizes = [layer["size"] >> 20 for layer in subject.json()["layers"]]
+        print(f"{reference}: {len(layers)} layers ({'+'.join(map(str, sizes))} MiB), "
+              f"chain {' -> '.join(o for o, _, _ in chain)}")
+
+        with tempfile.TemporaryDirectory(prefix="bench-attest-image-") as tmp:
+            work = Path(tmp)
+
+            async def before() -> None:  # what every build did: every layer, every file
+                folder = work / "all"
+                folder.mkdir()
+                paths = []
+                for index, layer in enumerate(layers):
+                    paths.append(folder / f"{index:03d}")
+                    await client.download_blob(repo, layer, paths[-1])
+
+                def read() -> bytes:
+                    with _opened(paths) as blobs:
+                        files = select_files(blobs, SBOM_PATTERNS,
+                                             presence=SBOM_PRESENCE_PATTERNS)
+                    return build_sbom(contents(files), image_name=repo.name,
+                                      image_digest=subject.digest, tool_version="bench",
+                                      timestamp=datetime.now(UTC))
+
+                await asyncio.to_thread(read)
+                shutil.rmtree(folder)
+
+            store = PackageStore(work / "packages.db")
+            attestor = Attestor(client, AttestSettings(), store)
+            lineage: list[Ancestor] = []
+            for name, r, manifest in below:  # the ancestors' records, as earlier builds made
+                await attestor.record(r, manifest, name, lineage, work)
+                lineage.append(Ancestor(name, r.name, manifest.digest))
+
+            async def after() -> None:
+                store.forget([subject.digest])  # as a new image: its record is not kept
+                record = await attestor.record(repo, subject, owner, lineage, work)
+                await asyncio.to_thread(lambda: sbom_document(
+                    record.sbom_packages(), record.release(), image_name=repo.name,
+                    image_digest=subject.digest, tool_version="bench",
+                    timestamp=datetime.now(UTC)))
+
+            times: dict[str, list[float]] = {"before": [], "after": []}
+            for _ in range(REPEAT):
+                for label, step in (("before", before), ("after", after)):
+                    started = time.perf_counter()
+                    await step()
+                    times[label].append(time.perf_counter() - started)
+    for label, text in (("before", "every layer read (as before)"),
+                        ("after", "own layers read from the parent's record")):
+        print(f"  SBOM step, {text:42} {statistics.median(times[label]):6.2f} s   runs: "
+              + " ".join(f"{t:.2f}" for t in times[label]))
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--image", help="measure the SBOM step on this image's chain")
+    args = parser.parse_args()
+    if args.image:
+        asyncio.run(image_mode(args.image))
+        return
     tb = testbed()
     if "ORCH_TEST_DEBIAN_IMAGE" not in tb:
         sys.exit("needs the test bed's Debian seed image")

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
+import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +41,7 @@ from orchestrator.registry.client import Manifest, RegistryClient
 from orchestrator.registry.layerpackages import Boundary, read_records
 
 SIGNED = "dev.orchestrator.signed"
+log = logging.getLogger("orchestrator.attest")
 PREDICATE_ANNOTATION = "in-toto.io/predicate-type"
 
 
@@ -124,11 +127,9 @@ class Attestor:
         """The image's package record: kept, or read from its layers above the nearest
         ancestor that has one (every record made on the way is kept)."""
         layers = _layer_digests(subject)
-        store = self.packages
-        if store is not None:
-            kept = await asyncio.to_thread(store.record, subject.digest)
-            if kept is not None and kept.layers == tuple(layers) and kept.owner == owner:
-                return kept  # the same image attested again (a reproducible rebuild)
+        kept = await self._kept(subject.digest)
+        if kept is not None and kept.layers == tuple(layers) and kept.owner == owner:
+            return kept  # the same image attested again (a reproducible rebuild)
         start, boundaries = await self._start(lineage, layers)
         offset = len(start.layers) if start is not None else 0
         folder = work / "sbom-layers"
@@ -148,9 +149,21 @@ class Attestor:
             records = await asyncio.to_thread(read)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        if store is not None:
-            await asyncio.to_thread(store.save, records)
+        if self.packages is not None:
+            try:
+                await asyncio.to_thread(self.packages.save, records)
+            except sqlite3.Error as exc:  # a cache: the next child reads more, that is all
+                log.warning("packages: records of %s not kept: %s", subject.digest, exc)
         return records[-1]
+
+    async def _kept(self, digest: str) -> PackageRecord | None:
+        if self.packages is None:
+            return None
+        try:
+            return await asyncio.to_thread(self.packages.record, digest)
+        except sqlite3.Error as exc:
+            log.warning("packages: the record of %s cannot be read: %s", digest, exc)
+            return None
 
     async def _start(self, lineage: Sequence[Ancestor], layers: list[str]
                      ) -> tuple[PackageRecord | None, list[Boundary]]:
@@ -159,10 +172,9 @@ class Attestor:
         left out, its packages then count as the next one's)."""
         boundaries: list[Boundary] = []
         for ancestor in reversed(lineage):
-            if self.packages is not None:
-                found = await asyncio.to_thread(self.packages.record, ancestor.digest)
-                if found is not None and list(found.layers) == layers[:len(found.layers)]:
-                    return found, boundaries
+            found = await self._kept(ancestor.digest)
+            if found is not None and list(found.layers) == layers[:len(found.layers)]:
+                return found, boundaries
             count = await self._layer_count(ancestor, layers)
             if count is not None:
                 boundaries.insert(0, Boundary(ancestor.owner, ancestor.digest, count))

@@ -107,6 +107,11 @@ class PackageStore:
                            rows)
             db.execute("COMMIT")
 
+    def forget(self, digests: Collection[str]) -> None:
+        with self._db() as db:
+            db.executemany("DELETE FROM package_records WHERE digest = ?",
+                           [(d,) for d in digests])
+
     def prune(self, cutoff: float, keep: Collection[str] = ()) -> int:
         """Forget records last used before ``cutoff``, except those of ``keep`` (the
         digests layers stand on now)."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from pathlib import Path
+
+import pytest
 
 from orchestrator.build.attest import Ancestor, Attestor, AttestSettings
 from orchestrator.build.packagestore import PackageStore
@@ -110,3 +113,24 @@ async def test_an_ancestor_that_cannot_be_found_counts_as_the_next_one(
     gone = Ancestor("upstream:debian", REPO, "sha256:" + "9" * 64)
     found = await attestor.record(repo, manifest, "os", [gone], tmp_path)
     assert {p.installed_by for p in found.installed()} == {"os"}
+
+
+async def test_a_failing_record_cache_costs_reads_not_the_sbom(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    registry = FakeRegistry()
+    os_image = registry.image(BASE, OS_APT, OS_PIP)
+    store = PackageStore(tmp_path / "packages.db")
+
+    def broken(*_: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "save", broken)
+    monkeypatch.setattr(store, "record", broken)
+    attestor = Attestor(registry, AttestSettings(), store)  # type: ignore[arg-type]
+    repo = parse_repository(REPO)
+    manifest = await registry.get_manifest(repo, os_image)
+    assert manifest is not None
+    found = await attestor.record(repo, manifest, "os", [], tmp_path)
+    assert {p.name for p in found.own()} >= {"hello"}
+    assert "not kept: database or disk is full" in caplog.text

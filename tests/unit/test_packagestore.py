@@ -36,6 +36,8 @@ def test_prune_keeps_what_is_in_use(tmp_path: Path) -> None:
     store.record("sha256:read")  # reading refreshes its use, but not past the cutoff
     assert store.prune(cutoff, keep={"sha256:kept"}) == 2
     assert store.record("sha256:kept") is not None and store.record("sha256:old") is None
+    store.forget(["sha256:kept"])
+    assert store.record("sha256:kept") is None
 
 
 def test_an_unreadable_record_is_read_again_and_a_damaged_file_replaced(
