@@ -212,6 +212,22 @@ def _same_arch(offered: str | None, installed: str | None) -> bool:
         offered in ("all", "noarch")
 
 
+def origins(packages: Iterable[InstalledPackage], snapshots: Iterable[IndexSnapshot]
+            ) -> dict[tuple[str, str, str], str]:
+    """Where each installed version came from, where an index says so: the suite that
+    offers exactly that version (a security suite first), by ``InstalledPackage.key``.
+    dpkg and apk do not record it; the indexes the image names do."""
+    offered = list(snapshots)
+    out: dict[tuple[str, str, str], str] = {}
+    for package in packages:
+        found = [s for s in offered if s.ecosystem == package.ecosystem and any(
+            e.version == package.version and _same_arch(e.arch, package.arch)
+            for e in s.entries.get(package.name, ()))]
+        if found:
+            out[package.key] = sorted(found, key=lambda s: (not s.security, s.suite))[0].suite
+    return out
+
+
 # --- window --------------------------------------------------------------------------------
 
 

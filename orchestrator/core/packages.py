@@ -36,6 +36,7 @@ from orchestrator.core.sbom import (
 
 INSTALLED_BY = "orchestrator:installed-by"  # SBOM component property: "os", "upstream:debian"
 INSTALLED_IN = "orchestrator:layer-digest"  # the image layer (blob) that wrote the version
+ORIGIN = "orchestrator:origin"  # the suite that offers the installed version
 
 OS_RELEASE_PATHS = ("etc/os-release", "usr/lib/os-release")
 APK_WORLD = "etc/apk/world"
@@ -118,18 +119,26 @@ class PackageRecord:
         """The packages this image's own layers added or changed."""
         return [p for p in self.installed() if p.installed_by == self.owner]
 
-    def sbom_packages(self) -> list[Package]:
-        """The image's components with who installed them, as the SBOM lists them."""
+    def sbom_packages(self, origins: Mapping[tuple[str, str, str], str] | None = None
+                      ) -> list[Package]:
+        """The image's components with who installed them, as the SBOM lists them;
+        ``origins`` (``core.packagefix.origins``) adds the suite each came from."""
         out = []
         for path, facts in self.files.items():
             for package in facts.packages:
                 who = self.installers.get(package_id(package, path))
-                if who is None:
+                origin = (origins or {}).get((package.ecosystem, package.name,
+                                              package.arch or ""))
+                if who is None and origin is None:
                     out.append(package)
                     continue
-                props = [(INSTALLED_BY, who.owner)]
-                if who.layer:
-                    props.append((INSTALLED_IN, who.layer))
+                props = []
+                if who is not None:
+                    props.append((INSTALLED_BY, who.owner))
+                    if who.layer:
+                        props.append((INSTALLED_IN, who.layer))
+                if origin is not None:
+                    props.append((ORIGIN, origin))
                 out.append(Package(package.ecosystem, package.name, package.version,
                                    package.arch, package.locations, package.source,
                                    (*package.properties, *props)))

@@ -247,3 +247,20 @@ def test_the_build_key_covers_the_pins_and_the_state_keeps_them() -> None:
     assert len({build_key(plain), build_key(pinned), build_key(newer)}) == 3
     assert inputs_from_json(inputs_to_json(pinned)) == pinned
     assert inputs_from_json(inputs_to_json(plain)) == plain
+
+
+def test_origins_name_the_suite_offering_the_installed_version() -> None:
+    from orchestrator.core.packagefix import origins
+    from orchestrator.core.packages import ORIGIN, PackageRecord, PathFacts
+    from orchestrator.core.sbom import Package
+
+    installed = [deb("curl", "7.88.1-10+deb12u12", "os"), deb("libssl3", "3.0.15-1~deb12u1",
+                                                               "upstream:debian"),
+                 deb("local-only", "1", "os")]
+    found = origins(installed, SNAPSHOTS.values())
+    assert found == {("deb", "curl", "amd64"): "bookworm-security",
+                     ("deb", "libssl3", "amd64"): "bookworm"}
+    record = PackageRecord("sha256:" + "1" * 64, "os", (), {"var/lib/dpkg/status": PathFacts(
+        "file", (Package("deb", "curl", "7.88.1-10+deb12u12", "amd64", (STATUS,)),))})
+    [curl] = record.sbom_packages(found)
+    assert (ORIGIN, "bookworm-security") in curl.properties
