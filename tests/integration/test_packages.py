@@ -84,7 +84,9 @@ def test_installed_by_layer_incremental_read_and_a_fix(project: Project, testbed
     if debian is None:
         pytest.skip("the test bed has no Debian seed image")
     apt, url = repo
-    apt.publish({"hello-orch": "1.0-1"})
+    # No InRelease: apt takes an unsigned Release from a trusted=yes source, not a
+    # clear-signed file whose signature does not verify.
+    apt.publish({"hello-orch": "1.0-1"}, inrelease=False)
     namespace = unique_namespace()
     write_config(project, testbed, namespace, extra=f"""
         [upstream.debian]
@@ -136,7 +138,7 @@ def test_installed_by_layer_incremental_read_and_a_fix(project: Project, testbed
     assert {d: t for d, t in after.items() if d in before} == before
 
     # The index publishes a fix: the decision names exactly the layer that installed it.
-    apt.publish({"hello-orch": "1.1-1"})
+    apt.publish({"hello-orch": "1.1-1"}, inrelease=False)
     sources, problems = image_sources(os_record.texts())
     assert problems == []
     watched = [s for s in sources if isinstance(s, AptSuite) and s.uri == url]
