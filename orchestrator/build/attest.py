@@ -28,17 +28,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from orchestrator import __version__
-from orchestrator.build.packagestore import PackageStore
 from orchestrator.core import provenance
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.imageref import ImageRef, parse_repository
-from orchestrator.core.packages import PackageRecord
 from orchestrator.registry.artifacts import Artifact, attach
 from orchestrator.registry.client import Manifest, RegistryClient
-from orchestrator.registry.layerpackages import Boundary, read_records
+
+if TYPE_CHECKING:  # the one-shot plan never attests: it need not load these
+    from orchestrator.build.packagestore import PackageStore
+    from orchestrator.core.packages import PackageRecord
+    from orchestrator.registry.layerpackages import Boundary
 
 SIGNED = "dev.orchestrator.signed"
 log = logging.getLogger("orchestrator.attest")
@@ -126,6 +128,8 @@ class Attestor:
                      lineage: Sequence[Ancestor], work: Path) -> PackageRecord:
         """The image's package record: kept, or read from its layers above the nearest
         ancestor that has one (every record made on the way is kept)."""
+        from orchestrator.registry.layerpackages import read_records
+
         layers = _layer_digests(subject)
         kept = await self._kept(subject.digest)
         if kept is not None and kept.layers == tuple(layers) and kept.owner == owner:
@@ -170,6 +174,8 @@ class Attestor:
         """The youngest ancestor with a record whose layers begin ours, and where each
         younger ancestor's layers end (from its manifest; one that cannot be read is
         left out, its packages then count as the next one's)."""
+        from orchestrator.registry.layerpackages import Boundary
+
         boundaries: list[Boundary] = []
         for ancestor in reversed(lineage):
             found = await self._kept(ancestor.digest)

@@ -12,7 +12,6 @@ from typing import Any
 
 from orchestrator.build.attest import Attestor, AttestSettings
 from orchestrator.build.lock import StateLock
-from orchestrator.build.packagestore import PACKAGES_DB, PackageStore
 from orchestrator.build.pipeline import Pipeline, RunReport, targets, upstreams_used
 from orchestrator.build.snapshot import own_private_folder, remove_tree, scratch_path
 from orchestrator.build.state import AsyncStateStore, StateStore
@@ -86,8 +85,11 @@ def make_attestor(config: Config, client: RegistryClient) -> Attestor | None:
         except OSError as exc:
             raise InputError(str(config.provenance.key), f"cannot read: {exc.strerror}") \
                 from exc
-    packages = PackageStore(config.state_dir / PACKAGES_DB, config.daemon.socket_group) \
-        if config.provenance.sbom else None
+    packages = None
+    if config.provenance.sbom:
+        from orchestrator.build.packagestore import PACKAGES_DB, PackageStore
+
+        packages = PackageStore(config.state_dir / PACKAGES_DB, config.daemon.socket_group)
     try:
         return Attestor(client, AttestSettings(True, config.provenance.sbom, key), packages)
     except OrchestratorError as exc:
