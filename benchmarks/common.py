@@ -14,10 +14,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def testbed() -> dict[str, str]:
+    """The test bed's settings: ORCH_TEST_* from the environment (a worktree loads
+    the main checkout's env file), else this checkout's .testbed/env."""
+    found = {k: v for k, v in os.environ.items() if k.startswith("ORCH_TEST_")}
     env_file = ROOT / ".testbed" / "env"
-    if not env_file.exists():
+    if env_file.exists():
+        for line in env_file.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                found.setdefault(key, value)
+    if "ORCH_TEST_REGISTRY" not in found:
         sys.exit("benchmarks need the test bed: scripts/testbed up")
-    return dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    return found
 
 
 def write_config(root: Path, tb: dict[str, str], *, jobs: int = 2, registry: bool = True,

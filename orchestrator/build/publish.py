@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchestrator import __version__
-from orchestrator.build.attest import Attestor
+from orchestrator.build.attest import Ancestor, Attestor
 from orchestrator.build.job import BuildJob, Built
 from orchestrator.build.scope import upstreams_used
 from orchestrator.build.snapshot import remove_tree
@@ -136,10 +136,13 @@ class Publisher:
             finished=job.finished, cause=job.cause or job.decision.describe(),
             parent=parent_image, upstreams=upstreams, reason=job.decision.describe(),
             parent_build_id=parent.build_id if parent else None, build_key=key)
+        # Packages below are attributed to the parent (layer or upstream) as a whole.
+        owner = layer.parent or (f"upstream:{layer.upstream}" if layer.upstream
+                                 else parent_image.repository)
         try:
-            found = await self.attestor.attest(job.names.repo, digest, facts,
-                                               job.names.tags[0] if job.names.tags else None,
-                                               papers)
+            found = await self.attestor.attest(
+                job.names.repo, digest, facts, job.names.tags[0] if job.names.tags else None,
+                papers, [Ancestor(owner, parent_image.repository, parent_digest)])
         except Exception as exc:
             self.on_event("attestation_failed", {"layer": layer.id, "build_id": job.build_id,
                                                  "error": f"{type(exc).__name__}: {exc}"})

@@ -87,8 +87,13 @@ def make_attestor(config: Config, client: RegistryClient) -> Attestor | None:
         except OSError as exc:
             raise InputError(str(config.provenance.key), f"cannot read: {exc.strerror}") \
                 from exc
+    packages = None
+    if config.provenance.sbom:
+        from orchestrator.build.packagestore import PACKAGES_DB, PackageStore
+
+        packages = PackageStore(config.state_dir / PACKAGES_DB, config.daemon.socket_group)
     try:
-        return Attestor(client, AttestSettings(True, config.provenance.sbom, key))
+        return Attestor(client, AttestSettings(True, config.provenance.sbom, key), packages)
     except OrchestratorError as exc:
         raise InputError(str(config.provenance.key), f"[provenance] key: {exc}") from exc
 

@@ -20,6 +20,7 @@ from orchestrator.core.model import (
     Config,
     DaemonConfig,
     NotifyTarget,
+    PackagesConfig,
     ProvenanceConfig,
     RegistryConfig,
     SecretSpec,
@@ -37,7 +38,7 @@ DEFAULT_LOG_MAX = 64 * 1024 * 1024  # per build log; the head and the newest tai
 def load_config(path: Path) -> Config:
     root = Table(read_toml(path), display(path))
     root.check_keys(["catalog", "registry", "build", "state", "control", "daemon", "metrics",
-                     "upstream", "builders", "provenance", "secrets", "notify"])
+                     "upstream", "builders", "provenance", "secrets", "notify", "packages"])
     base = path.resolve().parent
 
     def resolve(p: str) -> Path:
@@ -107,6 +108,7 @@ def load_config(path: Path) -> Config:
         provenance=provenance,
         secrets=_secrets(root.table("secrets"), resolve),
         notify=_notify(root),
+        packages=_packages(root.table("packages")) if "packages" in root.data else None,
         daemon=DaemonConfig(
             socket_group=control.optional_str("group"),
             debounce_s=daemon.duration("debounce", 0.5) or 0.0,
@@ -118,6 +120,41 @@ def load_config(path: Path) -> Config:
             log_max_bytes=_log_cap(state),
         ),
     )
+
+
+SEVERITIES = ("negligible", "low", "medium", "high", "critical")
+OSV_ECOSYSTEMS = ("Debian", "Alpine", "Ubuntu")
+
+
+def _packages(table: Table) -> PackagesConfig:
+    """[packages]: on when present; every key optional."""
+    table.check_keys(["poll", "only", "window", "urgent", "feeds"])
+    # A mirror polled every few seconds is abuse, and an index changes a few times a day.
+    poll = table.duration("poll", 3600.0, minimum=60.0)
+    only = table.get("only", str, "security")
+    if only not in ("security", "all"):
+        raise table.error("only", f"{only!r}: use \"security\" (a newer version in a "
+                          "*-security suite, or one an advisory names) or \"all\" (any "
+                          "newer version)")
+    window = table.duration("window", 3600.0, minimum=0.0)
+    urgent = table.string_list("urgent") if "urgent" in table.data else ["critical"]
+    for severity in urgent:
+        if severity not in SEVERITIES:
+            raise table.error("urgent", f"unknown severity {severity!r} (one of: "
+                              f"{', '.join(SEVERITIES)})")
+    feeds = table.string_list("feeds")
+    for feed in feeds:
+        if feed.startswith("osv:"):
+            if feed.removeprefix("osv:") not in OSV_ECOSYSTEMS:
+                raise table.error("feeds", f"{feed!r}: OSV ecosystems are "
+                                  f"{', '.join('osv:' + e for e in OSV_ECOSYSTEMS)}")
+        elif not feed.startswith(("http://", "https://")):
+            raise table.error("feeds", f"{feed!r}: give an http(s):// URL of an advisory feed "
+                              "(e.g. Debian's security tracker JSON) or osv:Debian, osv:Alpine")
+    assert poll is not None and window is not None
+    return PackagesConfig(poll_s=poll, only=cast(Literal["security", "all"], only),
+                          window_s=window, urgent=tuple(dict.fromkeys(urgent)),
+                          feeds=tuple(dict.fromkeys(feeds)))
 
 
 def _scratch(state: Table, resolve: Callable[[str], Path]) -> str:

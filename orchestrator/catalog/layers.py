@@ -133,6 +133,7 @@ def _load_layer(folder: Path, upstreams: Mapping[str, UpstreamSpec]) -> list[Pen
                 args=expanded_args,
                 variant=variant,
                 rebuild_every_s=fields.every,
+                rebuild_packages=fields.packages,
                 allow_root=fields.allow_root,
                 context_dir=context_dir,
                 platforms=fields.platforms,
@@ -186,6 +187,7 @@ class _Fields:
     secrets: tuple[str, ...]
     args: dict[str, str]
     every: float | None
+    packages: bool  # [rebuild] packages: rebuilt when a package it installed gets a fix
     allow_root: bool
 
     @classmethod
@@ -213,10 +215,10 @@ class _Fields:
             raise table.error("args.BASE_IMAGE", "reserved: the orchestrator passes the "
                               "parent pinned by digest; remove it")
         rebuild = table.table("rebuild")
-        rebuild.check_keys(["every"])
+        rebuild.check_keys(["every", "packages"])
         return cls(image, tags, platforms, tuple(table.string_list("secrets")), args,
                    rebuild.duration("every", None, minimum=1.0),
-                   table.get("allow_root", bool, False))
+                   rebuild.get("packages", bool, True), table.get("allow_root", bool, False))
 
 
 def _dockerfile(folder: Path, table: Table, context_dir: Path | None) -> Path:

@@ -3,9 +3,10 @@
 DESIGN §2: the Dockerfile; every file, link and directory the engine receives
 (path, permission bits, content); the resolved build args; the parent's image
 digest and every other base image's; the platform set; the names of the build
-secrets (never their values). Keyed on the parent's *output* digest, a rebuilt
-parent cascades to its children and a reproducible one (same digest) stops
-the cascade.
+secrets (never their values); the fixed package versions a layer was rebuilt
+against for a package fix, when there are any. Keyed on the parent's *output*
+digest, a rebuilt parent cascades to its children and a reproducible one (same
+digest) stops the cascade.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def build_key(inputs: Inputs) -> str:
         fields += (ref, digest)
     fields += ("platforms", str(len(inputs.platforms)), *sorted(inputs.platforms))
     fields += ("secrets", str(len(inputs.secrets)), *sorted(inputs.secrets))
+    if inputs.packages:
+        # Only when there are any: every key made before package fixes existed stays
+        # the same (the encodings still differ, the list being length-prefixed).
+        fields += ("packages", str(len(inputs.packages)))
+        for name, version in sorted(inputs.packages):
+            fields += (name, version)
     return hashlib.sha256(_encode(fields)).hexdigest()
 
 

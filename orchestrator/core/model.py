@@ -58,6 +58,7 @@ class Layer:
     args: tuple[tuple[str, str], ...] = ()
     variant: tuple[tuple[str, str], ...] = ()  # this node's matrix values
     rebuild_every_s: float | None = None
+    rebuild_packages: bool = True  # [rebuild] packages = false: no rebuilds for package fixes
     allow_root: bool = False
     context_dir: Path | None = None  # ``context = "PATH"``; default: the layer folder
     # Images the Dockerfile names literally; empty when it takes its parent
@@ -197,6 +198,17 @@ class ProvenanceConfig:
 
 
 @dataclass(frozen=True)
+class PackagesConfig:
+    """``[packages]``: watch the package indexes the images name; rebuild for fixes."""
+
+    poll_s: float = 3600.0
+    only: Literal["security", "all"] = "security"
+    window_s: float = 3600.0  # fixes within this time make one rebuild per layer
+    urgent: tuple[str, ...] = ("critical",)  # severities that skip the window
+    feeds: tuple[str, ...] = ()  # advisory feeds: URLs, "osv:Debian", "osv:Alpine"
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     layers_dir: Path
@@ -213,6 +225,7 @@ class Config:
     notify: tuple[NotifyTarget, ...] = ()
     # [state] scratch: "auto", "none" or a folder for small build snapshots.
     scratch: str = "auto"
+    packages: PackagesConfig | None = None  # None: package fixes are not watched
 
 
 @dataclass(frozen=True)
@@ -237,6 +250,9 @@ class Inputs:
     bases: tuple[tuple[str, str], ...] = ()
     platforms: tuple[str, ...] = ()  # the platform set the layer is built for
     secrets: tuple[str, ...] = ()  # names only: a secret's value is never an input
+    # Fixed package versions the layer is (re)built against after a package fix:
+    # ("deb:libssl3:amd64", "3.0.16-1~deb12u1"), sorted (core.packagefix.key_pins).
+    packages: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

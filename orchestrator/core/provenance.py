@@ -15,7 +15,8 @@ Layout of the predicate (buildType ``BUILD_TYPE``):
   ``dockerfile``, ``context``, ``parent`` and ``upstream:NAME``. Images use
   BuildKit's form (``pkg:docker/NAME@TAG?platform=…`` with a sha256 digest)
   and git sources ``REMOTE#refs/tags/TAG`` with ``gitCommit``/``sha1``, so a
-  reader that knows BuildKit's provenance reads ours too.
+  reader that knows BuildKit's provenance reads ours too. Package index
+  snapshots are ``packages:SUITE``: the Release read, its sha256 and its Date.
 - ``runDetails``: builder id and versions (orchestrator + engine), the build id
   as ``invocationId``, times, and the cause in the ``orchestrator_cause``
   extension field (SLSA's ``<vendor>_<field>`` convention), since no standard
@@ -30,7 +31,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -45,6 +46,8 @@ BUILD_TYPE = "https://orchestrator.dev/build/v1"
 BUILDER_ID_PREFIX = "https://orchestrator.dev/builder/"
 # The DSSE payloadType and OCI artifact media type of a bare Statement.
 STATEMENT_MEDIA_TYPE = "application/vnd.in-toto+json"
+# resolvedDependencies names of package index snapshots: "packages:bookworm-security".
+PACKAGES_PREFIX = "packages:"
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -96,6 +99,17 @@ Upstream = RegistryUpstream | GitUpstream
 
 
 @dataclass(frozen=True)
+class PackageIndex:
+    """A package index snapshot the build was decided against: the Release (or
+    APKINDEX) read, by its digest and date."""
+
+    suite: str  # "bookworm-security", "v3.20/main"
+    url: str  # ".../dists/bookworm-security/InRelease"
+    digest: str  # "sha256:<hex>" of what was read
+    date: str | None = None  # the Release's Date field
+
+
+@dataclass(frozen=True)
 class Builder:
     """The engine that ran the build: ``buildah``/``buildkit``… and its version."""
 
@@ -126,15 +140,19 @@ class BuildFacts:
     reason: str | None = None  # the scheduler's wording: "context changed", "forced", …
     parent_build_id: str | None = None
     build_key: str | None = None
+    # Package index snapshots (a package fix's, or those the image's sources name).
+    package_indexes: Sequence[PackageIndex] = ()
 
 
 @dataclass(frozen=True)
 class Dependency:
-    """One resolved dependency as read back: ``name`` is ``upstream:pyenv``, ``parent``…"""
+    """One resolved dependency as read back: ``name`` is ``upstream:pyenv``, ``parent``,
+    ``packages:bookworm-security``…"""
 
     name: str
     uri: str | None
     digest: Mapping[str, str]
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -192,6 +210,17 @@ def build_statement(facts: BuildFacts) -> dict[str, Any]:
             raise ProvenanceError(f"upstreams: {upstream.name!r} listed twice")
         seen.add(upstream.name)
         dependencies.append(_upstream_descriptor(upstream, facts.platform))
+    urls: set[str] = set()
+    for index in sorted(facts.package_indexes, key=lambda i: (i.suite, i.url)):
+        if index.url in urls:
+            raise ProvenanceError(f"package_indexes: {index.url!r} listed twice")
+        urls.add(index.url)
+        descriptor: dict[str, Any] = {
+            "name": PACKAGES_PREFIX + index.suite, "uri": index.url,
+            "digest": {"sha256": _sha256_hex(index.digest, f"package index {index.url}")}}
+        if index.date:
+            descriptor["annotations"] = {"date": index.date}
+        dependencies.append(descriptor)
 
     internal: dict[str, Any] = {}
     if facts.build_key is not None:
@@ -389,7 +418,9 @@ def _dependency(value: Any, index: int) -> Dependency:
     uri = _opt_str(item, "uri", where)
     if uri is None and not digest:
         raise ProvenanceError(f"{where}: needs a uri or a digest")
-    return Dependency(_opt_str(item, "name", where) or "", uri, dict(digest))
+    annotations = _obj(item.get("annotations") or {}, f"{where}.annotations")
+    return Dependency(_opt_str(item, "name", where) or "", uri, dict(digest),
+                      {str(k): str(v) for k, v in annotations.items()})
 
 
 def _sha256_of(dependency: Dependency | None) -> str | None:

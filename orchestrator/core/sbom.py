@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from datetime import datetime
 
 SBOM_MEDIA_TYPE = "application/vnd.cyclonedx+json"
+# Component properties (CycloneDX name/value pairs, namespaced as its taxonomy asks).
+SOURCE_PACKAGE = "orchestrator:source-package"
 SPEC_VERSION = "1.6"  # what build_sbom writes (JsonV1Dot6)
 
 # What build_sbom reads: imagefs.select_files(layers, SBOM_PATTERNS,
@@ -77,6 +79,20 @@ class Package:
     version: str
     arch: str | None
     locations: tuple[str, ...]  # where it was found, absolute paths in the image
+    source: str | None = None  # the source package: dpkg's Source, apk's origin
+    # CycloneDX properties of the component (("orchestrator:installed-by", "os")).
+    properties: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class DpkgEntry:
+    """One installed package of a dpkg database, with what fix decisions need."""
+
+    name: str
+    version: str
+    arch: str | None
+    source: str | None  # source package name; dpkg omits the field when it equals name
+    held: bool  # selection "hold" (apt-mark hold): apt will not upgrade it
 
 
 @dataclass(frozen=True)
@@ -111,46 +127,77 @@ class Change:
 def find_packages(files: Mapping[str, bytes | None]) -> list[Package]:
     """Every component the selected files record, sorted; duplicates (one distribution
     in two site-packages) merged with both locations."""
-    found: dict[tuple[Ecosystem, str, str, str | None], list[str]] = defaultdict(list)
-
-    def add(ecosystem: Ecosystem, name: str, version: str, arch: str | None,
-            path: str) -> None:
-        found[(ecosystem, name, version, arch)].append("/" + path)
-
+    found: list[Package] = []
     for path, body in sorted(files.items()):
-        if path == "var/lib/dpkg/status" or path.startswith("var/lib/dpkg/status.d/"):
-            if body is not None:
-                distroless = path != "var/lib/dpkg/status"
-                for name, version, arch in parse_dpkg_status(_text(body), distroless):
-                    add("deb", name, version, arch, path)
-        elif path == "lib/apk/db/installed":
-            if body is not None:
-                for name, version, arch in parse_apk_installed(_text(body)):
-                    add("apk", name, version, arch, path)
-        elif path.endswith(("/METADATA", "/PKG-INFO")):
-            if body is not None and (dist := parse_python_metadata(_text(body))) is not None:
-                add("pypi", pep503_name(dist[0]), dist[1], None, path)
-        elif (match := _PYENV_PYTHON.search(path)) and _CPYTHON_VERSION.match(match[1]):
-            add("cpython", "cpython", match[1], None, path.rpartition("/bin/")[0])
-    packages = [Package(eco, name, version, arch, tuple(sorted(set(paths))))
-                for (eco, name, version, arch), paths in found.items()]
-    return sorted(packages, key=lambda p: (p.ecosystem, p.name, p.arch or "", p.version))
+        found += packages_in(path, body)
+    return merge_locations(found)
+
+
+def packages_in(path: str, body: bytes | None) -> list[Package]:
+    """The components one selected file records (``path`` relative, as imagefs gives it;
+    ``body`` None where only the path is known)."""
+    where = ("/" + path,)
+    if path == "var/lib/dpkg/status" or path.startswith("var/lib/dpkg/status.d/"):
+        if body is None:
+            return []
+        distroless = path != "var/lib/dpkg/status"
+        return [Package("deb", e.name, e.version, e.arch, where, e.source)
+                for e in parse_dpkg_entries(_text(body), distroless)]
+    if path == "lib/apk/db/installed":
+        if body is None:
+            return []
+        return [Package("apk", name, version, arch, where, origin)
+                for name, version, arch, origin in _apk_entries(_text(body))]
+    if path.endswith(("/METADATA", "/PKG-INFO")):
+        if body is None or (dist := parse_python_metadata(_text(body))) is None:
+            return []
+        return [Package("pypi", pep503_name(dist[0]), dist[1], None, where)]
+    if (match := _PYENV_PYTHON.search(path)) and _CPYTHON_VERSION.match(match[1]):
+        return [Package("cpython", "cpython", match[1], None,
+                        ("/" + path.rpartition("/bin/")[0],))]
+    return []
+
+
+def merge_locations(packages: list[Package]) -> list[Package]:
+    """One component per identity found in several places, with every location, sorted."""
+    found: dict[tuple[Any, ...], list[str]] = defaultdict(list)
+    for package in packages:
+        found[(package.ecosystem, package.name, package.version, package.arch,
+               package.source, package.properties)] += package.locations
+    merged = [Package(eco, name, version, arch, tuple(sorted(set(paths))), source, props)
+              for (eco, name, version, arch, source, props), paths in found.items()]
+    return sorted(merged, key=lambda p: (p.ecosystem, p.name, p.arch or "", p.version,
+                                         p.locations))
 
 
 def parse_dpkg_status(text: str, distroless: bool = False) -> list[tuple[str, str, str | None]]:
-    """(name, version, arch) of installed packages. "Installed" is the third word of
-    Status (so held packages count); distroless's status.d files omit Status."""
+    """(name, version, arch) of installed packages."""
+    return [(e.name, e.version, e.arch) for e in parse_dpkg_entries(text, distroless)]
+
+
+def parse_dpkg_entries(text: str, distroless: bool = False) -> list[DpkgEntry]:
+    """Installed packages of a dpkg database. "Installed" is the third word of Status
+    (so held packages count); distroless's status.d files omit Status."""
     out = []
     for stanza in _stanzas(text):
         name, version = stanza.get("package"), stanza.get("version")
         status = stanza.get("status", "install ok installed" if distroless else "").split()
         if name and version and len(status) == 3 and status[2] == "installed":
-            out.append((name, version, stanza.get("architecture") or None))
+            # "Source: glibc (2.36-9+deb12u7)": the source's version when it differs.
+            source = stanza.get("source", "").split(" ", 1)[0] or None
+            out.append(DpkgEntry(name, version, stanza.get("architecture") or None, source,
+                                 status[0] == "hold"))
     return out
 
 
 def parse_apk_installed(text: str) -> list[tuple[str, str, str | None]]:
     """(name, version, arch) from apk's installed database (``P:``, ``V:``, ``A:`` lines)."""
+    return [(name, version, arch) for name, version, arch, _ in _apk_entries(text)]
+
+
+def _apk_entries(text: str) -> list[tuple[str, str, str | None, str | None]]:
+    """(name, version, arch, origin) from apk's installed database or an APKINDEX,
+    which share the format; ``o:`` is the origin (source) package."""
     out = []
     for block in re.split(r"\n\s*\n", text):
         fields: dict[str, str] = {}
@@ -159,7 +206,9 @@ def parse_apk_installed(text: str) -> list[tuple[str, str, str | None]]:
             if sep and len(key) == 1 and key not in fields:
                 fields[key] = value.strip()
         if fields.get("P") and fields.get("V"):
-            out.append((fields["P"], fields["V"], fields.get("A") or None))
+            origin = fields.get("o") or None
+            out.append((fields["P"], fields["V"], fields.get("A") or None,
+                        origin if origin != fields["P"] else None))
     return out
 
 
@@ -233,12 +282,21 @@ def package_purl(package: Package, release: OsRelease | None) -> str:
 def build_sbom(files: Mapping[str, bytes | None], *, image_name: str, image_digest: str,
                image_tag: str | None = None, tool_version: str,
                timestamp: datetime | None = None) -> bytes:
+    """CycloneDX 1.6 JSON (UTF-8) for one image, from its selected files."""
+    return sbom_document(find_packages(files), os_release(files), image_name=image_name,
+                         image_digest=image_digest, image_tag=image_tag,
+                         tool_version=tool_version, timestamp=timestamp)
+
+
+def sbom_document(packages: list[Package], release: OsRelease | None, *, image_name: str,
+                  image_digest: str, image_tag: str | None = None, tool_version: str,
+                  timestamp: datetime | None = None) -> bytes:
     """CycloneDX 1.6 JSON (UTF-8) for one image. ``metadata.component`` is the image;
     the serial number derives from its digest, so with ``timestamp`` given the same
-    image yields the same bytes."""
+    image yields the same bytes. A package's ``properties`` become the component's."""
     import uuid
 
-    from cyclonedx.model import HashAlgorithm, HashType
+    from cyclonedx.model import HashAlgorithm, HashType, Property
     from cyclonedx.model.bom import Bom, BomMetaData
     from cyclonedx.model.component import Component, ComponentType
     from cyclonedx.model.component_evidence import ComponentEvidence, Occurrence
@@ -247,7 +305,6 @@ def build_sbom(files: Mapping[str, bytes | None], *, image_name: str, image_dige
 
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", image_digest):
         raise SbomError(f"image digest is not a sha256 digest: {image_digest!r}")
-    release = os_release(files)
     repository_name = image_name.rpartition("/")[2]
     qualifiers = {"repository_url": image_name}
     if image_tag:
@@ -271,15 +328,27 @@ def build_sbom(files: Mapping[str, bytes | None], *, image_name: str, image_dige
             type=ComponentType.OPERATING_SYSTEM, name=release.id, version=release.version_id,
             description=release.pretty_name,
             bom_ref=f"os:{release.id}@{release.version_id or ''}"))
-    for package in find_packages(files):
+    refs: set[str] = set()
+    for package in packages:
         purl = package_purl(package, release)
+        # One name and version found twice with different properties (installed by two
+        # layers into two places) stays two components: bom-refs must be unique.
+        ref, count = purl, 1
+        while ref in refs:
+            count += 1
+            ref = f"{purl}#{count}"
+        refs.add(ref)
         kind = ComponentType.APPLICATION if package.ecosystem == "cpython" \
             else ComponentType.LIBRARY
+        properties = list(package.properties)
+        if package.source is not None:
+            properties.append((SOURCE_PACKAGE, package.source))
         components.append(Component(
             type=kind, name=package.name, version=package.version,
-            purl=PackageURL.from_string(purl), bom_ref=purl,
+            purl=PackageURL.from_string(purl), bom_ref=ref,
             evidence=ComponentEvidence(occurrences=[Occurrence(location=where)
                                                     for where in package.locations]),
+            properties=[Property(name=k, value=v) for k, v in properties],
         ))
     for component in components:
         bom.components.add(component)

@@ -67,16 +67,24 @@ class SelectedFile:
 def select_files(layers: Iterable[IO[bytes]], patterns: Sequence[Pattern], *,
                  presence: Sequence[Pattern] = (),
                  max_file_size: int = MAX_FILE_SIZE,
-                 max_total_size: int = MAX_TOTAL_SIZE) -> dict[str, SelectedFile]:
+                 max_total_size: int = MAX_TOTAL_SIZE,
+                 lower: Mapping[str, SelectedFile] | None = None,
+                 on_layer: Callable[[int, Mapping[str, SelectedFile]], None] | None = None,
+                 ) -> dict[str, SelectedFile]:
     """The selected paths of the image built from ``layers`` (oldest first), by path.
 
     Files matching ``patterns`` are read; those matching only ``presence`` are
     recorded without their bodies (an interpreter binary's path says enough).
     Patterns are globs over relative paths (``*`` within one path segment,
-    ``**/`` any number of directories) or predicates on the path."""
+    ``**/`` any number of directories) or predicates on the path.
+
+    ``lower``: the selection of layers below ``layers`` (read earlier, bodies
+    optional), which these layers' whiteouts and files then change: a child
+    image's read can start from its parent's. ``on_layer(index, state)`` is
+    called after each layer is applied (the state must not be kept: it changes)."""
     wanted = compile_patterns(patterns)
     noted = compile_patterns(presence)
-    state: dict[str, SelectedFile] = {}
+    state: dict[str, SelectedFile] = dict(lower or {})
     for index, blob in enumerate(layers):
         changes = _LayerChanges(state)
         kept = sum(len(f.data or b"") for f in state.values())
@@ -109,6 +117,8 @@ def select_files(layers: Iterable[IO[bytes]], patterns: Sequence[Pattern], *,
         except (tarfile.TarError, zlib.error, EOFError, OSError) as exc:
             raise ImageFsError(f"layer {index}: not a readable tar stream: {exc}") from exc
         changes.apply()
+        if on_layer is not None:
+            on_layer(index, state)
     return dict(sorted(state.items()))
 
 

@@ -102,7 +102,7 @@ class RecordingAttestor:
         self.calls = calls
 
     async def attest(self, repo: ImageRef, digest: str, facts: Any, tag: str | None,
-                     work: Path) -> list[str]:
+                     work: Path, lineage: Any = None) -> list[str]:
         self.calls.append(f"attest {digest}")
         return ["sha256:" + "a" * 64]
 

@@ -40,6 +40,7 @@ def inputs_to_json(inputs: Inputs) -> str:
         "bases": [list(b) for b in inputs.bases],
         "platforms": list(inputs.platforms),
         "secrets": list(inputs.secrets),
+        "packages": [list(p) for p in inputs.packages],
     })
 
 
@@ -53,6 +54,7 @@ def inputs_from_json(text: str) -> Inputs:
         bases=tuple((r, d) for r, d in data.get("bases", [])),
         platforms=tuple(data.get("platforms", [])),
         secrets=tuple(data.get("secrets", [])),
+        packages=tuple((n, v) for n, v in data.get("packages", [])),
     )
 
 

@@ -1,0 +1,266 @@
+"""The fix decision: which layer rebuilds for which package fix, and whether it took."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.core.packagefix import (
+    Advisory,
+    FixPolicy,
+    LayerPackages,
+    NotApplied,
+    check_applied,
+    find_fixes,
+    key_pins,
+    rebuild_due,
+    upgrades_packages,
+)
+from orchestrator.core.packages import InstalledPackage
+from orchestrator.core.pkgindex import IndexEntry, IndexSnapshot
+
+MAIN = "apt http://deb.debian.org/debian bookworm"
+SECURITY = "apt http://deb.debian.org/debian-security bookworm-security"
+STATUS = "/var/lib/dpkg/status"
+
+
+def deb(name: str, version: str, by: str, arch: str = "amd64",
+        source: str | None = None) -> InstalledPackage:
+    return InstalledPackage("deb", name, version, arch, source, STATUS, by, "sha256:" + "0" * 64)
+
+
+def index(source: str, suite: str, security: bool, **versions: str) -> IndexSnapshot:
+    entries = {name.replace("_", "-"): (IndexEntry(name.replace("_", "-"), v, "amd64"),)
+               for name, v in versions.items()}
+    return IndexSnapshot(source, suite, security, "Sat, 29 Nov 2026 10:00:00 UTC",
+                         "sha256:" + ("a" if security else "b") * 64, "http://x/InRelease",
+                         entries)
+
+
+SNAPSHOTS = {
+    MAIN: index(MAIN, "bookworm", False, curl="7.88.1-10+deb12u8", libssl3="3.0.15-1~deb12u1"),
+    SECURITY: index(SECURITY, "bookworm-security", True, curl="7.88.1-10+deb12u12",
+                    libssl3="3.0.16-1~deb12u1", libexpat1="2.5.0-1+deb12u1"),
+}
+UPSTREAM_PKGS = [deb("libssl3", "3.0.15-1~deb12u1", "upstream:debian", source="openssl"),
+                 deb("libc6", "2.36-9+deb12u10", "upstream:debian")]
+OS_PKGS = [*UPSTREAM_PKGS, deb("curl", "7.88.1-10", "os")]
+PYTHON_PKGS = [*OS_PKGS, deb("libexpat1", "2.5.0-1", "python")]
+
+
+def chain(*, os_upgrades: bool = False, sources: tuple[str, ...] = (MAIN, SECURITY),
+          opted_out: frozenset[str] = frozenset()) -> list[LayerPackages]:
+    return [
+        LayerPackages("os", "upstream:debian", OS_PKGS, sources, upgrades=os_upgrades,
+                      opted_out="os" in opted_out),
+        LayerPackages("python", "os", PYTHON_PKGS, sources, opted_out="python" in opted_out),
+        LayerPackages("app", "python", [*PYTHON_PKGS, InstalledPackage(
+            "pypi", "flask", "3.1.0", None, None, "/site", "app", "")], sources),
+    ]
+
+
+def test_the_layer_that_installed_a_package_rebuilds_for_its_fix() -> None:
+    report = find_fixes(chain(), SNAPSHOTS, FixPolicy())
+    assert report.stale() == {"os", "python"}  # app only inherits them
+    [curl] = report.fixes["os"]
+    assert curl.reason() == \
+        "package fix: curl 7.88.1-10 -> 7.88.1-10+deb12u12 (bookworm-security)"
+    assert (curl.index, curl.snapshot) == (SECURITY, "sha256:" + "a" * 64)
+    assert report.reason("python") == \
+        "package fix: libexpat1 2.5.0-1 -> 2.5.0-1+deb12u1 (bookworm-security)"
+
+
+def test_the_upstreams_packages_wait_on_the_upstream_unless_a_first_layer_upgrades() -> None:
+    report = find_fixes(chain(), SNAPSHOTS, FixPolicy())
+    [waiting] = report.waiting
+    assert (waiting.fix.layer, waiting.fix.package.name, waiting.layers) == \
+        ("upstream:debian", "libssl3", ("os",))
+    assert waiting.describe().startswith(
+        "package fix: libssl3 3.0.15-1~deb12u1 -> 3.0.16-1~deb12u1 (bookworm-security): "
+        "installed by upstream:debian, waiting on its refresh; os could upgrade packages "
+        "itself (RUN apt-get update && apt-get upgrade -y")
+    upgrading = find_fixes(chain(os_upgrades=True), SNAPSHOTS, FixPolicy())
+    assert upgrading.waiting == ()
+    assert sorted(f.package.name for f in upgrading.fixes["os"]) == ["curl", "libssl3"]
+    assert "python" not in {f.layer for f in upgrading.fixes["os"]}
+
+
+def test_only_security_ignores_point_releases_unless_an_advisory_names_them() -> None:
+    main_only = chain(sources=(MAIN,))
+    assert find_fixes(main_only, SNAPSHOTS, FixPolicy()).stale() == set()
+    everything = find_fixes(main_only, SNAPSHOTS, FixPolicy(only="all"))
+    assert [f.version for f in everything.fixes["os"]] == ["7.88.1-10+deb12u8"]
+    advisory = Advisory("DSA-5999-1", "deb", "curl", "7.88.1-10+deb12u8", "high")
+    named = find_fixes(main_only, SNAPSHOTS, FixPolicy(), [advisory])
+    [fix] = named.fixes["os"]
+    assert fix.reason() == \
+        "package fix: curl 7.88.1-10 -> 7.88.1-10+deb12u8 (bookworm, DSA-5999-1)"
+    assert fix.severity == "high"
+
+
+def test_advisories_match_by_source_package_and_pick_the_severity() -> None:
+    advisories = [Advisory("DSA-6000-1", "deb", "openssl", "3.0.16-1~deb12u1", "critical"),
+                  Advisory("DSA-5000-1", "deb", "openssl", "3.0.10-1", "high")]  # long fixed
+    report = find_fixes(chain(os_upgrades=True), SNAPSHOTS, FixPolicy(), advisories)
+    libssl = next(f for f in report.fixes["os"] if f.package.name == "libssl3")
+    assert (libssl.advisories, libssl.severity) == (("DSA-6000-1",), "critical")
+    assert report.fixes["os"][0] is libssl  # the most severe first
+    assert report.urgent(FixPolicy()) == {"os"}
+    assert report.urgent(FixPolicy(urgent=())) == set()
+
+
+def test_only_the_indexes_the_image_names_count() -> None:
+    elsewhere = {"apt http://mirror.example/debian-security bookworm-security":
+                 SNAPSHOTS[SECURITY]}
+    assert find_fixes(chain(), elsewhere, FixPolicy()).stale() == set()
+
+
+def test_an_opted_out_layer_is_listed_apart() -> None:
+    report = find_fixes(chain(opted_out=frozenset({"os"})), SNAPSHOTS, FixPolicy())
+    assert report.stale() == {"python"}
+    assert [f.package.name for f in report.opted_out["os"]] == ["curl"]
+
+
+def test_a_layer_that_changed_an_inherited_package_owns_that_version() -> None:
+    # python upgraded curl itself: both its version and the parent's have a fix.
+    python = [*OS_PKGS[:2], deb("curl", "7.88.1-10+deb12u1", "python")]
+    report = find_fixes([LayerPackages("os", "upstream:debian", OS_PKGS, [SECURITY]),
+                         LayerPackages("python", "os", python, [SECURITY])],
+                        SNAPSHOTS, FixPolicy())
+    assert {layer: [f.package.version for f in fixes]
+            for layer, fixes in report.fixes.items()} == {
+        "os": ["7.88.1-10"], "python": ["7.88.1-10+deb12u1"]}
+
+
+def test_architectures_and_alpine_ordering() -> None:
+    apk_source = "apk https://dl-cdn.alpinelinux.org/alpine/v3.20/main"
+    apk = IndexSnapshot(apk_source, "v3.20/main", False, None, "sha256:" + "c" * 64, "u", {
+        "libssl3": (IndexEntry("libssl3", "3.3.2-r0", "x86_64"),
+                    IndexEntry("libssl3", "3.3.9-r0", "aarch64")),
+        "ca-certificates-bundle": (IndexEntry("ca-certificates-bundle", "20241121-r1",
+                                              "noarch"),)})
+    installed = [InstalledPackage("apk", "libssl3", "3.3.1-r3", "x86_64", "openssl",
+                                  "/lib/apk/db/installed", "os", ""),
+                 InstalledPackage("apk", "ca-certificates-bundle", "20241121-r0", "x86_64",
+                                  None, "/lib/apk/db/installed", "os", "")]
+    layer = LayerPackages("os", "upstream:alpine", installed, [apk_source])
+    report = find_fixes([layer], {apk_source: apk}, FixPolicy(only="all"))
+    assert [(f.package.name, f.version) for f in report.fixes["os"]] == [
+        ("ca-certificates-bundle", "20241121-r1"), ("libssl3", "3.3.2-r0")]
+    # Alpine has no security suites: "security" needs an advisory.
+    assert find_fixes([layer], {apk_source: apk}, FixPolicy()).stale() == set()
+
+
+def test_a_window_groups_fixes_unless_one_is_urgent() -> None:
+    fixes = find_fixes(chain(), SNAPSHOTS, FixPolicy()).fixes["os"]
+    policy = FixPolicy(window_s=3600)
+    assert not rebuild_due(1000.0, 1000.0 + 60, fixes, policy)
+    assert rebuild_due(1000.0, 1000.0 + 3600, fixes, policy)
+    urgent = find_fixes(chain(), SNAPSHOTS, FixPolicy(), [
+        Advisory("DSA-1", "deb", "curl", "7.88.1-10+deb12u12", "critical")]).fixes["os"]
+    assert rebuild_due(1000.0, 1000.0, urgent, policy)
+
+
+# --- after the rebuild ---------------------------------------------------------------------
+
+
+def test_fix_not_applied_says_why() -> None:
+    [curl] = find_fixes(chain(), SNAPSHOTS, FixPolicy()).fixes["os"]
+
+    def after(version: str | None, **kw: object) -> list[NotApplied]:
+        packages = [deb("curl", version, "os")] if version else []
+        return check_applied([curl], packages, **kw)  # type: ignore[arg-type]
+
+    assert after("7.88.1-10+deb12u12") == []  # applied
+    assert after("7.88.1-10+deb12u13") == []  # newer still
+    assert after(None) == []  # removed: nothing vulnerable left
+    [same] = after("7.88.1-10")
+    assert same.describe() == (
+        "fix_not_applied: curl is 7.88.1-10, not 7.88.1-10+deb12u12 (bookworm-security): "
+        "the build installed the same version: the mirror it used may lag behind the index, "
+        "or the Dockerfile pins the version")
+    assert "held (apt-mark hold)" in after("7.88.1-10", held={"curl"})[0].reason
+    assert after("7.88.1-10+deb12u9")[0].reason == \
+        "the build installed a newer version, but not the fixed one"
+    preferences = "Package: curl libcurl4\nPin: version 7.88.1-10\nPin-Priority: 1001\n"
+    assert after("7.88.1-10", texts={"etc/apt/preferences.d/curl": preferences})[0].reason \
+        == "its version is pinned in /etc/apt/preferences.d/curl"
+
+
+def test_apk_world_pins() -> None:
+    fix = find_fixes([LayerPackages("os", "upstream:alpine", [InstalledPackage(
+        "apk", "curl", "8.9.0-r0", "x86_64", None, "/lib/apk/db/installed", "os", "")],
+        ["apk r"])], {"apk r": IndexSnapshot("apk r", "v3.20/main", False, None, "d", "u", {
+            "curl": (IndexEntry("curl", "8.9.1-r0", "x86_64"),)})},
+        FixPolicy(only="all")).fixes["os"]
+    still = [InstalledPackage("apk", "curl", "8.9.0-r0", "x86_64", None,
+                              "/lib/apk/db/installed", "os", "")]
+    [pinned] = check_applied(fix, still, texts={"etc/apk/world": "busybox curl=8.9.0-r0\n"})
+    assert pinned.reason == "its version is pinned in /etc/apk/world"
+    assert check_applied(fix, still, texts={"etc/apk/world": "curl\n"})[0].reason.startswith(
+        "the build installed the same version")
+
+
+@pytest.mark.parametrize(("dockerfile", "upgrades"), [
+    ("FROM x\nRUN apt-get update && apt-get upgrade -y\n", True),
+    ("FROM x\nRUN apt-get update \\\n && apt-get -y --no-install-recommends dist-upgrade\n",
+     True),
+    ("FROM x\nRUN apt full-upgrade -y\n", True),
+    ("FROM x\nRUN apk upgrade --no-cache\n", True),
+    ("FROM x\nRUN apk --no-cache upgrade\n", True),
+    ("FROM x\nRUN apk add --no-cache --upgrade curl\n", True),
+    ("FROM x\nRUN apt-get install -y curl\n", False),
+    ("FROM x\n# RUN apt-get upgrade -y\nRUN true\n", False),
+    ("FROM x\nRUN pip install --upgrade pip\n", False),
+    ("FROM x\nRUN apk add --no-cache curl\n", False),
+])
+def test_which_dockerfiles_upgrade_packages(dockerfile: str, upgrades: bool) -> None:
+    assert upgrades_packages(dockerfile) is upgrades
+
+
+def test_key_pins_change_when_a_fix_is_taken_in_and_only_then() -> None:
+    [curl] = find_fixes(chain(), SNAPSHOTS, FixPolicy()).fixes["os"]
+    # Before any fix: no pins, so keys of layers never rebuilt for a fix do not change.
+    assert key_pins((), (), other_inputs_changed=False) == ()
+    first = key_pins((), [curl], other_inputs_changed=False)
+    assert first == (("deb:curl:amd64", "7.88.1-10+deb12u12"),)
+    # After the rebuild the fix is no longer pending; the pin stays: the same key.
+    assert key_pins(first, (), other_inputs_changed=False) == first
+    # Not applied (the mirror lags): still pending, the same pin, the same key: no loop.
+    assert key_pins(first, [curl], other_inputs_changed=False) == first
+    # A Dockerfile edit starts afresh.
+    assert key_pins(first, (), other_inputs_changed=True) == ()
+    # An older pending version never lowers a pin.
+    assert key_pins((("deb:curl:amd64", "7.88.1-10+deb12u20"),), [curl],
+                    other_inputs_changed=False) == (("deb:curl:amd64", "7.88.1-10+deb12u20"),)
+
+
+def test_the_build_key_covers_the_pins_and_the_state_keeps_them() -> None:
+    from orchestrator.build.state import inputs_from_json, inputs_to_json
+    from orchestrator.core.buildkey import build_key
+    from orchestrator.core.model import FileEntry, Inputs
+
+    plain = Inputs("d" * 64, (FileEntry("a", 0o100644, "e" * 64),), (), "sha256:" + "1" * 64)
+    pinned = Inputs(plain.dockerfile, plain.files, plain.args, plain.parent_digest,
+                    packages=(("deb:curl:amd64", "7.88.1-10+deb12u12"),))
+    newer = Inputs(plain.dockerfile, plain.files, plain.args, plain.parent_digest,
+                   packages=(("deb:curl:amd64", "7.88.1-10+deb12u13"),))
+    assert len({build_key(plain), build_key(pinned), build_key(newer)}) == 3
+    assert inputs_from_json(inputs_to_json(pinned)) == pinned
+    assert inputs_from_json(inputs_to_json(plain)) == plain
+
+
+def test_origins_name_the_suite_offering_the_installed_version() -> None:
+    from orchestrator.core.packagefix import origins
+    from orchestrator.core.packages import ORIGIN, PackageRecord, PathFacts
+    from orchestrator.core.sbom import Package
+
+    installed = [deb("curl", "7.88.1-10+deb12u12", "os"), deb("libssl3", "3.0.15-1~deb12u1",
+                                                               "upstream:debian"),
+                 deb("local-only", "1", "os")]
+    found = origins(installed, SNAPSHOTS.values())
+    assert found == {("deb", "curl", "amd64"): "bookworm-security",
+                     ("deb", "libssl3", "amd64"): "bookworm"}
+    record = PackageRecord("sha256:" + "1" * 64, "os", (), {"var/lib/dpkg/status": PathFacts(
+        "file", (Package("deb", "curl", "7.88.1-10+deb12u12", "amd64", (STATUS,)),))})
+    [curl] = record.sbom_packages(found)
+    assert (ORIGIN, "bookworm-security") in curl.properties
