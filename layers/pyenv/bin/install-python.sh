@@ -30,13 +30,15 @@ fi
 # A compiler cache when the image has ccache and the build gave it a folder
 # (CCACHE_DIR, a cache mount): the compiler is called through ccache, and the
 # build runs in a fixed folder so that the same sources give the same command
-# lines (and cache hits) every time.
+# lines (and cache hits) every time. The compiler is known by its content, not
+# its file time: a reproducible image build stamps every file of a rebuilt
+# layer (the compiler's too) with the build's own time.
 if [ -n "${CCACHE_DIR:-}" ] && command -v ccache >/dev/null 2>&1; then
     for dir in /usr/lib/ccache /usr/lib/ccache/bin; do
         if [ -x "$dir/gcc" ]; then PATH="$dir:$PATH"; break; fi
     done
     export PYTHON_BUILD_BUILD_PATH="${PYTHON_BUILD_BUILD_PATH:-${TMPDIR:-/tmp}/python-build-$version}"
-    export CCACHE_DIR
+    export CCACHE_DIR CCACHE_COMPILERCHECK=content
     ccache --zero-stats >/dev/null 2>&1 || true
 fi
 
