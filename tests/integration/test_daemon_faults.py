@@ -12,7 +12,8 @@ import pytest
 from tests.conftest import Project, Testbed, unique_namespace
 from tests.integration.daemon_helpers import DaemonProcess, api, daemon_config, wait_until
 
-pytestmark = pytest.mark.integration
+# Checks machine-wide state (processes, containers, timings): runs alone.
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 
 def slow_catalog(project: Project, testbed: Testbed, seconds: int, drain: str = "30s") -> None:

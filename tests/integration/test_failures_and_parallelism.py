@@ -23,7 +23,8 @@ from tests.conftest import (
 )
 from tests.integration.hierarchy import BRANCH_A, BRANCH_B, write_config, write_layers
 
-pytestmark = pytest.mark.integration
+# Checks machine-wide state (processes, containers, timings): runs alone.
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 
 def test_failed_layer_skips_its_descendants_and_the_other_branch_builds(

@@ -18,7 +18,8 @@ import pytest
 from tests.conftest import Project, Testbed, built, image_config, unique_namespace
 from tests.integration.daemon_helpers import DaemonProcess, api, wait_until
 
-pytestmark = pytest.mark.integration
+# Checks machine-wide state (processes, containers, timings): runs alone.
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 PARENT = {"a1": "base", "a2": "a1", "b1": "base", "b2": "b1"}
 
 

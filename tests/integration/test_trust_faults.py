@@ -27,7 +27,8 @@ from tests.integration.daemon_helpers import (
     wait_until,
 )
 
-pytestmark = pytest.mark.integration
+# Checks machine-wide state (processes, containers, timings): runs alone.
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 
 def buildah_containers() -> set[str]:
