@@ -109,7 +109,8 @@ def test_a_user_outside_the_group_is_told_to_join_it(fake_daemon: Path) -> None:
     import grp
 
     group = grp.getgrgid(65534).gr_name
-    proc = subprocess.run([str(SETPRIV), "--bounding-set=-dac_override,-dac_read_search",
+    drop = "-dac_override,-dac_read_search"  # inheritable too: a container may keep them there
+    proc = subprocess.run([str(SETPRIV), f"--bounding-set={drop}", f"--inh-caps={drop}",
                            sys.executable, "-m", "orchestrator", "status", "--socket",
                            str(fake_daemon)], capture_output=True, text=True, timeout=60,
                           env=_env(), cwd=ROOT)
