@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import sys
 import time
@@ -17,6 +18,38 @@ class NoDaemon(Exception):
     def __init__(self, socket_path: Path, why: str) -> None:
         self.socket_path = socket_path
         super().__init__(f"no daemon answers on {socket_path}: {why}")
+
+
+class NoAccess(Exception):
+    """The socket is there but this user may not connect: a daemon may well be
+    running, so saying "no daemon" would send the user the wrong way."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        super().__init__(f"permission denied: join the group `{socket_group(socket_path)}` "
+                         f"to use {socket_path} (group membership starts at the next login)")
+
+
+def socket_group(path: Path) -> str:
+    """The group that may use the socket: the socket's own, else its folder's, else
+    the one the shipped units create."""
+    for candidate in (path, path.parent):
+        try:
+            gid = candidate.stat().st_gid
+        except OSError:
+            continue
+        try:
+            return grp.getgrgid(gid).gr_name
+        except KeyError:
+            return str(gid)
+    return "orchestrator"
+
+
+def _unreachable(socket_path: Path, exc: Exception) -> Exception:
+    cause = getattr(exc, "os_error", exc)
+    if isinstance(cause, PermissionError):
+        return NoAccess(socket_path)
+    return NoDaemon(socket_path, str(exc))
 
 
 class Client:
@@ -38,8 +71,9 @@ class Client:
                     return resp.status, json.loads(text)
                 except ValueError:
                     return resp.status, text
-        except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionError) as exc:
-            raise NoDaemon(self.socket_path, str(exc)) from None
+        except (aiohttp.ClientConnectorError, FileNotFoundError, PermissionError,
+                ConnectionError) as exc:
+            raise _unreachable(self.socket_path, exc) from None
 
     async def stream(self, path: str) -> int:
         """Copy a streamed answer (logs, events) to stdout as it arrives."""
@@ -55,8 +89,9 @@ class Client:
                 async for chunk in resp.content.iter_any():
                     sys.stdout.buffer.write(chunk)
                     sys.stdout.flush()
-        except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionError) as exc:
-            raise NoDaemon(self.socket_path, str(exc)) from None
+        except (aiohttp.ClientConnectorError, FileNotFoundError, PermissionError,
+                ConnectionError) as exc:
+            raise _unreachable(self.socket_path, exc) from None
         return EXIT_OK
 
 

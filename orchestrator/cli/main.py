@@ -101,7 +101,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # here, where a reader that left is still ours to handle
+        return code
+    except BrokenPipeError:
+        return _reader_left()
     except PolicyError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)
@@ -122,6 +126,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         print("orchestrator: interrupted; running builders were stopped", file=sys.stderr)
         return 130
+
+
+def _reader_left() -> int:
+    """stdout's reader has gone (``orchestrator status | head -8``): end quietly,
+    as other command-line tools do, with the status a shell gives a tool that
+    SIGPIPE ended. stdout now points at /dev/null, so the interpreter's last
+    flush has nothing left to fail on."""
+    import os
+    import signal
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
 
 
 CLIENT_VERBS = ("status", "trigger", "cancel", "history", "logs", "reload")
@@ -270,6 +291,8 @@ async def _papers(args: argparse.Namespace) -> int:
         except papers.NotFound as exc:
             print(f"orchestrator: {exc}", file=sys.stderr)
             return EXIT_FAILED
+        except BrokenPipeError:
+            raise  # stdout's reader left: not a key file that cannot be read
         except OSError as exc:
             raise InputError(str(args.verify), f"cannot read: {exc.strerror}") from exc
 
@@ -372,7 +395,7 @@ def _socket_path(args: argparse.Namespace) -> Path:
 def _client(args: argparse.Namespace) -> int:
     import asyncio
 
-    from orchestrator.cli.client import Client, NoDaemon
+    from orchestrator.cli.client import Client, NoAccess, NoDaemon
 
     client = Client(_socket_path(args))
     try:
@@ -380,6 +403,9 @@ def _client(args: argparse.Namespace) -> int:
     except NoDaemon as exc:
         print(f"orchestrator: {exc}", file=sys.stderr)
         return EXIT_NO_DAEMON
+    except NoAccess as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 async def _client_call(client: Client, args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ import grp
 import json
 import os
 import socket
+import stat
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -63,6 +64,22 @@ def error(status: int, message: str) -> web.Response:
     return web.json_response({"message": message}, status=status)
 
 
+class HangUpAfter(web.Response):
+    """An answer after which the connection closes at once. For a 408 the client
+    stopped sending its body: aiohttp would otherwise linger up to 10 s to drain
+    a body that is not coming, holding the connection despite ``Connection: close``."""
+
+    def __init__(self, request: web.BaseRequest, status: int, message: str) -> None:
+        super().__init__(text=json.dumps({"message": message}), status=status,
+                         content_type="application/json")
+        self.force_close()
+        self._hang_up_on = request.protocol
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        await super().write_eof(data)
+        self._hang_up_on.force_close()  # the answer is flushed before the close
+
+
 @web.middleware
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     uid = peer_uid(request)
@@ -75,7 +92,8 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
                    413: f"request body larger than {MAX_BODY} bytes"}.get(exc.status, exc.reason)
         response = error(exc.status, message)
     except Refused as exc:
-        response = error(exc.status, str(exc))
+        response = (HangUpAfter(request, exc.status, str(exc)) if exc.status == 408
+                    else error(exc.status, str(exc)))
     except InputError as exc:
         status = 404 if "unknown layer" in exc.problem else 400
         response = error(status, str(exc))
@@ -245,7 +263,15 @@ class ControlServer:
 
     def _bind(self, path: Path) -> socket.socket:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() or path.is_symlink():
+        try:
+            found = path.lstat()
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(found.st_mode):
+                # A mistyped [control] socket must never cost the user a file.
+                raise InputError("[control] socket", f"{path} exists and is not a socket; "
+                                 "choose another path or remove it yourself")
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 probe.connect(str(path))

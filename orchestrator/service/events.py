@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -25,7 +25,9 @@ class EventBus:
         getattr(self._log, level)(event, **fields)
         for listener in self.listeners:
             listener(event, fields, level)
-        record = {"event": event, "timestamp": time.time(), "level": level, **fields}
+        # The form the log lines carry (ISO-8601 UTC), so one parser reads both.
+        stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        record = {"event": event, "timestamp": stamp, "level": level, **fields}
         for queue in list(self._subscribers):
             try:
                 queue.put_nowait(record)

@@ -153,6 +153,15 @@ def test_a_stalled_client_gets_408_and_others_are_served(daemon: DaemonProcess) 
     stalled.settimeout(30)
     answer = stalled.recv(4096).decode()
     assert answer.startswith("HTTP/1.1 408") and '"message"' in answer
+    assert "Connection: close" in answer
+    # ... and the connection is closed right after the answer, not held open
+    # while the server lingers for a body that is not coming.
+    answered = time.monotonic()
+    stalled.settimeout(5)
+    rest = b""
+    while chunk := stalled.recv(4096):
+        rest += chunk
+    assert time.monotonic() - answered < 1, "the connection outlived the 408"
     stalled.close()
 
 

@@ -74,3 +74,30 @@ def test_stop_timeout_covers_the_drain() -> None:
         assert setting in text
     socket_unit = (UNITS / "orchestrator.socket").read_text()
     assert "SocketMode=0660" in socket_unit and "SocketGroup=" in socket_unit
+
+
+PATH_SETTINGS = ("ReadWritePaths", "ReadOnlyPaths", "InaccessiblePaths", "ExecPaths",
+                 "NoExecPaths", "BindPaths", "BindReadOnlyPaths")
+
+
+def test_the_units_name_no_path_that_a_fresh_boot_lacks() -> None:
+    """A path the sandbox must find (no "-" prefix) fails the start with
+    226/NAMESPACE when it is missing: /run is empty at every boot, and buildah's
+    folders exist only once buildah has run. The units may only name paths a
+    fresh Debian has, or mark them optional."""
+    always_there = ("/usr", "/etc", "/var/tmp", "/tmp", "/dev", "/proc", "/sys")
+    for unit in ("orchestrator.service", "orchestrator-buildah.conf"):
+        for line in (UNITS / unit).read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() not in PATH_SETTINGS:
+                continue
+            for path in value.split():
+                path = path.lstrip("+")
+                assert path.startswith("-") or path.rstrip("/") in always_there, \
+                    f"{unit}: {line}: {path} may not exist when the service starts"
+
+
+def test_the_buildah_drop_in_needs_no_docker_group() -> None:
+    text = (UNITS / "orchestrator-buildah.conf").read_text()
+    assert re.search(r"^SupplementaryGroups=$", text, re.M)
+    assert re.search(r"^User=root$", text, re.M)
