@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.core.errors import InputError
 from orchestrator.service.api import ControlServer
-from orchestrator.service.daemon import Refused
+from orchestrator.service.ports import Refused
 
 
 def server(path: Path) -> ControlServer:
