@@ -186,6 +186,14 @@ class ProvenanceConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """``[web]``: the read-only web page; off when ``listen`` is absent."""
+
+    listen: tuple[str, int] | None = None  # TCP address, loopback unless said otherwise
+    token_file: Path | None = None  # a file holding the token that enables actions
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     layers_dir: Path
@@ -202,6 +210,7 @@ class Config:
     notify: tuple[NotifyTarget, ...] = ()
     # [state] scratch: "auto", "none" or a folder for small build snapshots.
     scratch: str = "auto"
+    web: WebConfig = field(default_factory=WebConfig)
 
 
 @dataclass(frozen=True)
