@@ -731,8 +731,8 @@ class Daemon:
                 self.metrics.duration.labels(fields["layer"]).observe(fields["duration_s"])
         level = "error" if fields.get("outcome") == "failed" or \
             event == "state_write_failed" else "info"
-        if event != "layer_up_to_date":
-            self.bus.publish(event, fields, level)
+        # A reuse is news to live views (the web page, run --once), not to the log.
+        self.bus.publish(event, fields, "debug" if event == "layer_up_to_date" else level)
         self.notifier.notify(self._status_text(len(self._running_layers()), None))
 
     # -- views ----------------------------------------------------------------
