@@ -137,11 +137,19 @@ def render_tree(layers: list[dict[str, Any]], now: float | None = None) -> str:
 
 
 def render_full_status(status: dict[str, Any], layers: list[dict[str, Any]]) -> str:
-    head = (f"orchestrator {status['phase']} (pid {status['pid']}, up "
+    return "\n".join([status_head(status), "", render_tree(layers), *status_tail(status)])
+
+
+def status_head(status: dict[str, Any]) -> str:
+    return (f"orchestrator {status['phase']} (pid {status['pid']}, up "
             f"{status['uptime_s']:.0f}s, backend {status['backend']['name']}"
             + (f", backend error: {status['backend']['error']}" if status["backend"]["error"]
                else "") + f"), {len(status.get('queue') or [])} queued")
-    lines = [head, "", render_tree(layers)]
+
+
+def status_tail(status: dict[str, Any]) -> list[str]:
+    """The engines (when there is more than one, or one is down) and the upstream watchers."""
+    lines: list[str] = []
     builders = status.get("builders") or []
     if len(builders) > 1 or any(b["state"] != "up" for b in builders):
         lines += ["", "builders"]
@@ -156,4 +164,4 @@ def render_full_status(status: dict[str, Any], layers: list[dict[str, Any]]) -> 
                 f"{up.get('tag')} {str(up.get('digest'))[:19]}"
             lines.append(f"  {name:<16} {state}; checked {_ago(up.get('last_check'))}, "
                          f"next poll {_ago(up.get('next_check'))}")
-    return "\n".join(lines)
+    return lines
