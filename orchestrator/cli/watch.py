@@ -142,6 +142,7 @@ class StatusWatch:
         self.view = view
         self.status: dict[str, Any] | None = None
         self.problem: str | None = None
+        self._reseeds: set[asyncio.Task[None]] = set()
 
     async def reseed(self) -> None:
         from orchestrator.cli.client import NoDaemon
@@ -191,7 +192,9 @@ class StatusWatch:
             self.view.board.started_at = record.get("timestamp")
         elif event in ("run_finished", "reloaded", "catalog_reloaded"):
             self.view.board.started_at = None
-            asyncio.get_running_loop().create_task(self.reseed())
+            task = asyncio.get_running_loop().create_task(self.reseed())
+            self._reseeds.add(task)
+            task.add_done_callback(self._reseeds.discard)
         else:
             self.view(event, record)
 
