@@ -88,9 +88,10 @@ def test_build_on_a_terminal_draws_the_tree_live_then_the_summary(
     small_hierarchy(project, testbed, slow=True)
     terminal.start(f"{sys.executable} -m orchestrator -c {project.config} build; "
                    "echo EXIT=$?; sleep 600", str(project.root))
-    # Mid-run: mid is building on the local engine, with its elapsed time and the
-    # builder's last line; leaf waits on it; other (independent) goes its way.
-    mid_run = terminal.wait_for(r"mid +● building [1-9]\d*s on local", 120)
+    # Mid-run: mid is building on the engine (a pool of one is named for its
+    # backend), with its elapsed time and the builder's last line; leaf waits on
+    # it; other (independent) goes its way.
+    mid_run = terminal.wait_for(r"mid +● building [1-9]\d*s on buildah", 120)
     assert re.search(r"> compiling part \d of 6", terminal.wait_for(r"> compiling part", 30))
     assert re.search(r"└── leaf +… waiting on mid", mid_run), mid_run
     assert re.search(r"upstreams: seed 1 @ sha256:[0-9a-f]{12}", mid_run), mid_run
@@ -99,9 +100,9 @@ def test_build_on_a_terminal_draws_the_tree_live_then_the_summary(
     # At the end: the last frame of the tree, then the summary as it always was.
     end = terminal.wait_for(r"EXIT=\d", 120)
     assert "EXIT=0" in end, end
-    assert re.search(r"built +mid +never built; [\d.]+s on local", end), end
+    assert re.search(r"built +mid +never built; [\d.]+s on buildah", end), end
     assert "4 built, 0 up to date, 0 failed, 0 skipped" in end
-    assert re.search(r"mid +✓ built in [\d.]+s on local", end), end
+    assert re.search(r"mid +✓ built in [\d.]+s on buildah", end), end
     out = artifacts()
     (out / "terminal-mid-run.ansi").write_text(capture)
     terminal_picture(capture, out / "terminal.png")
@@ -149,7 +150,7 @@ def test_run_once_on_a_terminal_draws_the_daemons_run(
         fh.write('\n[control]\nsocket = "control.sock"\n')
     terminal.start(f"{sys.executable} -m orchestrator -c {project.config} run --once; "
                    "echo EXIT=$?; sleep 600", str(project.root))
-    mid_run = terminal.wait_for(r"mid +● building [1-9]\d*s on local", 120)
+    mid_run = terminal.wait_for(r"mid +● building [1-9]\d*s on buildah", 120)
     assert "orchestrator run --once: ready" in mid_run
     assert re.search(r"(base|other) +✓ (built|up to date)", mid_run), mid_run
     end = terminal.wait_for(r"EXIT=\d", 120)

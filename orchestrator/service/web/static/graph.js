@@ -49,6 +49,11 @@
     });
     var parts = Object.keys(by).sort().map(function (k) { return by[k] + " " + k; });
     counts.textContent = nodes.size + " layers: " + parts.join(", ");
+    // For whoever measures the page: when every node first showed its state.
+    if (!graph.hasAttribute("data-drawn-ms")) {
+      graph.setAttribute("data-drawn-ms", String(Math.round(performance.now())));
+    }
+    graph.setAttribute("data-nodes", String(nodes.size));
   }
 
   function relayout() {
