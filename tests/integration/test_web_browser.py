@@ -56,11 +56,12 @@ class Events:
                 self.records.append((time.time(), json.loads(line)))
 
     def first(self, event: str, layer: str, after: float) -> float:
+        """When the daemon published the first such event after ``after``."""
         def found() -> float | None:
             for at, record in self.records:
                 if at >= after and record.get("event") == event and \
                         record.get("layer") == layer:
-                    return at
+                    return float(record["timestamp"])
             return None
 
         return float(wait_until(found, 120, 0.05, f"{event} of {layer}"))
