@@ -222,6 +222,9 @@ def test_the_pages_asked_no_host_but_the_daemon(site: Site, page: Any) -> None:
     for path in ("/runs", "/layers/other", "/"):
         page.goto(site.url + path)
         page.wait_for_load_state("networkidle")
+        if path == "/runs":
+            page.locator("#engines").wait_for()
+            page.screenshot(path=str(artifacts() / "web-runs.png"), full_page=True)
     hosts = {urlsplit(url).netloc for url in site.requests if not url.startswith("data:")}
     assert hosts == {f"127.0.0.1:{site.port}"}, hosts
 
