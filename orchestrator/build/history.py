@@ -84,6 +84,10 @@ class History:
             steps.append((row["created_at"], size))
             if row["finished_at"] is not None:
                 steps.append((row["finished_at"], -size))
+        if not steps:
+            return []
+        # From the first change in the window: a quiet fortnight is not worth a flat line.
+        since = max(since, min(at for at, _ in steps) - 60.0)
         depth = sum(change for at, change in steps if at < since)
         out = [Sample(since, float(depth))]
         for at, change in sorted(step for step in steps if step[0] >= since):

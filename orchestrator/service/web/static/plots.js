@@ -1,7 +1,7 @@
 // Small plots from the state database: build durations, queue depth (uPlot).
 (function () {
   "use strict";
-  function plot(target, title, data, label) {
+  function plot(target, title, data, label, stepped) {
     var box = document.createElement("div");
     box.className = "plot-box";
     var h = document.createElement("h3");
@@ -15,18 +15,25 @@
       box.appendChild(none);
       return;
     }
+    var line = { label: label, stroke: "#1f5fa8", width: 1.5, fill: "rgba(31,95,168,0.08)",
+                 points: { show: data[0].length < 40 } };
+    if (stepped) line.paths = uPlot.paths.stepped({ align: 1 });
     new uPlot({
       width: 360, height: 140, legend: { show: false },
-      scales: { x: { time: true } },
-      series: [{}, { label: label, stroke: "#1f5fa8", width: 1.5, fill: "rgba(31,95,168,0.08)",
-                     points: { show: data[0].length < 40 } }],
+      scales: {
+        x: { time: true, range: function (u, min, max) {
+          return min === max ? [min - 1800, max + 1800] : [min, max];  // one build: an hour around it
+        } },
+        y: { range: function (u, min, max) { return [0, Math.max(1, max * 1.15)]; } },
+      },
+      series: [{}, line],
       axes: [{ size: 30 }, { size: 45 }],
     }, data, box);
   }
   document.querySelectorAll(".plot, .plots").forEach(function (target) {
     fetch(target.getAttribute("data-src")).then(function (r) { return r.json(); }).then(function (d) {
       if (target.getAttribute("data-kind") === "queue") {
-        plot(target, "layers waiting or building", d.queue, "layers");
+        plot(target, "layers waiting or building", d.queue, "layers", true);
         return;
       }
       var names = Object.keys(d.durations);
