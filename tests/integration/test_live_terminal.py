@@ -154,3 +154,19 @@ def test_run_once_on_a_terminal_draws_the_daemons_run(
     end = terminal.wait_for(r"EXIT=\d", 120)
     assert "EXIT=0" in end and "4 built, 0 up to date, 0 failed, 0 skipped" in end, end
     assert '"event"' not in end  # no JSON log lines on the terminal
+
+
+def test_ctrl_c_leaves_the_terminal_clean(
+    project: Project, testbed: Testbed, terminal: Tmux
+) -> None:
+    small_hierarchy(project, testbed, slow=True)
+    # (The shell traps Ctrl-C so that it lives to print the exit code.)
+    terminal.start(f"trap true INT; {sys.executable} -m orchestrator -c {project.config} "
+                   "build; echo EXIT=$?; sleep 600", str(project.root))
+    terminal.wait_for(r"> compiling part", 120)
+    terminal.tmux("send-keys", "-t", "t", "C-c")
+    end = terminal.wait_for(r"EXIT=\d+", 60)
+    assert "EXIT=130" in end and "interrupted; running builders were stopped" in end, end
+    # The cursor is back, and the prompt's line is not glued to the tree's.
+    assert terminal.tmux("display-message", "-p", "-t", "t", "#{cursor_flag}").strip() == "1"
+    assert re.search(r"^EXIT=130$", end, re.MULTILINE), end
