@@ -49,9 +49,14 @@ def chromium(viewport: tuple[int, int] = (1400, 900)) -> Iterator[Any]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def html_screenshot(html: str, out: Path, width: int = 1000) -> None:
-    """A picture of an HTML document (a terminal capture rendered by rich)."""
+def html_screenshot(html: str, out: Path, width: int = 1000, element: str | None = None
+                    ) -> None:
+    """A picture of an HTML document (a terminal capture rendered by rich), or of
+    one element of it."""
     with chromium((width, 400)) as context:
         page = context.new_page()
         page.set_content(html)
-        page.screenshot(path=str(out), full_page=True)
+        if element is not None:
+            page.locator(element).first.screenshot(path=str(out))
+        else:
+            page.screenshot(path=str(out), full_page=True)

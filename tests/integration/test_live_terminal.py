@@ -118,7 +118,8 @@ def terminal_picture(capture: str, path: os.PathLike[str] | str) -> None:
                       color_system="truecolor")
     console.print(Text.from_ansi(capture.rstrip("\n")))
     svg = console.export_svg(title="orchestrator build")
-    html_screenshot(f"<html><body style='margin:0'>{svg}</body></html>", Path(path), width=900)
+    html_screenshot(f"<html><body style='margin:0'>{svg}</body></html>", Path(path), width=900,
+                    element="svg")
 
 
 def test_build_off_a_terminal_prints_what_it_always_did(
