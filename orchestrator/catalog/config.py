@@ -239,9 +239,11 @@ def _log_cap(state: Table) -> int:
 
 
 def _web(table: Table, resolve: Callable[[str], Path]) -> WebConfig:
-    table.check_keys(["listen", "token_file"])
+    table.check_keys(["listen", "token_file", "hosts"])
     token = table.optional_str("token_file")
-    return WebConfig(listen=_listen(table), token_file=resolve(token) if token else None)
+    hosts = tuple(host.lower() for host in table.string_list("hosts"))
+    return WebConfig(listen=_listen(table), token_file=resolve(token) if token else None,
+                     hosts=hosts)
 
 
 def _listen(table: Table) -> tuple[str, int] | None:

@@ -191,6 +191,9 @@ class WebConfig:
 
     listen: tuple[str, int] | None = None  # TCP address, loopback unless said otherwise
     token_file: Path | None = None  # a file holding the token that enables actions
+    # Names the page answers to besides IP addresses and localhost (a reverse
+    # proxy's): any other Host header is refused, so DNS rebinding reads nothing.
+    hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

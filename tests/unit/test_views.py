@@ -259,8 +259,10 @@ def _config(tmp_path: Path, web: str) -> Path:
 
 def test_web_settings(tmp_path: Path) -> None:
     assert load_config(_config(tmp_path, "")).web.listen is None
-    config = load_config(_config(tmp_path, '[web]\nlisten = "9465"\ntoken_file = "t"\n'))
+    config = load_config(_config(tmp_path, '[web]\nlisten = "9465"\ntoken_file = "t"\n'
+                                           'hosts = ["Builds.example.org"]\n'))
     assert config.web.listen == ("127.0.0.1", 9465)
+    assert config.web.hosts == ("builds.example.org",)
     assert config.web.token_file == tmp_path / "t"
     with pytest.raises(InputError, match=r"web.listen: expected HOST:PORT"):
         load_config(_config(tmp_path, '[web]\nlisten = "everywhere"\n'))

@@ -193,3 +193,23 @@ def test_a_short_or_missing_token_file_is_refused(tmp_path: Path) -> None:
         WebServer(source, WebConfig(listen=("127.0.0.1", 0), token_file=short))
     with pytest.raises(InputError, match="cannot read"):
         WebServer(source, WebConfig(listen=("127.0.0.1", 0), token_file=tmp_path / "none"))
+
+
+async def test_a_name_the_page_was_not_given_is_refused(web: tuple[WebServer, FakeSource]
+                                                        ) -> None:
+    """DNS rebinding: another site's name pointed at 127.0.0.1 reads nothing."""
+    server, _ = web
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.where + "/", headers={"Host": "evil.example:9465"}) as resp:
+            assert resp.status == 421
+        for host in ("localhost:9465", "127.0.0.1", "[::1]:80"):
+            async with http.get(server.where + "/picture.css", headers={"Host": host}) as resp:
+                assert resp.status == 200, host
+
+
+def test_allowed_hosts() -> None:
+    from orchestrator.service.web.server import allowed_host
+
+    assert allowed_host("builds.example.org", ("builds.example.org",))
+    assert not allowed_host("builds.example.org.evil", ("builds.example.org",))
+    assert allowed_host("10.1.2.3:9465", ())

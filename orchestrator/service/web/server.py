@@ -14,13 +14,14 @@ import asyncio
 import codecs
 import contextlib
 import html
+import ipaddress
 import json
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp_jinja2
 import jinja2
@@ -113,7 +114,7 @@ class WebServer:
     # -- lifecycle ---------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.headers, self.guard])
+        app = web.Application(middlewares=[self.headers, self.host_check, self.guard])
         aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("orchestrator.service.web",
                                                               "templates"),
                              autoescape=True,
@@ -180,6 +181,15 @@ class WebServer:
         headers.setdefault("X-Frame-Options", "DENY")
         headers.setdefault("Cache-Control", "no-store")
         return response
+
+    @web.middleware
+    async def host_check(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Only names this page was meant to have: a page of another site that
+        rebinds its own name to 127.0.0.1 sends that name, and is refused."""
+        if not allowed_host(request.host, self.config.hosts):
+            return web.Response(status=421, text=f"this page does not answer to {request.host!r}"
+                                " (a reverse proxy's name goes in [web] hosts)")
+        return await handler(request)
 
     @web.middleware
     async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -470,6 +480,18 @@ class WebServer:
         log.info("web_cancel", build_id=build_id, peer=request.remote)
         form = await request.post()
         raise web.HTTPSeeOther(_local_path(str(form.get("back") or "/runs")))
+
+
+def allowed_host(host: str, names: tuple[str, ...]) -> bool:
+    """An IP address, localhost, or one of ``names`` (any port)."""
+    name = urlsplit(f"//{host}").hostname or ""
+    if name in ("localhost", *names):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _local_path(path: str) -> str:
