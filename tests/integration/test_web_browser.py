@@ -162,6 +162,7 @@ def test_a_saved_file_turns_its_node_building_then_up_to_date(site: Site, page: 
         page.wait_for_selector('[id="layer-mid"][data-state="building"]', timeout=60_000)
         seen_building = time.time()
         assert node_state_line(page, "mid").startswith("building ")
+        page.screenshot(path=str(artifacts() / "web-graph-building.png"))
         # Built, then (once the run ends and the daemon's view is read again) up to date.
         page.wait_for_selector('[id="layer-mid"]:is([data-state="built"], '
                                '[data-state="up_to_date"])', timeout=60_000)
