@@ -225,6 +225,8 @@ def test_the_pages_asked_no_host_but_the_daemon(site: Site, page: Any) -> None:
         page.wait_for_load_state("networkidle")
         if path == "/runs":
             page.locator("#engines").wait_for()
+            page.locator(".uplot").nth(1).wait_for()  # queue depth and build times, drawn
+            assert "buildah" in str(page.locator("#engines").text_content())
             page.screenshot(path=str(artifacts() / "web-runs.png"), full_page=True)
     hosts = {urlsplit(url).netloc for url in site.requests if not url.startswith("data:")}
     assert hosts == {f"127.0.0.1:{site.port}"}, hosts

@@ -21,9 +21,9 @@
     new uPlot({
       width: 360, height: 140, legend: { show: false },
       scales: {
-        x: { time: true, range: function (u, min, max) {
-          return min === max ? [min - 1800, max + 1800] : [min, max];  // one build: an hour around it
-        } },
+        // One build: an hour around it, not an axis of years.
+        x: data[0].length === 1 ? { time: true, auto: false, range: [data[0][0] - 1800, data[0][0] + 1800] }
+                                : { time: true },
         y: { range: function (u, min, max) { return [0, Math.max(1, max * 1.15)]; } },
       },
       series: [{}, line],
