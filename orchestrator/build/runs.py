@@ -24,6 +24,7 @@ from orchestrator.catalog.lint import lint
 from orchestrator.catalog.tomlfile import display
 from orchestrator.core.errors import InputError, OrchestratorError, PolicyError, UpstreamError
 from orchestrator.core.model import Catalog, Config, Outcome, ResolvedUpstream
+from orchestrator.core.runboard import upstream_value
 from orchestrator.engines.emulation import check_emulation
 from orchestrator.engines.factory import docker_config_dir, insecure_hosts, make_builders
 from orchestrator.engines.pool import BuilderPool
@@ -233,6 +234,9 @@ async def _execute(config: Config, catalog: Catalog, state: AsyncStateStore, ord
     async with RegistryClient(auth, insecure=frozenset(insecure_hosts(config))) as client:
         resolved, failed = await resolve_all(config.upstreams, needed, client)
         failed = await with_last_known(state, resolved, failed, emit)
+        # For a live view's "upstreams in use" line (progress lines leave it out).
+        emit("upstreams_resolved", {"upstreams": {
+            name: upstream_value(up.tag, up.digest) for name, up in resolved.items()}})
         with docker_config_dir(config.auth_file, config.state_dir / "tmp") as docker_config:
             if jobs is not None and len(config.builders) == 1:
                 # --jobs sizes a pool of one; with several engines it caps the total.

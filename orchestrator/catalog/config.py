@@ -25,6 +25,7 @@ from orchestrator.core.model import (
     RegistryConfig,
     SecretSpec,
     UpstreamSpec,
+    WebConfig,
 )
 from orchestrator.core.platforms import check_platform
 from orchestrator.core.versions import check_track
@@ -38,7 +39,8 @@ DEFAULT_LOG_MAX = 64 * 1024 * 1024  # per build log; the head and the newest tai
 def load_config(path: Path) -> Config:
     root = Table(read_toml(path), display(path))
     root.check_keys(["catalog", "registry", "build", "state", "control", "daemon", "metrics",
-                     "upstream", "builders", "provenance", "secrets", "notify", "packages"])
+                     "upstream", "builders", "provenance", "secrets", "notify", "packages",
+                     "web"])
     base = path.resolve().parent
 
     def resolve(p: str) -> Path:
@@ -109,6 +111,7 @@ def load_config(path: Path) -> Config:
         secrets=_secrets(root.table("secrets"), resolve),
         notify=_notify(root),
         packages=_packages(root.table("packages")) if "packages" in root.data else None,
+        web=_web(root.table("web"), resolve),
         daemon=DaemonConfig(
             socket_group=control.optional_str("group"),
             debounce_s=daemon.duration("debounce", 0.5) or 0.0,
@@ -289,6 +292,14 @@ def _log_cap(state: Table) -> int:
         raise state.error("log_max_size", f"{cap} bytes is too small to keep a log's head "
                           "and tail: use at least 64K, or 0 for no cap")
     return cap
+
+
+def _web(table: Table, resolve: Callable[[str], Path]) -> WebConfig:
+    table.check_keys(["listen", "token_file", "hosts"])
+    token = table.optional_str("token_file")
+    hosts = tuple(host.lower() for host in table.string_list("hosts"))
+    return WebConfig(listen=_listen(table), token_file=resolve(token) if token else None,
+                     hosts=hosts)
 
 
 def _listen(table: Table) -> tuple[str, int] | None:

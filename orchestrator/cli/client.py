@@ -172,11 +172,19 @@ def render_tree(layers: list[dict[str, Any]], now: float | None = None) -> str:
 
 
 def render_full_status(status: dict[str, Any], layers: list[dict[str, Any]]) -> str:
-    head = (f"orchestrator {status['phase']} (pid {status['pid']}, up "
+    return "\n".join([status_head(status), "", render_tree(layers), *status_tail(status)])
+
+
+def status_head(status: dict[str, Any]) -> str:
+    return (f"orchestrator {status['phase']} (pid {status['pid']}, up "
             f"{status['uptime_s']:.0f}s, backend {status['backend']['name']}"
             + (f", backend error: {status['backend']['error']}" if status["backend"]["error"]
                else "") + f"), {len(status.get('queue') or [])} queued")
-    lines = [head, "", render_tree(layers)]
+
+
+def status_tail(status: dict[str, Any]) -> list[str]:
+    """The engines (when there is more than one, or one is down) and the upstream watchers."""
+    lines: list[str] = []
     builders = status.get("builders") or []
     if len(builders) > 1 or any(b["state"] != "up" for b in builders):
         lines += ["", "builders"]
@@ -198,4 +206,4 @@ def render_full_status(status: dict[str, Any], layers: list[dict[str, Any]]) -> 
             lines.append(f"  {h['target']:<16} {h['pending']} pending, {h['delivered']} "
                          "delivered" + (f"; last error {_ago(h['last_error_at'])}: "
                                         f"{h['last_error']}" if h["last_error"] else ""))
-    return "\n".join(lines)
+    return lines

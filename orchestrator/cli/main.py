@@ -9,6 +9,7 @@ should not pay for loading the daemon, its HTTP server, metrics or rich.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,7 +56,8 @@ def parser() -> argparse.ArgumentParser:
                       "name, and each Directory's Tags")
 
     gr = sub.add_parser("graph", help="print the hierarchy")
-    gr.add_argument("--format", choices=["tree", "dot", "json"], default="tree")
+    gr.add_argument("--format", choices=["tree", "dot", "json", "svg"], default="tree",
+                    help="svg: the web page's picture (needs Graphviz's dot)")
 
     explain = sub.add_parser("explain", help="an image's chain of builds and causes, read "
                              "from its provenance in the registry")
@@ -183,6 +185,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "build":
         select(catalog, args.layers)  # unknown names first: the plainer mistake
         enforce_policy(catalog, lambda line: print(line, file=sys.stderr))
+    if args.command == "graph" and args.format == "svg":
+        from orchestrator.build.runs import STATE_DB
+
+        print(render.graph_svg(catalog, config.state_dir / STATE_DB))
+        return EXIT_OK
     if args.command == "graph":
         out = {"tree": render.graph_tree, "dot": render.graph_dot,
                "json": render.graph_json}[args.format](catalog)
@@ -191,15 +198,22 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "build" and args.jobs is not None and args.jobs < 1:
         raise InputError("--jobs", "must be at least 1")
     from orchestrator.build.runs import execute
-    from orchestrator.cli.progress import Progress
 
     dry_run = args.command == "plan"
-    # Progress goes to stderr so stdout stays the command's answer.
-    progress = None if dry_run else Progress(sys.stderr)
-    report = _run_interruptible(execute(
-        config, catalog, names=args.layers, force=args.force, dry_run=dry_run,
-        jobs=getattr(args, "jobs", None), on_event=progress,
-    ), progress)
+    run = functools.partial(execute, config, catalog, names=args.layers, force=args.force,
+                            dry_run=dry_run, jobs=getattr(args, "jobs", None))
+    if dry_run:
+        report = _run_interruptible(run())
+    elif not args.json and sys.stderr.isatty() and _live_wanted():
+        from orchestrator.cli.watch import build_live
+
+        report = build_live(catalog, args.layers, run, _run_interruptible)
+    else:
+        from orchestrator.cli.progress import Progress
+
+        # Progress goes to stderr so stdout stays the command's answer.
+        progress = Progress(sys.stderr)
+        report = _run_interruptible(run(on_event=progress), progress)
     if args.json:
         print(render.report_json(report))
     else:
@@ -297,6 +311,12 @@ async def _papers(args: argparse.Namespace) -> int:
             raise InputError(str(args.verify), f"cannot read: {exc.strerror}") from exc
 
 
+def _live_wanted() -> bool:
+    from orchestrator.cli.live import wanted
+
+    return wanted(sys.stderr)
+
+
 def _run_daemon(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -304,10 +324,18 @@ def _run_daemon(args: argparse.Namespace) -> int:
     from orchestrator.service import logs
     from orchestrator.service.api import ControlServer
     from orchestrator.service.daemon import Daemon
+    from orchestrator.service.web.wiring import with_web
 
+    daemon = Daemon(args.config, with_web(ControlServer), once=args.once)
+    if args.once and sys.stdout.isatty():
+        from orchestrator.cli.live import wanted
+
+        if wanted(sys.stdout):
+            from orchestrator.cli.watch import run_once_live
+
+            return run_once_live(daemon, verbose=args.verbose)
     # Logs go to stdout (the journal), one JSON object a line off a TTY.
     logs.configure(sys.stdout, logging.DEBUG if args.verbose else logging.INFO)
-    daemon = Daemon(args.config, ControlServer, once=args.once)
     return asyncio.run(daemon.run())
 
 
@@ -355,10 +383,6 @@ async def _status_text(client: Client) -> str:
 
 
 async def _status(client: Client, watch: bool) -> int:
-    import asyncio
-
-    from orchestrator.cli.client import NoDaemon
-
     try:
         text = await _status_text(client)
     except RuntimeError as exc:
@@ -367,17 +391,10 @@ async def _status(client: Client, watch: bool) -> int:
     if not watch:
         print(text)
         return EXIT_OK
-    from rich.console import Console
-    from rich.live import Live
-    from rich.text import Text
+    from orchestrator.cli.watch import watch_status
 
-    with Live(Text(text), console=Console(), refresh_per_second=4, screen=False) as live:
-        while True:
-            await asyncio.sleep(1)
-            try:
-                live.update(Text(await _status_text(client)))
-            except (RuntimeError, NoDaemon) as exc:
-                live.update(Text(f"orchestrator: {exc}"))
+    await watch_status(client)
+    return EXIT_OK
 
 
 def _socket_path(args: argparse.Namespace) -> Path:

@@ -19,6 +19,8 @@ from typing import Any, TextIO
 from orchestrator.core.redact import redact_fields
 
 HEARTBEAT_S = 30.0
+# Events for the live view only: the lines off a terminal stay as they were.
+QUIET = frozenset({"layer_up_to_date", "upstreams_resolved"})
 _HUMAN_FIELDS = ("layer", "builder", "reason", "outcome", "duration_s", "elapsed_s", "digest",
                  "error", "trigger", "interrupted", "containers_removed")
 
@@ -32,7 +34,7 @@ class Progress:
         self.running: dict[str, tuple[str, float]] = {}  # build id -> (layer, started)
 
     def __call__(self, event: str, fields: dict[str, Any], level: str = "info") -> None:
-        if event == "layer_up_to_date":
+        if event in QUIET:
             return
         if event == "build_started":
             self.running[str(fields.get("build_id"))] = (str(fields.get("layer")), time.time())

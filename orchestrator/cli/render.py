@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from orchestrator.build.results import LayerResult, RunReport
@@ -46,6 +47,36 @@ def graph_dot(catalog: Catalog) -> str:
             lines.append(f'  "upstream:{layer.upstream}" -> "{lid}";')
     lines.append("}")
     return "\n".join(lines)
+
+
+def graph_svg(catalog: Catalog, state_db: Path) -> str:
+    """The web page's picture without a daemon: each layer's last build from
+    the state database (read-only), laid out by Graphviz's dot."""
+    import graphviz
+
+    from orchestrator.build.state.readonly import History
+    from orchestrator.core.errors import OrchestratorError
+    from orchestrator.core.picture import PictureLayer, dot_source, with_style
+    from orchestrator.core.runboard import upstream_value
+
+    history = History(state_db)
+    built, outcomes = history.built_at(), history.last_outcomes()
+    upstreams = {name: upstream_value(tag, digest)
+                 for name, (tag, digest) in history.upstreams().items()}
+    layers = []
+    for lid, layer in catalog.layers.items():
+        outcome = outcomes.get(lid)
+        state, words = ("unknown", "no build yet") if outcome is None and lid not in built \
+            else ("failed", "last build FAILED") if outcome == "failed" \
+            else ("built", "last build ok")
+        layers.append(PictureLayer(lid, layer.parent, layer.upstream, layer.tags, state, words,
+                                   built.get(lid)))
+    try:
+        svg = graphviz.pipe("dot", "svg", dot_source(layers, upstreams).encode())
+    except graphviz.ExecutableNotFound:
+        raise OrchestratorError("graph --format svg needs Graphviz's dot on PATH "
+                                "(Debian: apt-get install graphviz)") from None
+    return with_style(svg.decode())
 
 
 def graph_json(catalog: Catalog) -> str:

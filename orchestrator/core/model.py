@@ -209,6 +209,17 @@ class PackagesConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """``[web]``: the read-only web page; off when ``listen`` is absent."""
+
+    listen: tuple[str, int] | None = None  # TCP address, loopback unless said otherwise
+    token_file: Path | None = None  # a file holding the token that enables actions
+    # Names the page answers to besides IP addresses and localhost (a reverse
+    # proxy's): any other Host header is refused, so DNS rebinding reads nothing.
+    hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     layers_dir: Path
@@ -226,6 +237,7 @@ class Config:
     # [state] scratch: "auto", "none" or a folder for small build snapshots.
     scratch: str = "auto"
     packages: PackagesConfig | None = None  # None: package fixes are not watched
+    web: WebConfig = field(default_factory=WebConfig)
 
 
 @dataclass(frozen=True)

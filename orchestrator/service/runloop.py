@@ -249,8 +249,8 @@ class RunLoop:
         self.metrics.build_event(event, fields)
         level = "error" if fields.get("outcome") == "failed" or \
             event == "state_write_failed" else "info"
-        if event != "layer_up_to_date":
-            self.bus.publish(event, fields, level)
+        # A reuse is news to live views (the web page, run --once), not to the log.
+        self.bus.publish(event, fields, "debug" if event == "layer_up_to_date" else level)
         if event in ("build_started", "build_finished"):
             self.on_change()
 
