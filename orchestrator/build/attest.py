@@ -8,7 +8,9 @@ to the registry as OCI artifacts whose ``subject`` is the image, so they work
 the same for every engine and can be read on any host (``orchestrator
 explain``). With ``[provenance] key`` the statement is a DSSE envelope signed
 with that key (ed25519 or ECDSA P-256); without one it is stored bare, and its
-annotation says unsigned.
+annotation says unsigned. The SBOM is made first and the statement names it by
+digest, so whoever reads them back (``registry/explain.py``) can tell our SBOM
+from one someone else attached; annotations are for people, never trusted.
 
 The SBOM comes from the image's package record (``core.packages``): which
 packages each layer installed. With a ``PackageStore`` the read is incremental:
@@ -21,11 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import shutil
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -86,13 +89,16 @@ class Attestor:
         if subject is None:
             raise LookupError(f"{repo.name}@{digest} is not in the registry")
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        artifacts = [self._provenance(facts, created)]
+        sbom = None
         if self.settings.sbom:
             if lineage is None:
                 lineage = [Ancestor("parent", facts.parent.repository, facts.parent.digest)] \
                     if facts.parent is not None else []
-            artifacts.append(await self._sbom(repo, subject, tag, work, created, facts.layer,
-                                              lineage))
+            sbom = await self._sbom(repo, subject, tag, work, created, facts.layer, lineage)
+            # The statement names the SBOM by digest: its signature vouches for that
+            # document, so an SBOM someone else attaches to the image never reads as ours.
+            facts = replace(facts, sbom_digest="sha256:" + hashlib.sha256(sbom.data).hexdigest())
+        artifacts = [self._provenance(facts, created), *([sbom] if sbom else [])]
         return await attach(self.client, repo, subject, artifacts)
 
     def _provenance(self, facts: provenance.BuildFacts, created: str) -> Artifact:

@@ -15,6 +15,7 @@ from orchestrator.core.errors import InputError, TemplateError
 from orchestrator.core.imageref import ImageRef, check_tag, parse_repository
 from orchestrator.core.model import Config, Layer, ResolvedUpstream
 from orchestrator.core.platforms import tag_suffix
+from orchestrator.core.redact import redact_text
 from orchestrator.core.templates import expand, upstream_values
 from orchestrator.engines.base import Builder
 
@@ -65,7 +66,7 @@ class Naming:
         self.values: dict[str, str] = {}
         for up in upstreams.values():
             self.values.update(upstream_values(up.name, up.tag, up.digest,
-                                               up.ref.split("@", 1)[0]))
+                                               up.ref.removesuffix("@" + up.digest)))
 
     def repository(self, layer: Layer) -> ImageRef:
         if self.config.registry is not None:
@@ -140,4 +141,5 @@ class Naming:
         }
         if revision:
             labels[f"{oci}.revision"] = revision
-        return labels
+        # Labels stay in the image: a source URL's user:token@ must not.
+        return {name: redact_text(value) for name, value in labels.items()}

@@ -3,8 +3,10 @@
 Errors (exit 2, and no build starts): an image whose final user is root
 without ``allow_root = true``; a ``${BASE_IMAGE}`` Dockerfile that does not
 declare the ARG first; a ``latest`` tag; an ARG, ENV or LABEL named like a
-secret. Warnings: an image the Dockerfile names that no upstream watches
-(pinned at plan time, but nothing rebuilds when it moves); ``apk add``
+secret, or a value of one (or a build arg in ``layer.toml``) carrying a
+credential (a URL's ``user:password@``, a ``Bearer`` token). Warnings: an
+image the Dockerfile names that no upstream watches (pinned at plan time, but
+nothing rebuilds when it moves); ``apk add``
 without ``--no-cache``; ``apt-get install`` without removing
 /var/lib/apt/lists in the same RUN.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 from orchestrator.core import dockerfile as df
 from orchestrator.core.imageref import parse_reference
 from orchestrator.core.model import Catalog, Layer
+from orchestrator.core.redact import redact_text
 
 _SECRET_NAME = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET", re.IGNORECASE)
 _ROOT_USERS = {"root", "0"}
@@ -97,7 +100,18 @@ def _layer_findings(layer: Layer, instructions: list[df.Instruction]) -> list[Fi
             out.append(Finding(layer.folder / "layer.toml", 1, "error", "no-latest",
                                "tag 'latest' is not allowed: it moves, so nothing can pin it; "
                                "use a version"))
+    for name, value in layer.args:
+        if redact_text(value) != value:
+            out.append(Finding(layer.folder / "layer.toml", 1, "error", "no-secrets",
+                               f"args.{name} carries a credential (a URL's user:password@ or "
+                               "a token): build args stay in the image's history and "
+                               "provenance; mount it as a build secret"))
     for ins in instructions:
+        if ins.keyword in ("ARG", "ENV", "LABEL") and redact_text(ins.value) != ins.value:
+            out.append(Finding(path, ins.line, "error", "no-secrets",
+                               f"{ins.keyword} carries a credential (a URL's user:password@ "
+                               "or a token): images keep ARG/ENV/LABEL values; use a build "
+                               "secret mount"))
         if ins.keyword in ("ARG", "ENV", "LABEL"):
             for name in _names(ins):
                 if _SECRET_NAME.search(name):

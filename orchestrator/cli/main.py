@@ -20,6 +20,7 @@ from orchestrator.core.errors import BackendError, InputError, OrchestratorError
 
 if TYPE_CHECKING:
     from orchestrator.cli.client import Client
+    from orchestrator.registry.client import RegistryClient
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_NO_DAEMON = 0, 1, 2, 3
 
@@ -68,6 +69,8 @@ def parser() -> argparse.ArgumentParser:
     sbom = sub.add_parser("sbom", help="an image's attached SBOM, or what changed between two")
     sbom.add_argument("image", metavar="IMAGE[:TAG|@DIGEST]")
     sbom.add_argument("--diff", metavar="OTHER", help="compare with another image: OTHER -> IMAGE")
+    sbom.add_argument("--verify", type=Path, metavar="KEY",
+                      help="a public key (PEM): only an SBOM a verified statement names")
     sbom.add_argument("--json", action="store_true")
 
     gc = sub.add_parser("gc", help="apply registry retention now ([registry] keep = N)")
@@ -285,19 +288,14 @@ async def _papers(args: argparse.Namespace) -> int:
                 print(json.dumps([level.as_json() for level in chain], indent=2)
                       if args.json else papers.render(chain))
                 return EXIT_OK
-            repo, digest = await papers.resolve(client, args.image)
-            document = await papers.sbom_of(client, repo, digest)
-            if document is None:
-                raise papers.NotFound(f"{args.image}: no SBOM is attached")
+            key = args.verify.read_bytes() if args.verify else None
+            document = await _sbom_document(client, args.image, key)
             if args.diff is None:
                 print(document.decode())
                 return EXIT_OK
             from orchestrator.core.sbom import diff, render_diff
 
-            other_repo, other_digest = await papers.resolve(client, args.diff)
-            older = await papers.sbom_of(client, other_repo, other_digest)
-            if older is None:
-                raise papers.NotFound(f"{args.diff}: no SBOM is attached")
+            older = await _sbom_document(client, args.diff, key)
             changes = diff(older, document)
             print(json.dumps([c.__dict__ for c in changes], indent=2, default=str)
                   if args.json else (render_diff(changes) or "no change"))
@@ -315,6 +313,17 @@ def _live_wanted() -> bool:
     from orchestrator.cli.live import wanted
 
     return wanted(sys.stderr)
+
+
+async def _sbom_document(client: RegistryClient, image: str, key: bytes | None) -> bytes:
+    from orchestrator.registry import explain as papers
+
+    repo, digest = await papers.resolve(client, image)
+    choice = await papers.sbom_of(client, repo, digest, key)
+    if choice.document is None:
+        raise papers.NotFound(f"{image}: {choice.problem or 'no SBOM is attached'}")
+    document: bytes = choice.document
+    return document
 
 
 def _run_daemon(args: argparse.Namespace) -> int:

@@ -50,10 +50,16 @@ class RegistryError(OrchestratorError):
 
 
 class UpstreamError(OrchestratorError):
+    """An upstream that cannot be resolved. Its text is shown by status, plan and
+    history and sent in events, and is made from a remote's URL, git's stderr
+    or any exception: credentials are taken out here, where every one is made."""
+
     def __init__(self, upstream: str, problem: str, retry_after_s: float | None = None) -> None:
+        from orchestrator.core.redact import redact_text  # pure; keeps this module's imports empty
+
         self.upstream = upstream
         self.retry_after_s = retry_after_s
-        super().__init__(f"upstream {upstream}: {problem}")
+        super().__init__(f"upstream {upstream}: {redact_text(problem)}")
 
 
 class BuildFailed(OrchestratorError):

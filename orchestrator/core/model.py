@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from orchestrator.core.redact import public_url
+
 UPSTREAM_PREFIX = "upstream:"
 
 
@@ -270,9 +272,15 @@ class Inputs:
 @dataclass(frozen=True)
 class ResolvedUpstream:
     name: str
-    ref: str  # what a child's BASE_IMAGE names, pinned: repo@sha256:… (registry)
+    ref: str  # what a child's BASE_IMAGE names, pinned: repo@sha256:… (registry); the remote (git)
     digest: str  # image digest (registry) or commit (git)
     tag: str | None
+
+    def __post_init__(self) -> None:
+        # The one value of an upstream that is stored, shown and handed to builds:
+        # a git remote's user:token@ never gets this far, whoever made the value
+        # (a poll, or a row an older version stored).
+        object.__setattr__(self, "ref", public_url(self.ref))
 
 
 class Reason(enum.Enum):

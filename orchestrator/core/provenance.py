@@ -38,6 +38,7 @@ from urllib.parse import quote
 
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.imageref import DOCKER_HUB, parse_repository
+from orchestrator.core.redact import redact_value
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -48,6 +49,7 @@ BUILDER_ID_PREFIX = "https://orchestrator.dev/builder/"
 STATEMENT_MEDIA_TYPE = "application/vnd.in-toto+json"
 # resolvedDependencies names of package index snapshots: "packages:bookworm-security".
 PACKAGES_PREFIX = "packages:"
+SBOM_MEDIA_TYPE = "application/vnd.cyclonedx+json"
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -142,6 +144,7 @@ class BuildFacts:
     build_key: str | None = None
     # Package index snapshots (a package fix's, or those the image's sources name).
     package_indexes: Sequence[PackageIndex] = ()
+    sbom_digest: str | None = None  # "sha256:<hex>" of the SBOM document attached beside it
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,8 @@ class ProvenanceSummary:
     build_args: Mapping[str, str]
     platform: str | None
     dependencies: tuple[Dependency, ...] = ()
+    build_key: str | None = None
+    sbom_digest: str | None = None  # the SBOM document this statement vouches for
 
 
 # --- building ----------------------------------------------------------------------------
@@ -232,8 +237,24 @@ def build_statement(facts: BuildFacts) -> dict[str, Any]:
     if facts.parent_build_id is not None:
         cause["parentBuildId"] = facts.parent_build_id
 
-    builder = facts.builder
-    return {
+    run_details: dict[str, Any] = {
+        "builder": {
+            "id": facts.builder.id or BUILDER_ID_PREFIX + facts.builder.engine,
+            "version": {"orchestrator": facts.orchestrator_version,
+                        facts.builder.engine: facts.builder.version},
+        },
+        "metadata": {
+            "invocationId": facts.build_id,
+            "startedOn": started,
+            "finishedOn": finished,
+            "orchestrator_cause": cause,
+        },
+    }
+    if facts.sbom_digest is not None:
+        run_details["byproducts"] = [{
+            "name": "sbom", "mediaType": SBOM_MEDIA_TYPE,
+            "digest": {"sha256": _sha256_hex(facts.sbom_digest, "sbom_digest")}}]
+    statement: dict[str, Any] = {
         "_type": STATEMENT_TYPE,
         "subject": [{"name": facts.subject.name, "digest": {"sha256": subject_hex}}],
         "predicateType": PREDICATE_TYPE,
@@ -249,21 +270,12 @@ def build_statement(facts: BuildFacts) -> dict[str, Any]:
                 "internalParameters": internal,
                 "resolvedDependencies": dependencies,
             },
-            "runDetails": {
-                "builder": {
-                    "id": builder.id or BUILDER_ID_PREFIX + builder.engine,
-                    "version": {"orchestrator": facts.orchestrator_version,
-                                builder.engine: builder.version},
-                },
-                "metadata": {
-                    "invocationId": facts.build_id,
-                    "startedOn": started,
-                    "finishedOn": finished,
-                    "orchestrator_cause": cause,
-                },
-            },
+            "runDetails": run_details,
         },
     }
+    # The boundary to the registry: whatever a caller passed, no credential goes out.
+    redacted: dict[str, Any] = redact_value(statement, keys=False)
+    return redacted
 
 
 def encode_statement(statement: Mapping[str, Any]) -> bytes:
@@ -373,6 +385,15 @@ def read_statement(statement: Mapping[str, Any] | bytes | str) -> ProvenanceSumm
     versions = _obj(builder.get("version") or {}, "runDetails.builder.version")
     metadata = _obj(run.get("metadata") or {}, "runDetails.metadata")
     cause = _obj(metadata.get("orchestrator_cause") or {}, "metadata.orchestrator_cause")
+    byproducts = run.get("byproducts") or []
+    if not isinstance(byproducts, list):
+        raise ProvenanceError("runDetails.byproducts: expected a list")
+    sbom = next((_obj(b, "runDetails.byproducts[]") for b in byproducts
+                 if isinstance(b, Mapping) and b.get("name") == "sbom"), None)
+    sbom_hex = _str(_obj(sbom.get("digest"), "byproducts.sbom.digest"), "sha256",
+                    "byproducts.sbom.digest") if sbom is not None else None
+    if sbom_hex is not None and not _HEX64.match(sbom_hex):
+        raise ProvenanceError(f"byproducts.sbom.digest.sha256: not a hex sha256: {sbom_hex!r}")
 
     return ProvenanceSummary(
         subject_name=_opt_str(subject, "name", "subject[0]") or "",
@@ -396,6 +417,8 @@ def read_statement(statement: Mapping[str, Any] | bytes | str) -> ProvenanceSumm
         build_args={str(k): v for k, v in args.items()},
         platform=_opt_str(external, "platform", "externalParameters"),
         dependencies=dependencies,
+        build_key=_opt_str(internal, "buildKey", "internalParameters"),
+        sbom_digest="sha256:" + sbom_hex if sbom_hex is not None else None,
     )
 
 

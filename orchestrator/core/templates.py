@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 
 from orchestrator.core.errors import TemplateError
+from orchestrator.core.redact import public_url
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 UPSTREAM_FIELDS = ("tag", "digest", "version", "url")
@@ -41,10 +42,13 @@ def expand(template: str, values: Mapping[str, str], *, keep_unknown: bool = Fal
 def upstream_values(name: str, tag: str | None, digest: str,
                     url: str | None = None) -> dict[str, str]:
     """``url``: where the upstream lives (a git remote, a registry repository):
-    an air-gapped host points it at its mirror, and the build clones from there."""
+    an air-gapped host points it at its mirror, and the build clones from there.
+    Never with the remote's ``user:password@``: build args stay in the image's
+    history, its provenance and the key; a build that needs the credential
+    mounts it as a build secret."""
     values = {f"upstream.{name}.digest": digest}
     if url is not None:
-        values[f"upstream.{name}.url"] = url
+        values[f"upstream.{name}.url"] = public_url(url)
     if tag is not None:
         values[f"upstream.{name}.tag"] = tag
         values[f"upstream.{name}.version"] = tag[1:] if tag[:1] in "vV" else tag

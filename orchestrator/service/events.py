@@ -1,5 +1,7 @@
 """One stream of events: written to the structured log and fanned out to
-``GET /v1/events`` subscribers, so both always carry the same facts."""
+``GET /v1/events`` subscribers and in-process listeners (webhooks), so all
+carry the same facts, redacted once here (``core.redact``) before any of them
+sees them."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+
+from orchestrator.core.redact import redact_fields
 
 SUBSCRIBER_BACKLOG = 1000
 
@@ -22,6 +26,8 @@ class EventBus:
         self.listeners: list[Callable[[str, dict[str, Any], str], None]] = []
 
     def publish(self, event: str, fields: dict[str, Any], level: str = "info") -> None:
+        fields = dict(fields)
+        redact_fields(fields)
         getattr(self._log, level)(event, **fields)
         for listener in self.listeners:
             listener(event, fields, level)

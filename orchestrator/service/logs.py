@@ -59,14 +59,14 @@ def configure(stream: TextIO | None = None, level: int = logging.INFO,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact,
     ]
     renderer: Any = (structlog.processors.JSONRenderer() if as_json
                      else structlog.dev.ConsoleRenderer(colors=stream.isatty()))
     if journal:
         renderer = JournalPriority(renderer)
+    # Redacted last, after a traceback became text: exception messages carry URLs.
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, redact, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
@@ -74,7 +74,8 @@ def configure(stream: TextIO | None = None, level: int = logging.INFO,
     # Library loggers (aiohttp, asyncio) go through the same renderer.
     handler = logging.StreamHandler(stream)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, redact, renderer],
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
     ))
     root = logging.getLogger()

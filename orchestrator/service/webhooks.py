@@ -40,6 +40,7 @@ import structlog
 
 from orchestrator.build.state import AsyncStateStore
 from orchestrator.core.model import NotifyTarget
+from orchestrator.core.redact import redact_value
 from orchestrator.engines.runner import log_tail
 from orchestrator.service.metrics import Metrics
 
@@ -78,7 +79,14 @@ def signature(secret: str, body: bytes) -> str:
 
 
 def payload_for(event: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """The webhook event and body for a bus event, or None when it is not one."""
+    """The webhook event and body for a bus event, or None when it is not one.
+    The bus's fields come redacted; the body is redacted again as a whole, since
+    the log's tail is read here, from the build's own output."""
+    found = _payload(event, fields)
+    return (found[0], redact_value(found[1])) if found is not None else None
+
+
+def _payload(event: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     if event == "build_finished" and fields.get("outcome") in ("failed", "built"):
         kind = "build_failed" if fields["outcome"] == "failed" else "image_published"
         body: dict[str, Any] = {

@@ -1,13 +1,20 @@
 """Every pushed image gets a provenance statement and an SBOM in the registry;
 explain reads the chain back (and verifies signatures); tampering is caught;
-attaching never changes the image's digest."""
+attaching never changes the image's digest. Someone with push rights attaches
+papers of their own the way any tool would, with the orchestrator's own
+artifact code: another image's signed statement and SBOM (a replay), another
+platform's statement, a conflicting one and an unsigned one naming a false
+parent; none of them is believed."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+import os
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +22,19 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.conftest import Project, Testbed, manifest_digest, unique_namespace
+from orchestrator.core import dsse, provenance
+from orchestrator.core.imageref import ImageRef, parse_repository
+from orchestrator.core.platforms import from_machine
+from orchestrator.registry.artifacts import Artifact, attach, referrers_tag
+from orchestrator.registry.client import RegistryClient
+from tests.conftest import (
+    Project,
+    Testbed,
+    _testbed_settings,
+    image_config,
+    manifest_digest,
+    unique_namespace,
+)
 from tests.integration.hierarchy import write_config
 
 pytestmark = pytest.mark.integration
@@ -123,3 +142,211 @@ def test_attached_chain_verifies_and_tampering_is_caught(project: Project, testb
     # Without a key the forgery reads, but it says it is only "signed", not verified.
     plain = project.cli("explain", image, "--json")
     assert json.loads(plain.stdout)[0]["signature"] == "signed"
+
+
+# --- what an attacker with push rights can attach -------------------------------------------
+
+STATEMENT = "application/vnd.in-toto+json"
+SBOM = "application/vnd.cyclonedx+json"
+LATEST = {"org.opencontainers.image.created": "9999-12-31T23:59:59Z"}  # "newest" by annotation
+
+
+def attached(registry: str, repository: str, digest: str) -> list[dict[str, Any]]:
+    index = json.loads(registry_get(registry, f"{repository}/manifests/"
+                                    + referrers_tag(digest), INDEX))
+    return list(index["manifests"])
+
+
+def document(registry: str, repository: str, artifact: str) -> bytes:
+    manifest = json.loads(registry_get(registry, f"{repository}/manifests/{artifact}"))
+    return registry_get(registry, f"{repository}/blobs/{manifest['layers'][0]['digest']}")
+
+
+def keep_only(registry: str, repository: str, digest: str, keep: set[str]) -> None:
+    """Rewrite the referrers index of ``digest`` to list only the artifacts ``keep``."""
+    entries = [m for m in attached(registry, repository, digest) if m["digest"] in keep]
+    registry_put(registry, f"{repository}/manifests/{referrers_tag(digest)}",
+                 json.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": entries}
+                            ).encode(), INDEX)
+
+
+def push_papers(registry: str, repository: str, subject: str, *papers: Artifact) -> list[str]:
+    """Attach ``papers`` to ``repository@subject`` with the orchestrator's own artifact code."""
+    async def go() -> list[str]:
+        repo: ImageRef = parse_repository(f"{registry}/{repository}")
+        async with RegistryClient(insecure=frozenset({registry})) as client:
+            manifest = await client.get_manifest(repo, subject)
+            assert manifest is not None
+            return await attach(client, repo, manifest, list(papers))
+
+    return asyncio.run(go())
+
+
+def explain_json(project: Project, image: str, *args: str) -> tuple[int, Any, str]:
+    out = project.cli("explain", image, "--json", *args)
+    return out.returncode, json.loads(out.stdout) if out.returncode == 0 else None, out.stderr
+
+
+def test_replayed_conflicting_and_false_statements_are_not_believed(
+        project: Project, testbed: Testbed, tmp_path: Path) -> None:
+    key, public = keys(tmp_path)
+    namespace = unique_namespace()
+    write_config(project, testbed, namespace, extra="")
+    project.config.write_text(project.config.read_text()
+                              + f'\n[provenance]\nkey = "{key}"\n')
+    project.layer("base", 'from = "upstream:seed"\ntags = ["1"]\n')
+    project.layer("child", 'from = "base"\ntags = ["2"]\n')
+    code, report, err = project.cli_json("build")
+    assert code == 0, err
+    digests = {e["layer"]: e["digest"] for e in report["layers"]}
+    builds = {e["layer"]: e["build_id"] for e in report["layers"]}
+    registry, child_repo = testbed.registry, f"{namespace}/child"
+    image = f"{registry}/{child_repo}:2"
+
+    # 1. base's genuine signed statement and SBOM, replayed onto child and "newest".
+    base_papers = {m["artifactType"]: m["digest"]
+                   for m in attached(registry, f"{namespace}/base", digests["base"])}
+    replayed_statement = document(registry, f"{namespace}/base", base_papers[STATEMENT])
+    replayed_sbom = document(registry, f"{namespace}/base", base_papers[SBOM])
+    own = {m["artifactType"]: m["digest"] for m in attached(registry, child_repo,
+                                                              digests["child"])}
+    replay, planted = push_papers(
+        registry, child_repo, digests["child"],
+        Artifact(STATEMENT, dsse.ENVELOPE_MEDIA_TYPE, replayed_statement, LATEST),
+        Artifact(SBOM, SBOM, replayed_sbom, LATEST))
+    code, chain, err = explain_json(project, image, "--verify", str(public))
+    assert code == 0, err
+    assert chain[0]["layer"] == "child" and chain[0]["build_id"] == builds["child"]
+    assert chain[0]["signature"] == "verified" and chain[0]["sbom_bound"] is True
+    assert [i["artifact"] for i in chain[0]["ignored"]] == [replay]
+    assert f"its subject is {registry}/{namespace}/base@{digests['base']}" in \
+        chain[0]["ignored"][0]["why"]
+    assert [level["layer"] for level in chain] == ["child", "base", None]
+    sbom = project.cli("sbom", image, "--verify", str(public))
+    assert sbom.returncode == 0, sbom.stderr
+    assert json.loads(sbom.stdout)["metadata"]["component"]["bom-ref"] == digests["child"]
+    assert planted not in sbom.stdout
+
+    # 2. A second statement, signed by the same key, for child's digest but other
+    #    inputs (what a builder could only be tricked into): --verify fails, plain
+    #    explain shows the conflict.
+    genuine = provenance.read_statement(dsse.verify(document(registry, child_repo,
+                                                             own[STATEMENT]),
+                                                    public.read_bytes()))
+    other = build_facts(genuine, subject=digests["child"], parent=digests["base"],
+                        build_key="f" * 64, finished=datetime.now(UTC) + timedelta(days=1))
+    signed = dsse.encode_envelope(dsse.sign(other, key.read_bytes()))
+    (conflicting,) = push_papers(registry, child_repo, digests["child"],
+                                 Artifact(STATEMENT, dsse.ENVELOPE_MEDIA_TYPE, signed, {}))
+    assert conflicting not in {own[STATEMENT], replay}
+    bad = project.cli("explain", image, "--verify", str(public))
+    assert bad.returncode == 1 and "disagree" in bad.stderr, bad.stderr
+    code, chain, err = explain_json(project, image)
+    assert code == 0, err
+    assert [c["artifact"] for c in chain[0]["conflicts"]] == [own[STATEMENT]]
+    assert chain[0]["statements"] == 2
+    assert "CONFLICT" in project.cli("explain", image).stdout
+
+    # 3. Only the replayed statement is left: nothing for child counts.
+    keep_only(registry, child_repo, digests["child"], {replay, planted})
+    bad = project.cli("explain", image, "--verify", str(public))
+    assert bad.returncode == 1 and "not this image" in bad.stderr, bad.stderr
+    assert project.cli("explain", image).returncode == 1
+    assert project.cli("sbom", image).returncode == 1
+
+    # 4. An unsigned statement for child's digest naming another parent (the seed):
+    #    the image's own base.digest label says otherwise.
+    seed = manifest_digest(registry, testbed.seed_image.split("/", 1)[1], testbed.seed_tag)
+    assert seed is not None
+    label = image_config(registry, child_repo, digests["child"])["config"]["Labels"][
+        "org.opencontainers.image.base.digest"]
+    assert label == digests["base"] != seed
+    false_parent = build_facts(genuine, subject=digests["child"], parent=seed,
+                               finished=datetime.now(UTC) + timedelta(days=2))
+    push_papers(registry, child_repo, digests["child"],
+                Artifact(STATEMENT, STATEMENT, false_parent, LATEST))
+    bad = project.cli("explain", image)
+    assert bad.returncode == 1 and "base.digest label says " + digests["base"] in bad.stderr, \
+        bad.stderr
+    bad = project.cli("explain", image, "--verify", str(public))
+    assert bad.returncode == 1 and "unsigned" in bad.stderr, bad.stderr
+
+
+def build_facts(genuine: provenance.ProvenanceSummary, *, subject: str, parent: str,
+                finished: datetime, build_key: str | None = None) -> bytes:
+    """A statement like ``genuine`` for ``subject`` standing on ``parent``."""
+    assert genuine.parent_uri is not None and genuine.dockerfile_sha256 is not None
+    facts = provenance.BuildFacts(
+        subject=provenance.ImageSubject(genuine.subject_name, subject), layer=genuine.layer,
+        dockerfile_path=genuine.dockerfile_path or "Dockerfile",
+        dockerfile_sha256=genuine.dockerfile_sha256,
+        context_digest=genuine.context_digest or "sha256:" + "0" * 64,
+        build_args=genuine.build_args, platform=genuine.platform or "linux/amd64",
+        builder=provenance.Builder("buildah", "1"), orchestrator_version="0",
+        build_id="b-forged", started=finished - timedelta(seconds=1), finished=finished,
+        cause="forged",
+        parent=provenance.ParentImage(genuine.parent_uri.removeprefix("pkg:docker/")
+                                      .split("@", 1)[0], parent),
+        build_key=build_key or genuine.build_key)
+    return provenance.encode_statement(provenance.build_statement(facts))
+
+
+@pytest.mark.timeout(600)
+def test_a_statement_of_another_platform_of_the_index_is_not_believed(
+        project: Project, testbed: Testbed, tmp_path: Path) -> None:
+    multi = _testbed_settings().get("ORCH_TEST_MULTI_IMAGE")
+    if not multi:
+        pytest.fail("the test bed has no multi-platform seed (scripts/testbed up)")
+    key, public = keys(tmp_path)
+    namespace = unique_namespace()
+    project.write_config(f"""
+        [catalog]
+        layers = "layers"
+        [registry]
+        url = "{testbed.registry}/{namespace}"
+        tls_verify = false
+        [build]
+        backend = "buildah"
+        platforms = ["linux/amd64", "linux/arm64"]
+        [state]
+        dir = "state"
+        [provenance]
+        key = "{key}"
+        sbom = false
+        [upstream.seed]
+        image = "{multi}"
+        tag = "1"
+        tls_verify = false
+    """)
+    # COPY only: no RUN, so the other platform needs no emulation.
+    project.layer("base", 'from = "upstream:seed"\ntags = ["1"]\n',
+                  "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY f.txt /tmp/f.txt\nUSER 1000\n",
+                  files={"f.txt": "x\n"})
+    code, _, err = project.cli_json("build")
+    assert code == 0, err
+    registry, repository = testbed.registry, f"{namespace}/base"
+    index = json.loads(registry_get(registry, f"{repository}/manifests/1", INDEX))
+    per = {f"{m['platform']['os']}/{m['platform']['architecture']}": m["digest"]
+           for m in index["manifests"]}
+    host = from_machine(os.uname().machine)
+    other = next(p for p in per if p != host)
+    mine = {m["digest"] for m in attached(registry, repository, per[host])}
+    theirs = next(m["digest"] for m in attached(registry, repository, per[other]))
+    (replay,) = push_papers(registry, repository, per[host], Artifact(
+        STATEMENT, dsse.ENVELOPE_MEDIA_TYPE, document(registry, repository, theirs), LATEST))
+
+    image = f"{registry}/{repository}:1"
+    code, chain, err = explain_json(project, image, "--verify", str(public))
+    assert code == 0, err
+    assert chain[0]["image"].endswith(per[host])
+    seed_platforms = {f"{m['platform']['os']}/{m['platform']['architecture']}": m["digest"]
+                      for m in json.loads(registry_get(
+                          registry, f"{multi.split('/', 1)[1]}/manifests/1", INDEX))["manifests"]}
+    assert chain[1]["image"].endswith(seed_platforms[host])  # not the other platform's parent
+    assert [i["artifact"] for i in chain[0]["ignored"]] == [replay]
+    assert f"{other}, not this image" in chain[0]["ignored"][0]["why"]
+
+    keep_only(registry, repository, per[host], {replay})
+    bad = project.cli("explain", image, "--verify", str(public))
+    assert bad.returncode == 1 and f"{other}, not this image" in bad.stderr, bad.stderr
+    assert mine  # the genuine one was there before

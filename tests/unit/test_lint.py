@@ -103,3 +103,20 @@ def test_lint_command_and_build_refuse_on_errors(
     assert "1 errors, 0 warnings" in out
     assert main(["-c", str(base.config), "build"]) == 2
     assert "policy errors; nothing was built" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["https://ci:glpat-s3cret@git.example/x.git",
+                                   "https://ghp_token@github.com/o/x.git",
+                                   "https://mirror.example/x?access_token=abc"])
+def test_a_credential_in_a_build_arg_is_an_error(base: Project, value: str) -> None:
+    base.layer("child", f'from = "base"\n[args]\nREMOTE = "{value}"\n',
+               "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nARG REMOTE\n")
+    assert rules(base) == [("no-secrets", "error", 1)]
+    assert "args.REMOTE carries a credential" in findings(base)[0].message
+
+
+def test_a_credential_in_an_env_value_is_an_error_and_ssh_logins_are_not(base: Project) -> None:
+    base.layer("child", 'from = "base"\n[args]\nREMOTE = "ssh://git@git.example/x.git"\n',
+               "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nARG REMOTE\n"
+               "ENV MIRROR=https://u:p@mirror.example/simple\n")
+    assert rules(base) == [("no-secrets", "error", 4)]

@@ -458,3 +458,136 @@ def test_modules_import_only_the_standard_library() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == ""
+
+
+# --- no credential in a statement --------------------------------------------------------
+
+
+def test_a_statement_carries_no_credential_whatever_the_facts_say() -> None:
+    canary = "glpat-canary-1234"
+    statement = build_statement(facts(
+        upstreams=(GitUpstream("pyenv", f"https://ci:{canary}@git.example/pyenv.git", COMMIT,
+                               "v2.5.1"),),
+        build_args={"MIRROR": f"https://{canary}@mirror.example/simple",
+                    "HEADER": f"Authorization: Bearer {canary}"},
+        cause=f"upstream pyenv: git ls-remote https://ci:{canary}@git.example/pyenv.git"))
+    encoded = encode_statement(statement)
+    assert canary.encode() not in encoded
+    summary = read_statement(encoded)
+    assert summary.upstreams["pyenv"].uri == "https://git.example/pyenv.git#refs/tags/v2.5.1"
+    assert summary.build_args["MIRROR"] == "https://mirror.example/simple"
+    # Build args are data: one named like a secret keeps its (credential-free) value.
+    assert build_statement(facts(build_args={"TOKEN_FILE": "/run/x"}))["predicate"][
+        "buildDefinition"]["externalParameters"]["args"] == {"TOKEN_FILE": "/run/x"}
+
+
+def test_the_statement_names_its_sbom_and_its_key() -> None:
+    sbom = "sha256:" + "9" * 64
+    statement = build_statement(facts(sbom_digest=sbom))
+    assert statement["predicate"]["runDetails"]["byproducts"] == [
+        {"name": "sbom", "mediaType": "application/vnd.cyclonedx+json",
+         "digest": {"sha256": "9" * 64}}]
+    summary = read_statement(encode_statement(statement))
+    assert summary.sbom_digest == sbom and summary.build_key == "k" * 64
+    assert read_statement(encode_statement(build_statement(facts()))).sbom_digest is None
+    with pytest.raises(ProvenanceError, match="sbom_digest"):
+        build_statement(facts(sbom_digest="sha256:nothex"))
+
+
+# --- which attached statement counts -----------------------------------------------------
+
+
+def _attached(artifact: str, *, status: str = "verified", **changes: Any) -> Any:
+    from orchestrator.core.attestation import Attached
+
+    summary = read_statement(encode_statement(build_statement(facts(**changes))))
+    return Attached(artifact, summary, status)
+
+
+D_OTHER = "sha256:" + "7" * 64
+
+
+def test_a_statement_replayed_from_another_image_does_not_count() -> None:
+    from orchestrator.core.attestation import judge
+
+    ours = _attached("sha256:" + "a" * 64)
+    # Another image's genuine, signed statement, attached to ours and finishing later.
+    replayed = _attached("sha256:" + "b" * 64, subject=ImageSubject("r/base", D_OTHER),
+                         finished=STARTED + timedelta(days=400), layer="base")
+    verdict = judge([replayed, ours], D_IMAGE, key=True)
+    assert verdict.chosen is ours and verdict.counted == (ours,)
+    assert verdict.ignored == (("sha256:" + "b" * 64,
+                                f"its subject is r/base@{D_OTHER}, linux/amd64, "
+                                "not this image"),)
+    # Alone, it leaves nothing that counts.
+    alone = judge([replayed], D_IMAGE, key=True)
+    assert alone.chosen is None and "not this image" in alone.ignored_text()
+
+
+def test_a_statement_for_another_platform_of_the_index_does_not_count() -> None:
+    from orchestrator.core.attestation import judge
+
+    ours = _attached("sha256:" + "a" * 64)
+    arm = _attached("sha256:" + "b" * 64, platform="linux/arm64",
+                    subject=ImageSubject("127.0.0.1:5000/base/python", D_OTHER),
+                    finished=STARTED + timedelta(days=1))
+    verdict = judge([arm, ours], D_IMAGE, key=False)
+    assert verdict.chosen is ours
+    assert "linux/arm64, not this image" in verdict.ignored[0][1]
+
+
+def test_with_a_key_only_verified_statements_count() -> None:
+    from orchestrator.core.attestation import Attached, judge
+
+    unsigned = _attached("sha256:" + "c" * 64, status="unsigned")
+    broken = Attached("sha256:" + "d" * 64, None, "rejected", "no signature verifies")
+    verdict = judge([unsigned, broken], D_IMAGE, key=True)
+    assert verdict.chosen is None
+    assert [why for _, why in verdict.ignored] == [
+        "unsigned, so it cannot be verified with the key", "no signature verifies"]
+    assert judge([unsigned], D_IMAGE, key=False).chosen is unsigned
+
+
+def test_rebuilds_to_the_same_digest_agree_and_the_last_finished_is_shown() -> None:
+    from orchestrator.core.attestation import judge
+
+    first = _attached("sha256:" + "f" * 64, build_id="b-1")
+    again = _attached("sha256:" + "0" * 64, build_id="b-2", cause="scheduled",
+                      finished=STARTED + timedelta(days=7))
+    verdict = judge([first, again], D_IMAGE, key=True)
+    assert verdict.chosen is again and verdict.conflicts == ()
+    assert len(verdict.counted) == 2
+
+
+def test_statements_that_disagree_on_the_inputs_are_conflicts() -> None:
+    from orchestrator.core.attestation import judge
+
+    ours = _attached("sha256:" + "a" * 64)
+    other = _attached("sha256:" + "e" * 64, build_key="x" * 64, build_id="b-99",
+                      build_args={"PYTHON_VERSION": "3.12.0"},
+                      finished=STARTED + timedelta(hours=1))
+    verdict = judge([ours, other], D_IMAGE, key=True)
+    assert verdict.chosen is other and verdict.conflicts == (ours,)
+
+
+def test_the_sbom_is_the_one_the_statement_names() -> None:
+    from orchestrator.core.attestation import choose_sbom
+
+    def sbom(about: str, *packages: str) -> bytes:
+        return json.dumps({"metadata": {"component": {"bom-ref": about}},
+                           "components": [{"purl": p, "version": "1"} for p in packages]}
+                          ).encode()
+
+    ours, planted = sbom(D_IMAGE, "pkg:pypi/flask"), sbom(D_IMAGE, "pkg:pypi/evil")
+    other_image = sbom(D_OTHER, "pkg:pypi/flask")
+    documents = [("sha256:" + "1" * 64, ours), ("sha256:" + "2" * 64, planted),
+                 ("sha256:" + "3" * 64, other_image)]
+    named = choose_sbom(documents, D_IMAGE, "sha256:" + "1" * 64)
+    assert named.document == ours and named.bound
+    missing = choose_sbom(documents[1:], D_IMAGE, "sha256:" + "1" * 64)
+    assert missing.document is None and "not attached" in (missing.problem or "")
+    # No statement names one: only SBOMs about this image, and they must agree.
+    assert choose_sbom([documents[0], documents[2]], D_IMAGE, None).document == ours
+    assert choose_sbom([documents[2]], D_IMAGE, None).document is None
+    disagree = choose_sbom(documents, D_IMAGE, None)
+    assert disagree.document is None and "different packages" in (disagree.problem or "")

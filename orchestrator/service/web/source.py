@@ -121,13 +121,13 @@ class DaemonSource:
         from orchestrator.core.sbom import diff, render_diff
         from orchestrator.registry import explain as papers
 
-        documents = []
+        documents: list[bytes] = []
         for text in (old, new):
             repo, digest = await papers.resolve(self.daemon.connections.client, text)
-            document = await papers.sbom_of(self.daemon.connections.client, repo, digest)
-            if document is None:
-                raise papers.NotFound(f"{text}: no SBOM is attached")
-            documents.append(document)
+            choice = await papers.sbom_of(self.daemon.connections.client, repo, digest)
+            if choice.document is None:
+                raise papers.NotFound(f"{text}: {choice.problem or 'no SBOM is attached'}")
+            documents.append(choice.document)
         return render_diff(diff(documents[0], documents[1])) or "no change"
 
     async def trigger(self, layers: list[str], *, force: bool, cause: str) -> dict[str, Any]:
