@@ -48,48 +48,11 @@ def load_config(path: Path) -> Config:
 
     catalog = root.table("catalog")
     catalog.check_keys(["layers"])
-    layers_dir = resolve(catalog.get("layers", str, "layers"))
-
-    registry: RegistryConfig | None = None
-    auth_file: Path | None = None
-    if "registry" in root.data:
-        reg = root.table("registry")
-        reg.check_keys(["url", "tls_verify", "auth_file", "keep", "cache"])
-        url = reg.require("url", str).strip().rstrip("/")
-        if "://" in url or not url:
-            raise reg.error("url", "give host[:port]/namespace without a scheme, e.g. "
-                            "registry.example:5000/base")
-        problem = check_repository(url if "/" in url else f"{url}/x")
-        if problem:
-            raise reg.error("url", f"{url!r}: {problem}")
-        keep = reg.require("keep", int) if "keep" in reg.data else None
-        if keep is not None and keep < 1:
-            raise reg.error("keep", "must be at least 1 (or leave it out to keep every image)")
-        cache = reg.optional_str("cache")
-        if cache is not None and (problem := check_repository(cache)):
-            raise reg.error("cache", f"{cache!r} is not a repository: {problem}")
-        registry = RegistryConfig(url=url, tls_verify=reg.get("tls_verify", bool, True),
-                                  keep=keep, cache=cache)
-        if "auth_file" in reg.data:
-            auth_file = resolve(reg.require("auth_file", str))
-
+    registry, auth_file = _registry(root, resolve)
     state = root.table("state")
     state.check_keys(["dir", "log_retention", "log_max_size", "scratch"])
-    metrics = root.table("metrics")
-    metrics.check_keys(["listen"])
     control = root.table("control")
     control.check_keys(["socket", "group"])
-    daemon = root.table("daemon")
-    daemon.check_keys(["debounce", "drain_timeout", "schedule_check"])
-
-    prov = root.table("provenance")
-    prov.check_keys(["enabled", "sbom", "key"])
-    key = resolve(prov.require("key", str)) if "key" in prov.data else None
-    if key is not None and not key.is_file():
-        raise prov.error("key", f"{key} not found: a PEM private key (ed25519 or ECDSA "
-                         "P-256), e.g. made with `openssl genpkey -algorithm ed25519`")
-    provenance = ProvenanceConfig(enabled=prov.get("enabled", bool, True),
-                                  sbom=prov.get("sbom", bool, True), key=key)
     build = _build(root.table("build"))
     builders = _builders(root, build)
     if len(builders) > 1 and registry is None:
@@ -98,7 +61,7 @@ def load_config(path: Path) -> Config:
                          "another (pinned by digest)")
     return Config(
         path=path.resolve(),
-        layers_dir=layers_dir,
+        layers_dir=resolve(catalog.get("layers", str, "layers")),
         state_dir=resolve(state.get("dir", str, DEFAULT_STATE_DIR)),
         scratch=_scratch(state, resolve),
         control_socket=resolve(control.get("socket", str, DEFAULT_SOCKET)),
@@ -107,21 +70,65 @@ def load_config(path: Path) -> Config:
         auth_file=auth_file,
         upstreams=_upstreams(root.table("upstream")),
         builders=builders,
-        provenance=provenance,
+        provenance=_provenance(root.table("provenance"), resolve),
         secrets=_secrets(root.table("secrets"), resolve),
         notify=_notify(root),
         packages=_packages(root.table("packages")) if "packages" in root.data else None,
         web=_web(root.table("web"), resolve),
-        daemon=DaemonConfig(
-            socket_group=control.optional_str("group"),
-            debounce_s=daemon.duration("debounce", 0.5) or 0.0,
-            drain_s=daemon.duration("drain_timeout", 300.0) or 0.0,
-            schedule_check_s=daemon.duration("schedule_check", 60.0, minimum=1.0) or 60.0,
-            metrics_listen=_listen(metrics),
-            log_retention_s=state.duration("log_retention", 30 * 86400.0, minimum=60.0)
-            or 30 * 86400.0,
-            log_max_bytes=_log_cap(state),
-        ),
+        daemon=_daemon(root, state, control),
+    )
+
+
+def _registry(root: Table, resolve: Callable[[str], Path]
+              ) -> tuple[RegistryConfig | None, Path | None]:
+    """``[registry]`` (absent: images stay in the engine's local store) and its
+    auth file."""
+    if "registry" not in root.data:
+        return None, None
+    reg = root.table("registry")
+    reg.check_keys(["url", "tls_verify", "auth_file", "keep", "cache"])
+    url = reg.require("url", str).strip().rstrip("/")
+    if "://" in url or not url:
+        raise reg.error("url", "give host[:port]/namespace without a scheme, e.g. "
+                        "registry.example:5000/base")
+    problem = check_repository(url if "/" in url else f"{url}/x")
+    if problem:
+        raise reg.error("url", f"{url!r}: {problem}")
+    keep = reg.require("keep", int) if "keep" in reg.data else None
+    if keep is not None and keep < 1:
+        raise reg.error("keep", "must be at least 1 (or leave it out to keep every image)")
+    cache = reg.optional_str("cache")
+    if cache is not None and (problem := check_repository(cache)):
+        raise reg.error("cache", f"{cache!r} is not a repository: {problem}")
+    auth_file = resolve(reg.require("auth_file", str)) if "auth_file" in reg.data else None
+    return RegistryConfig(url=url, tls_verify=reg.get("tls_verify", bool, True), keep=keep,
+                          cache=cache), auth_file
+
+
+def _provenance(prov: Table, resolve: Callable[[str], Path]) -> ProvenanceConfig:
+    prov.check_keys(["enabled", "sbom", "key"])
+    key = resolve(prov.require("key", str)) if "key" in prov.data else None
+    if key is not None and not key.is_file():
+        raise prov.error("key", f"{key} not found: a PEM private key (ed25519 or ECDSA "
+                         "P-256), e.g. made with `openssl genpkey -algorithm ed25519`")
+    return ProvenanceConfig(enabled=prov.get("enabled", bool, True),
+                            sbom=prov.get("sbom", bool, True), key=key)
+
+
+def _daemon(root: Table, state: Table, control: Table) -> DaemonConfig:
+    daemon = root.table("daemon")
+    daemon.check_keys(["debounce", "drain_timeout", "schedule_check"])
+    metrics = root.table("metrics")
+    metrics.check_keys(["listen"])
+    return DaemonConfig(
+        socket_group=control.optional_str("group"),
+        debounce_s=daemon.duration("debounce", 0.5) or 0.0,
+        drain_s=daemon.duration("drain_timeout", 300.0) or 0.0,
+        schedule_check_s=daemon.duration("schedule_check", 60.0, minimum=1.0) or 60.0,
+        metrics_listen=_listen(metrics),
+        log_retention_s=state.duration("log_retention", 30 * 86400.0, minimum=60.0)
+        or 30 * 86400.0,
+        log_max_bytes=_log_cap(state),
     )
 
 
