@@ -13,13 +13,14 @@ import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from orchestrator import __version__
 from orchestrator.core.errors import BackendError, InputError, OrchestratorError, PolicyError
 
 if TYPE_CHECKING:
     from orchestrator.cli.client import Client
+    from orchestrator.core.model import Catalog, Config
     from orchestrator.registry.client import RegistryClient
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_NO_DAEMON = 0, 1, 2, 3
@@ -33,7 +34,17 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--version", action="version", version=f"orchestrator {__version__}")
     top.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _catalog_verbs(sub)
+    _registry_verbs(sub)
+    _daemon_verbs(sub)
+    return top
 
+
+Verbs: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _catalog_verbs(sub: Verbs) -> None:
+    """The one-shot verbs over the catalog: plan, build, lint, init, graph."""
     plan = sub.add_parser("plan", help="say what would build and why")
     plan.add_argument("layers", nargs="*", metavar="LAYER")
     plan.add_argument("--force", action="store_true", help="plan as if forced")
@@ -60,6 +71,9 @@ def parser() -> argparse.ArgumentParser:
     gr.add_argument("--format", choices=["tree", "dot", "json", "svg"], default="tree",
                     help="svg: the web page's picture (needs Graphviz's dot)")
 
+
+def _registry_verbs(sub: Verbs) -> None:
+    """What reads (or prunes) the registry: explain, sbom, gc."""
     explain = sub.add_parser("explain", help="an image's chain of builds and causes, read "
                              "from its provenance in the registry")
     explain.add_argument("image", metavar="IMAGE[:TAG|@DIGEST]")
@@ -76,6 +90,9 @@ def parser() -> argparse.ArgumentParser:
     gc = sub.add_parser("gc", help="apply registry retention now ([registry] keep = N)")
     gc.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
 
+
+def _daemon_verbs(sub: Verbs) -> None:
+    """The daemon, and the clients of its control socket."""
     run = sub.add_parser("run", help="the daemon: reconcile, then watch and take triggers")
     run.add_argument("--once", action="store_true",
                      help="reconcile, build what is queued, then exit (for CI)")
@@ -100,7 +117,6 @@ def parser() -> argparse.ArgumentParser:
     logs_.add_argument("id")
     logs_.add_argument("-f", "--follow", action="store_true")
     client("reload", "re-read config and layers")
-    return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,15 +181,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         code: int = _run_interruptible(_papers(args))
         return code
     if args.command == "init":
-        from orchestrator.catalog.adopt import scan
-        from orchestrator.catalog.adopt_output import write
-        from orchestrator.catalog.library import read_library
-
-        if not args.dir.is_dir():
-            raise InputError(str(args.dir), "not a folder")
-        library = read_library(args.library) if args.library is not None else None
-        print(write(scan(args.dir, library), args.out))
-        return EXIT_OK
+        return _init(args)
     from orchestrator.build.runs import enforce_policy, load, policy
     from orchestrator.catalog.layers import select
     from orchestrator.cli import render
@@ -185,9 +193,6 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(line)
         print(f"{len(errors)} errors, {len(warnings)} warnings")
         return EXIT_INPUT if errors else EXIT_OK
-    if args.command == "build":
-        select(catalog, args.layers)  # unknown names first: the plainer mistake
-        enforce_policy(catalog, lambda line: print(line, file=sys.stderr))
     if args.command == "graph" and args.format == "svg":
         from orchestrator.build.runs import STATE_DB
 
@@ -198,9 +203,29 @@ def _dispatch(args: argparse.Namespace) -> int:
                "json": render.graph_json}[args.format](catalog)
         print(out)
         return EXIT_OK
-    if args.command == "build" and args.jobs is not None and args.jobs < 1:
-        raise InputError("--jobs", "must be at least 1")
+    if args.command == "build":
+        select(catalog, args.layers)  # unknown names first: the plainer mistake
+        enforce_policy(catalog, lambda line: print(line, file=sys.stderr))
+        if args.jobs is not None and args.jobs < 1:
+            raise InputError("--jobs", "must be at least 1")
+    return _plan_or_build(args, config, catalog)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from orchestrator.catalog.adopt import scan
+    from orchestrator.catalog.adopt_output import write
+    from orchestrator.catalog.library import read_library
+
+    if not args.dir.is_dir():
+        raise InputError(str(args.dir), "not a folder")
+    library = read_library(args.library) if args.library is not None else None
+    print(write(scan(args.dir, library), args.out))
+    return EXIT_OK
+
+
+def _plan_or_build(args: argparse.Namespace, config: Config, catalog: Catalog) -> int:
     from orchestrator.build.runs import execute
+    from orchestrator.cli import render
 
     dry_run = args.command == "plan"
     run = functools.partial(execute, config, catalog, names=args.layers, force=args.force,
