@@ -194,9 +194,38 @@ def build_statement(facts: BuildFacts) -> dict[str, Any]:
     subject_hex = _sha256_hex(facts.subject.digest, "subject.digest")
     if not _HEX64.match(facts.dockerfile_sha256):
         raise ProvenanceError(f"dockerfile_sha256: not a hex sha256: {facts.dockerfile_sha256!r}")
-    started = _timestamp(facts.started, "started")
-    finished = _timestamp(facts.finished, "finished")
+    internal: dict[str, Any] = {}
+    if facts.build_key is not None:
+        internal["buildKey"] = facts.build_key
+    if facts.reason is not None:
+        internal["reason"] = facts.reason
+    statement: dict[str, Any] = {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": facts.subject.name, "digest": {"sha256": subject_hex}}],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": {
+                    "layer": facts.layer,
+                    "dockerfile": facts.dockerfile_path,
+                    "args": dict(sorted(facts.build_args.items())),
+                    "platform": facts.platform,
+                },
+                "internalParameters": internal,
+                "resolvedDependencies": _dependencies(facts),
+            },
+            "runDetails": _run_details(facts),
+        },
+    }
+    # The boundary to the registry: whatever a caller passed, no credential goes out.
+    redacted: dict[str, Any] = redact_value(statement, keys=False)
+    return redacted
 
+
+def _dependencies(facts: BuildFacts) -> list[dict[str, Any]]:
+    """What the build stood on, each pinned by digest: the Dockerfile, the context,
+    the parent, every upstream and every package index."""
     dependencies: list[dict[str, Any]] = [
         # The path is in externalParameters; a relative path is no URI.
         {"name": "dockerfile", "digest": {"sha256": facts.dockerfile_sha256}},
@@ -226,17 +255,14 @@ def build_statement(facts: BuildFacts) -> dict[str, Any]:
         if index.date:
             descriptor["annotations"] = {"date": index.date}
         dependencies.append(descriptor)
+    return dependencies
 
-    internal: dict[str, Any] = {}
-    if facts.build_key is not None:
-        internal["buildKey"] = facts.build_key
-    if facts.reason is not None:
-        internal["reason"] = facts.reason
 
+def _run_details(facts: BuildFacts) -> dict[str, Any]:
+    """Who built it, when, why, and the byproducts (the SBOM, by digest)."""
     cause: dict[str, Any] = {"text": facts.cause}
     if facts.parent_build_id is not None:
         cause["parentBuildId"] = facts.parent_build_id
-
     run_details: dict[str, Any] = {
         "builder": {
             "id": facts.builder.id or BUILDER_ID_PREFIX + facts.builder.engine,
@@ -245,8 +271,8 @@ def build_statement(facts: BuildFacts) -> dict[str, Any]:
         },
         "metadata": {
             "invocationId": facts.build_id,
-            "startedOn": started,
-            "finishedOn": finished,
+            "startedOn": _timestamp(facts.started, "started"),
+            "finishedOn": _timestamp(facts.finished, "finished"),
             "orchestrator_cause": cause,
         },
     }
@@ -254,28 +280,7 @@ def build_statement(facts: BuildFacts) -> dict[str, Any]:
         run_details["byproducts"] = [{
             "name": "sbom", "mediaType": SBOM_MEDIA_TYPE,
             "digest": {"sha256": _sha256_hex(facts.sbom_digest, "sbom_digest")}}]
-    statement: dict[str, Any] = {
-        "_type": STATEMENT_TYPE,
-        "subject": [{"name": facts.subject.name, "digest": {"sha256": subject_hex}}],
-        "predicateType": PREDICATE_TYPE,
-        "predicate": {
-            "buildDefinition": {
-                "buildType": BUILD_TYPE,
-                "externalParameters": {
-                    "layer": facts.layer,
-                    "dockerfile": facts.dockerfile_path,
-                    "args": dict(sorted(facts.build_args.items())),
-                    "platform": facts.platform,
-                },
-                "internalParameters": internal,
-                "resolvedDependencies": dependencies,
-            },
-            "runDetails": run_details,
-        },
-    }
-    # The boundary to the registry: whatever a caller passed, no credential goes out.
-    redacted: dict[str, Any] = redact_value(statement, keys=False)
-    return redacted
+    return run_details
 
 
 def encode_statement(statement: Mapping[str, Any]) -> bytes:
@@ -348,20 +353,7 @@ def read_statement(statement: Mapping[str, Any] | bytes | str) -> ProvenanceSumm
     """Validate a Statement written by ``build_statement`` and return what ``explain``
     needs. Unknown fields are ignored, as in-toto's parsing rules ask."""
     data = _load(statement)
-    if data.get("_type") != STATEMENT_TYPE:
-        raise ProvenanceError(f"_type: expected {STATEMENT_TYPE}, got {data.get('_type')!r}")
-    if data.get("predicateType") != PREDICATE_TYPE:
-        raise ProvenanceError(f"predicateType: expected {PREDICATE_TYPE}, "
-                              f"got {data.get('predicateType')!r}")
-    subjects = _list(data, "subject", "subject")
-    if len(subjects) != 1:
-        raise ProvenanceError(f"subject: expected one image, got {len(subjects)}")
-    subject = _obj(subjects[0], "subject[0]")
-    subject_hex = _str(_obj(subject.get("digest"), "subject[0].digest"), "sha256",
-                       "subject[0].digest")
-    if not _HEX64.match(subject_hex):
-        raise ProvenanceError(f"subject[0].digest.sha256: not a hex sha256: {subject_hex!r}")
-
+    subject, subject_hex = _subject(data)
     predicate = _obj(data.get("predicate"), "predicate")
     definition = _obj(predicate.get("buildDefinition"), "predicate.buildDefinition")
     if definition.get("buildType") != BUILD_TYPE:
@@ -385,15 +377,7 @@ def read_statement(statement: Mapping[str, Any] | bytes | str) -> ProvenanceSumm
     versions = _obj(builder.get("version") or {}, "runDetails.builder.version")
     metadata = _obj(run.get("metadata") or {}, "runDetails.metadata")
     cause = _obj(metadata.get("orchestrator_cause") or {}, "metadata.orchestrator_cause")
-    byproducts = run.get("byproducts") or []
-    if not isinstance(byproducts, list):
-        raise ProvenanceError("runDetails.byproducts: expected a list")
-    sbom = next((_obj(b, "runDetails.byproducts[]") for b in byproducts
-                 if isinstance(b, Mapping) and b.get("name") == "sbom"), None)
-    sbom_hex = _str(_obj(sbom.get("digest"), "byproducts.sbom.digest"), "sha256",
-                    "byproducts.sbom.digest") if sbom is not None else None
-    if sbom_hex is not None and not _HEX64.match(sbom_hex):
-        raise ProvenanceError(f"byproducts.sbom.digest.sha256: not a hex sha256: {sbom_hex!r}")
+    sbom_hex = _sbom_hex(run)
 
     return ProvenanceSummary(
         subject_name=_opt_str(subject, "name", "subject[0]") or "",
@@ -420,6 +404,40 @@ def read_statement(statement: Mapping[str, Any] | bytes | str) -> ProvenanceSumm
         build_key=_opt_str(internal, "buildKey", "internalParameters"),
         sbom_digest="sha256:" + sbom_hex if sbom_hex is not None else None,
     )
+
+
+def _subject(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    """The statement's kind checked, and its one subject with its sha256 (hex)."""
+    if data.get("_type") != STATEMENT_TYPE:
+        raise ProvenanceError(f"_type: expected {STATEMENT_TYPE}, got {data.get('_type')!r}")
+    if data.get("predicateType") != PREDICATE_TYPE:
+        raise ProvenanceError(f"predicateType: expected {PREDICATE_TYPE}, "
+                              f"got {data.get('predicateType')!r}")
+    subjects = _list(data, "subject", "subject")
+    if len(subjects) != 1:
+        raise ProvenanceError(f"subject: expected one image, got {len(subjects)}")
+    subject = _obj(subjects[0], "subject[0]")
+    subject_hex = _str(_obj(subject.get("digest"), "subject[0].digest"), "sha256",
+                       "subject[0].digest")
+    if not _HEX64.match(subject_hex):
+        raise ProvenanceError(f"subject[0].digest.sha256: not a hex sha256: {subject_hex!r}")
+    return subject, subject_hex
+
+
+def _sbom_hex(run: Mapping[str, Any]) -> str | None:
+    """The SBOM the statement names among its byproducts (sha256, hex), if any."""
+    byproducts = run.get("byproducts") or []
+    if not isinstance(byproducts, list):
+        raise ProvenanceError("runDetails.byproducts: expected a list")
+    sbom = next((_obj(b, "runDetails.byproducts[]") for b in byproducts
+                 if isinstance(b, Mapping) and b.get("name") == "sbom"), None)
+    if sbom is None:
+        return None
+    sbom_hex = _str(_obj(sbom.get("digest"), "byproducts.sbom.digest"), "sha256",
+                    "byproducts.sbom.digest")
+    if not _HEX64.match(sbom_hex):
+        raise ProvenanceError(f"byproducts.sbom.digest.sha256: not a hex sha256: {sbom_hex!r}")
+    return sbom_hex
 
 
 def _load(statement: Mapping[str, Any] | bytes | str) -> Mapping[str, Any]:
