@@ -30,11 +30,13 @@ def writes_to_journal(stream: TextIO, env: Mapping[str, str] | None = None) -> b
     stdout redirected elsewhere (a file, a pipe to another tool) is told apart."""
     env = os.environ if env is None else env
     device, _, inode = env.get("JOURNAL_STREAM", "").partition(":")
+    if not device:
+        return False
     try:
         found = os.fstat(stream.fileno())
         return (found.st_dev, found.st_ino) == (int(device), int(inode))
-    except (OSError, ValueError, io.UnsupportedOperation):
-        return False
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False  # a stream with no file behind it (a live view's) is no journal
 
 
 class JournalPriority:

@@ -72,3 +72,12 @@ async def test_event_records_are_stamped_like_the_log_lines() -> None:
     stamp = record["timestamp"]
     assert isinstance(stamp, str) and stamp.endswith("Z"), stamp
     assert datetime.fromisoformat(stamp.replace("Z", "+00:00")).utcoffset() is not None
+
+
+def test_a_stream_with_no_file_behind_it_is_no_journal() -> None:
+    """run --once's live view hands the logger a writer with no fileno()."""
+    class Writer:
+        def write(self, text: str) -> int:
+            return len(text)
+
+    assert not logs.writes_to_journal(Writer(), {"JOURNAL_STREAM": "8:12345"})  # type: ignore[arg-type]
