@@ -12,9 +12,24 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from orchestrator.core import graph
+
+
+def event_time(record: Mapping[str, Any], default: float) -> float:
+    """When an event happened, in seconds: its ``timestamp`` (ISO-8601 UTC, as the
+    event stream and the logs carry it, or seconds), else ``default``."""
+    value = record.get("timestamp")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    return default
 
 # Done for this run: a layer in one of these states changes no more until the next.
 FINISHED = frozenset({"built", "reused", "failed", "skipped", "cancelled", "superseded",

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from orchestrator.core.runboard import event_time
 from tests.browser import artifacts, chromium
 from tests.conftest import Project, Testbed, unique_namespace
 from tests.integration.daemon_helpers import (
@@ -61,7 +62,7 @@ class Events:
             for at, record in self.records:
                 if at >= after and record.get("event") == event and \
                         record.get("layer") == layer:
-                    return float(record["timestamp"])
+                    return event_time(record, 0.0)
             return None
 
         return float(wait_until(found, 120, 0.05, f"{event} of {layer}"))

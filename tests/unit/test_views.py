@@ -268,3 +268,13 @@ def test_web_settings(tmp_path: Path) -> None:
         load_config(_config(tmp_path, '[web]\nlisten = "everywhere"\n'))
     with pytest.raises(InputError, match="token"):
         load_config(_config(tmp_path, '[web]\ntokenfile = "t"\n'))
+
+
+def test_event_times_are_read_in_the_stream_s_iso_form_and_as_seconds() -> None:
+    """The event stream stamps ISO-8601 (as the logs do); the page and status
+    --watch read it as seconds."""
+    from orchestrator.core.runboard import event_time
+
+    assert event_time({"timestamp": "2026-12-08T02:12:00.5Z"}, 0.0) == 1796695920.5
+    assert event_time({"timestamp": 12.5}, 0.0) == 12.5
+    assert event_time({"timestamp": "garbage"}, 7.0) == event_time({}, 7.0) == 7.0
