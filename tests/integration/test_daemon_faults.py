@@ -12,8 +12,7 @@ import pytest
 from tests.conftest import Project, Testbed, unique_namespace
 from tests.integration.daemon_helpers import DaemonProcess, api, daemon_config, wait_until
 
-# Checks machine-wide state (processes, containers, timings): runs alone.
-pytestmark = [pytest.mark.integration, pytest.mark.serial]
+pytestmark = pytest.mark.integration
 
 
 def slow_catalog(project: Project, testbed: Testbed, seconds: int, drain: str = "30s") -> None:
@@ -70,6 +69,7 @@ def test_kill_9_mid_build_then_restart(project: Project, testbed: Testbed) -> No
         again.kill()
 
 
+@pytest.mark.serial  # counts every buildah container on the machine: runs alone
 def test_sigterm_drains_then_stops_builders_and_exits_0(
     project: Project, testbed: Testbed
 ) -> None:

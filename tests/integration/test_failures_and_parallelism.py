@@ -23,8 +23,7 @@ from tests.conftest import (
 )
 from tests.integration.hierarchy import BRANCH_A, BRANCH_B, write_config, write_layers
 
-# Checks machine-wide state (processes, containers, timings): runs alone.
-pytestmark = [pytest.mark.integration, pytest.mark.serial]
+pytestmark = pytest.mark.integration
 
 
 def test_failed_layer_skips_its_descendants_and_the_other_branch_builds(
@@ -55,6 +54,7 @@ def test_failed_layer_skips_its_descendants_and_the_other_branch_builds(
     assert {c["id"] for c in _working_containers()} <= containers_before
 
 
+@pytest.mark.serial  # compares wall-clock overlaps: runs alone
 def test_independent_branches_overlap_with_two_jobs(project: Project, testbed: Testbed) -> None:
     write_config(project, testbed, unique_namespace(), jobs=2)
     write_layers(project, sleep_s=2)
@@ -68,6 +68,7 @@ def test_independent_branches_overlap_with_two_jobs(project: Project, testbed: T
     assert a_start < b_end and b_start < a_end, span  # the two builds ran at the same time
 
 
+@pytest.mark.serial  # compares wall-clock overlaps: runs alone
 def test_one_job_serialises_builds(project: Project, testbed: Testbed) -> None:
     write_config(project, testbed, unique_namespace(), jobs=1)
     write_layers(project, sleep_s=1)

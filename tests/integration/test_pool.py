@@ -18,8 +18,7 @@ import pytest
 from tests.conftest import Project, Testbed, built, image_config, unique_namespace
 from tests.integration.daemon_helpers import DaemonProcess, api, wait_until
 
-# Checks machine-wide state (processes, containers, timings): runs alone.
-pytestmark = [pytest.mark.integration, pytest.mark.serial]
+pytestmark = pytest.mark.integration
 PARENT = {"a1": "base", "a2": "a1", "b1": "base", "b2": "b1"}
 
 
@@ -102,6 +101,7 @@ def test_two_engines_build_one_hierarchy_on_exact_digests(
         assert labels["org.opencontainers.image.base.digest"] == layers[parent]["digest"]
 
 
+@pytest.mark.serial  # compares wall-clock makespans: runs alone
 def test_two_engines_have_a_shorter_makespan_than_one(
     project: Project, testbed: Testbed, tmp_path: Path
 ) -> None:

@@ -27,8 +27,7 @@ from tests.integration.daemon_helpers import (
     wait_until,
 )
 
-# Checks machine-wide state (processes, containers, timings): runs alone.
-pytestmark = [pytest.mark.integration, pytest.mark.serial]
+pytestmark = pytest.mark.integration
 
 
 def buildah_containers() -> set[str]:
@@ -67,6 +66,7 @@ def daemon_for(project: Project) -> Iterator[list[DaemonProcess]]:
         daemon.kill()
 
 
+@pytest.mark.serial  # counts every buildah container on the machine: runs alone
 def test_kill_9_during_a_long_run_leaves_no_process_container_or_scratch(
     project: Project, testbed: Testbed, daemon_for: list[DaemonProcess]
 ) -> None:
@@ -129,6 +129,7 @@ def test_a_forced_trigger_followed_by_a_plain_one_is_never_dropped(
     assert all(e["outcome"] in ("ok", "deferred") for e in finished), finished
 
 
+@pytest.mark.serial  # measures RSS and API latency: runs alone
 def test_huge_logs_stay_bounded_on_disk_and_in_memory(
     project: Project, testbed: Testbed, daemon_for: list[DaemonProcess]
 ) -> None:
