@@ -112,13 +112,33 @@ class FixReport:
         return set(self.fixes)
 
     def reason(self, layer: str) -> str:
-        found = self.fixes[layer]
-        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-        return found[0].reason() + more
+        return "package fix: " + describe(self.fixes[layer])
 
     def urgent(self, policy: FixPolicy) -> set[str]:
         return {layer for layer, found in self.fixes.items()
                 if any(f.severity in policy.urgent for f in found)}
+
+
+def describe(fixes: Sequence[Fix]) -> str:
+    """What a cause line says after ``package fix: ``: the first (most severe) fix,
+    and how many more."""
+    more = f" (and {len(fixes) - 1} more)" if len(fixes) > 1 else ""
+    return fixes[0].reason().removeprefix("package fix: ") + more
+
+
+def covered(fix: Fix, pins: Iterable[tuple[str, str]]) -> bool:
+    """Whether a build keyed with ``pins`` was already built against ``fix`` (or a
+    newer version of its package)."""
+    name, version = fix.pin
+    pinned = dict(pins).get(name)
+    return pinned is not None and compare(fix.package.ecosystem, pinned, version) >= 0
+
+
+def pending(fixes: Iterable[Fix], pins: Iterable[tuple[str, str]]) -> tuple[Fix, ...]:
+    """The fixes a layer's next build would take in: those its key does not cover yet.
+    A fix it covers but the image lacks was not applied (``check_applied``)."""
+    kept = tuple(pins)
+    return tuple(f for f in fixes if not covered(f, kept))
 
 
 def find_fixes(layers: Iterable[LayerPackages], snapshots: Mapping[str, IndexSnapshot],
@@ -255,11 +275,13 @@ class NotApplied:
 
 def check_applied(fixes: Iterable[Fix], packages: Iterable[InstalledPackage], *,
                   held: Collection[str] = (),
-                  texts: Mapping[str, str | None] | None = None) -> list[NotApplied]:
+                  texts: Mapping[str, str | None] | None = None,
+                  dockerfile: str | None = None) -> list[NotApplied]:
     """The fixes the new image (``packages``, with ``held``/``texts`` from its record)
-    does not have. A package that is gone counts as fixed: nothing vulnerable is left."""
+    does not have. A package that is gone counts as fixed: nothing vulnerable is left.
+    ``dockerfile``: the layer's, whose ``apt-get install NAME=VERSION`` pins count too."""
     installed = {p.key: p for p in packages}
-    pins = pinned_packages(texts or {})
+    pins = {**dockerfile_pins(dockerfile or ""), **pinned_packages(texts or {})}
     out = []
     for fix in fixes:
         now = installed.get(fix.package.key)
@@ -276,6 +298,27 @@ def check_applied(fixes: Iterable[Fix], packages: Iterable[InstalledPackage], *,
         else:
             reason = "the build installed a newer version, but not the fixed one"
         out.append(NotApplied(fix, now.version, reason))
+    return out
+
+
+_INSTALL = re.compile(r"\b(?:apt-get|apt|aptitude)\s+(?:-\S+\s+)*install\b(?P<args>[^;&|\n]*)"
+                      r"|\bapk\s+(?:-\S+\s+)*add\b(?P<apk>[^;&|\n]*)")
+_APT_PIN = re.compile(r"^([a-z0-9][a-z0-9+.-]+)(?::[a-z0-9-]+)?=\S+$")
+_APK_PIN = re.compile(r"^([^=<>~@\s-][^=<>~@\s]*)(?:@\S+)?(?:[=<>~]|><)\S+$")
+
+
+def dockerfile_pins(dockerfile: str) -> dict[str, str]:
+    """Package name -> "the Dockerfile" for each package an install command pins to a
+    version: ``apt-get install -y NAME=VERSION``, ``apk add NAME=VERSION``."""
+    text = dockerfile.replace("\\\n", " ")
+    out: dict[str, str] = {}
+    for match in _INSTALL.finditer(text):
+        apt, apk = match["args"], match["apk"]
+        for word in (apt if apt is not None else apk or "").split():
+            word = word.strip("'\"")
+            found = (_APT_PIN if apt is not None else _APK_PIN).match(word)
+            if found is not None:
+                out.setdefault(found[1], f"the Dockerfile ({word})")
     return out
 
 
