@@ -129,8 +129,9 @@ OSV_ECOSYSTEMS = ("Debian", "Alpine", "Ubuntu")
 def _packages(table: Table) -> PackagesConfig:
     """[packages]: on when present; every key optional."""
     table.check_keys(["poll", "only", "window", "urgent", "feeds"])
-    # A mirror polled every few seconds is abuse, and an index changes a few times a day.
-    poll = table.duration("poll", 3600.0, minimum=60.0)
+    # An index changes a few times a day. A mirror on loopback may be polled as often as
+    # asked; any other is polled at most once a minute (service/packagewatch.py).
+    poll = table.duration("poll", 3600.0, minimum=1.0)
     only = table.get("only", str, "security")
     if only not in ("security", "all"):
         raise table.error("only", f"{only!r}: use \"security\" (a newer version in a "

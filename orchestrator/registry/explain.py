@@ -44,6 +44,9 @@ class Level:
     sbom: dict[str, Any] | None = None
     upstreams: dict[str, dict[str, Any]] = field(default_factory=dict)
     provenance: bool = True
+    # Package index snapshots the build was for (a package fix): suite, uri, digest,
+    # date and the fixes they offered.
+    packages: list[dict[str, Any]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -112,6 +115,10 @@ async def level_of(client: RegistryClient, repo: ImageRef, digest: str,
     level.signature = opened.status
     level.upstreams = {name: {"uri": dep.uri, "digest": dict(dep.digest)}
                        for name, dep in summary.upstreams.items()}
+    level.packages = [
+        {"suite": dep.name.removeprefix(provenance.PACKAGES_PREFIX), "uri": dep.uri,
+         "digest": dict(dep.digest), **dict(dep.annotations)}
+        for dep in summary.dependencies if dep.name.startswith(provenance.PACKAGES_PREFIX)]
     sbom = await sbom_of(client, repo, digest)
     if sbom is not None:
         from orchestrator.core.sbom import headline
@@ -171,4 +178,10 @@ def render(chain: list[Level]) -> str:
         for name, up in sorted(level.upstreams.items()):
             digest = next(iter(up["digest"].values()), "?")
             lines.append(f"{pad}  upstream {name}: {up['uri']} {digest[:19]}")
+        for index in level.packages:
+            digest = next(iter(index["digest"].values()), "?")
+            lines.append(f"{pad}  package index {index['suite']}: {index['uri']} "
+                         f"{digest[:12]}" + (f" ({index['date']})" if index.get("date") else ""))
+            if index.get("fixes"):
+                lines.append(f"{pad}    fixes: {index['fixes']}")
     return "\n".join(lines)

@@ -48,7 +48,7 @@ def test_every_setting(project: Project) -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ('only = "critical"', "packages.only: 'critical': use \"security\""),
-    ('poll = "5s"', "packages.poll: '5s' is too short: use at least 60s"),
+    ('poll = "500ms"', "packages.poll: '500ms' is too short: use at least 1s"),
     ('poll = "soon"', "packages.poll:"),
     ('window = "-1h"', "packages.window:"),
     ('urgent = ["urgent"]', "packages.urgent: unknown severity 'urgent' (one of: negligible"),
