@@ -281,3 +281,38 @@ async def load_fix_view(config: Config, catalog: Catalog, state: AsyncStateStore
     if not snapshots:
         return None
     return fix_view(config.packages, catalog, records, images, snapshots, texts)
+
+
+def upgrade_hints(config: Config, catalog: Catalog) -> list[str]:
+    """``lint`` warnings: fixes for packages an upstream installed wait on its refresh
+    in layers that do not upgrade packages; each says the step that takes them now."""
+    from orchestrator.build.runs import STATE_DB
+    from orchestrator.build.state import StateStore
+    from orchestrator.catalog.tomlfile import display
+
+    if config.packages is None or not (config.state_dir / STATE_DB).exists():
+        return []
+
+    async def read() -> FixView | None:
+        state = AsyncStateStore(StateStore(config.state_dir / STATE_DB), inline=True)
+        try:
+            return await load_fix_view(config, catalog, state)
+        finally:
+            await state.close()
+
+    view = asyncio.run(read())
+    if view is None:
+        return []
+    by_layer: dict[str, list[Fix]] = {}
+    for waiting in view.report.waiting:
+        for lid in waiting.layers:
+            by_layer.setdefault(lid, []).append(waiting.fix)
+    out = []
+    for lid, fixes in sorted(by_layer.items()):
+        layer = catalog.layers[lid]
+        owner = fixes[0].layer
+        out.append(f"{display(layer.dockerfile)}:1: warning: {len(fixes)} package fix(es) for "
+                   f"what {owner} installed wait on its refresh (package fix: "
+                   f"{describe(fixes)}); to take them now, add "
+                   f"`{upgrade_hint(fixes[0].package.ecosystem)}` [package-upgrade]")
+    return out
