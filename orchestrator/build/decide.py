@@ -118,7 +118,9 @@ class Decider:
         under them takes in. Pins stay while the other inputs do, so a fix that was
         built against keeps its key whether or not the image got it."""
         before = previous.inputs.packages if previous is not None else ()
-        changed = previous is None or replace(previous.inputs, packages=()) != inputs
+        # By key, not by value: what the key does not tell apart is the same input.
+        changed = previous is None or \
+            build_key(replace(previous.inputs, packages=())) != build_key(inputs)
         found = self.packages.report.fixes.get(layer_id, ()) if self.packages else ()
         pins = key_pins(before, found, other_inputs_changed=changed)
         return replace(inputs, packages=pins), found if changed else pending(found, before)

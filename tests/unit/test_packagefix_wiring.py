@@ -20,6 +20,7 @@ from orchestrator.build.packagefixes import (
     on_loopback,
     plan_notes,
     render_notes,
+    upgrade_hints,
     watched,
 )
 from orchestrator.build.packagestore import PACKAGES_DB, PackageStore
@@ -364,3 +365,28 @@ async def test_the_window_and_the_index_states_survive_a_restart(
         assert list(again.view.pending_layers()) == ["os"]  # from the kept index state
     finally:
         await again.close()
+
+
+async def test_lint_suggests_the_upgrade_step_for_a_fix_waiting_on_the_upstream(
+        tmp_path: Path, served: tuple[Repo, Server]) -> None:  # noqa: F811
+    repo, server = served
+    repo.publish({"curl": "1.0-1", "libc6": "2.36-9"})
+    it = Harness(tmp_path, server.url, "1h")
+    it.os_image = image("os", [("curl", "1.0-1", "os"), ("libc6", "2.36-9", "upstream:debian")],
+                        f"deb [trusted=yes] {server.url} bookworm-security main\n")
+    it.store.save([it.os_image])
+    await it.start()
+    try:
+        repo.publish({"curl": "1.0-1", "libc6": "2.36-9+deb12u1"})
+        await it.poll()
+        assert it.triggered == [] and it.watch.view.pending_layers() == {}
+        [waiting] = it.watch.status()["waiting"]
+        assert waiting["layer"] == "upstream:debian" and waiting["layers"] == ["os"]
+        await it.watch.close()
+        hints = await asyncio.to_thread(upgrade_hints, it.loaded.config, it.loaded.catalog)
+        assert len(hints) == 1 and "layers/os/Dockerfile:1: warning: 1 package fix(es) for " \
+            "what upstream:debian installed wait on its refresh" in hints[0]
+        assert "RUN apt-get update && apt-get upgrade -y" in hints[0]
+    finally:
+        await it.watch.close()
+        await it.state.close()
