@@ -25,7 +25,7 @@ from orchestrator.core.buildkey import build_key, key_tag
 from orchestrator.core.errors import BuildFailed, InputError
 from orchestrator.core.imageref import ImageRef, parse_reference
 from orchestrator.core.model import Catalog, Config, Inputs, Layer, Reason, ResolvedUpstream
-from orchestrator.core.packagefix import Fix, describe, key_pins, pending
+from orchestrator.core.packagefix import Fix, describe, key_pins
 from orchestrator.core.plan import decide, is_due
 from orchestrator.engines.base import Builder
 from orchestrator.registry.client import RegistryClient
@@ -121,9 +121,14 @@ class Decider:
         # By key, not by value: what the key does not tell apart is the same input.
         changed = previous is None or \
             build_key(replace(previous.inputs, packages=())) != build_key(inputs)
-        found = self.packages.report.fixes.get(layer_id, ()) if self.packages else ()
+        view = self.packages
+        found = view.report.fixes.get(layer_id, ()) if view is not None else ()
         pins = key_pins(before, found, other_inputs_changed=changed)
-        return replace(inputs, packages=pins), found if changed else pending(found, before)
+        if changed or view is None:
+            return replace(inputs, packages=pins), found
+        # A fix a build did not take, tried again against a changed index (retry_pin).
+        pins = tuple(sorted({**dict(pins), **dict(view.retries.get(layer_id, ()))}.items()))
+        return replace(inputs, packages=pins), view.pending(layer_id, before)
 
     async def refresh(self, job: BuildJob) -> None:
         """The context changed under a snapshot: read it again and key the job on

@@ -29,6 +29,7 @@ from orchestrator.catalog.layers import dockerfile_texts
 from orchestrator.core.errors import InputError
 from orchestrator.core.model import Catalog, Config, PackagesConfig
 from orchestrator.core.packagefix import (
+    RETRY,
     WATCHED_ECOSYSTEMS,
     Fix,
     FixPolicy,
@@ -37,7 +38,6 @@ from orchestrator.core.packagefix import (
     covered,
     describe,
     find_fixes,
-    pending,
     upgrade_hint,
     upgrades_packages,
 )
@@ -71,15 +71,24 @@ class FixView:
     snapshots: Mapping[str, IndexSnapshot] = field(default_factory=dict)
     pins: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     layers: Mapping[str, LayerPackages] = field(default_factory=dict)
+    # Per layer, fixes not applied to try again against a changed index (retry_pin).
+    retries: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
-    def pending(self, layer: str) -> tuple[Fix, ...]:
-        """What the layer's next build takes in (its key does not cover these yet)."""
-        return pending(self.report.fixes.get(layer, ()), self.pins.get(layer, ()))
+    def pending(self, layer: str, pins: tuple[tuple[str, str], ...] | None = None
+                ) -> tuple[Fix, ...]:
+        """What the layer's next build takes in: fixes its key (``pins``: by default
+        its record's) does not cover yet, and fixes to try again."""
+        have = self.pins.get(layer, ()) if pins is None else pins
+        again = {name for name, snapshot in self.retries.get(layer, ())
+                 if (name, snapshot) not in have}
+        return tuple(f for f in self.report.fixes.get(layer, ())
+                     if not covered(f, have) or RETRY + f.pin[0] in again)
 
     def not_applied(self, layer: str) -> tuple[Fix, ...]:
-        """Fixes the layer's key covers but its image lacks."""
-        pins = self.pins.get(layer, ())
-        return tuple(f for f in self.report.fixes.get(layer, ()) if covered(f, pins))
+        """Fixes the layer's key covers but its image lacks (and not being tried again)."""
+        pins, due = self.pins.get(layer, ()), self.pending(layer)
+        return tuple(f for f in self.report.fixes.get(layer, ())
+                     if covered(f, pins) and f not in due)
 
     def pending_layers(self) -> dict[str, tuple[Fix, ...]]:
         return {layer: found for layer in self.report.fixes if (found := self.pending(layer))}

@@ -134,6 +134,16 @@ def covered(fix: Fix, pins: Iterable[tuple[str, str]]) -> bool:
     return pinned is not None and compare(fix.package.ecosystem, pinned, version) >= 0
 
 
+RETRY = "retry:"
+
+
+def retry_pin(fix: Fix, snapshot: str) -> tuple[str, str]:
+    """The key's entry for building again against a fix that a build under the same
+    package pin did not take (a mirror that lagged): the index snapshot it is tried
+    against now. ``("retry:deb:libssl3:amd64", "sha256:…")``."""
+    return (RETRY + fix.pin[0], snapshot)
+
+
 def pending(fixes: Iterable[Fix], pins: Iterable[tuple[str, str]]) -> tuple[Fix, ...]:
     """The fixes a layer's next build would take in: those its key does not cover yet.
     A fix it covers but the image lacks was not applied (``check_applied``)."""
@@ -267,6 +277,9 @@ class NotApplied:
     fix: Fix
     found: str  # the version the new image has
     reason: str
+    # Another build may take it (a mirror that lagged): tried again when the index
+    # changes. A pin or a hold is not: only a newer version (a new key) tries again.
+    retryable: bool = False
 
     def describe(self) -> str:
         return (f"fix_not_applied: {self.fix.package.name} is {self.found}, not "
@@ -297,7 +310,8 @@ def check_applied(fixes: Iterable[Fix], packages: Iterable[InstalledPackage], *,
                       "behind the index, or the Dockerfile pins the version")
         else:
             reason = "the build installed a newer version, but not the fixed one"
-        out.append(NotApplied(fix, now.version, reason))
+        out.append(NotApplied(fix, now.version, reason,
+                              retryable=name not in held and name not in pins))
     return out
 
 

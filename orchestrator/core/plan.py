@@ -86,6 +86,9 @@ def _why_changed(
 
 
 def _package_name(pin: str) -> str:
-    """``deb:libssl3:amd64`` -> ``libssl3``."""
-    parts = pin.split(":")
-    return parts[1] if len(parts) >= 2 else pin
+    """``deb:libssl3:amd64`` -> ``libssl3``; ``retry:deb:libssl3:amd64`` -> ``libssl3
+    (again)``."""
+    again = pin.startswith("retry:")
+    parts = pin.removeprefix("retry:").split(":")
+    name = parts[1] if len(parts) >= 2 else pin
+    return f"{name} (again)" if again else name

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -45,7 +46,7 @@ from orchestrator.build.state import AsyncStateStore
 from orchestrator.catalog.layers import dockerfile_texts
 from orchestrator.core import graph
 from orchestrator.core.errors import InputError
-from orchestrator.core.packagefix import Fix, check_applied, describe, rebuild_due
+from orchestrator.core.packagefix import Fix, check_applied, describe, rebuild_due, retry_pin
 from orchestrator.core.packages import PackageRecord
 from orchestrator.core.pkgindex import IndexSnapshot
 from orchestrator.registry.indexwatch import IndexFailure, IndexPoller, IndexState, IndexWatch
@@ -77,6 +78,9 @@ class PackageWatch:
         self.triggered: dict[str, frozenset[tuple[str, str]]] = {}  # layer -> pins asked for
         self.not_applied: dict[str, list[dict[str, Any]]] = {}  # layer -> the last report
         self.stuck_since: dict[str, float] = {}  # layer -> when a fix was first not applied
+        # (layer, pin) -> the index snapshot a build did not take it from, and whether
+        # another build may (a lagging mirror; not a pin or a hold).
+        self.stuck_at: dict[tuple[str, str], tuple[str, bool]] = {}
         self.errors: dict[str, str] = {}  # source -> why its last poll failed
         self._store: PackageStore | None = None
         self._watch: IndexWatch | None = None
@@ -195,12 +199,28 @@ class PackageWatch:
             snapshots = {sid: snap for sid in self.watched
                          if (state := self._watch.states.get(sid)) is not None
                          and (snap := state.snapshot()) is not None}
-            self.view = fix_view(config, catalog, records, images, snapshots, texts)
+            view = fix_view(config, catalog, records, images, snapshots, texts)
+            self.view = replace(view, retries=self._retries(view))
             self._check_applied(images, texts, {lid: r.digest for lid, r in records.items()})
             self._update_windows()
             self._update_metrics()
         self._wakeup.set()
         self.on_change()
+
+    def _retries(self, view: FixView) -> dict[str, tuple[tuple[str, str], ...]]:
+        """Fixes a build did not take for a reason another build may not have (a mirror
+        that lagged), to try again now that their index changed: once per change."""
+        out: dict[str, tuple[tuple[str, str], ...]] = {}
+        for lid in view.report.fixes:
+            wanted = []
+            for fix in view.not_applied(lid):
+                snapshot, retryable = self.stuck_at.setdefault((lid, fix.pin[0]),
+                                                               (fix.snapshot, False))
+                if retryable and fix.snapshot != snapshot:
+                    wanted.append(retry_pin(fix, fix.snapshot))
+            if wanted:
+                out[lid] = tuple(wanted)
+        return out
 
     def _check_applied(self, images: dict[str, list[PackageRecord]], texts: dict[str, str],
                        digests: dict[str, str]) -> None:
@@ -218,8 +238,10 @@ class PackageWatch:
             for record in found:
                 for item in check_applied(stuck, record.installed(), held=record.held(),
                                           texts=record.texts(), dockerfile=texts.get(lid)):
+                    self.stuck_at[(lid, item.fix.pin[0])] = (item.fix.snapshot, item.retryable)
                     reports.append({**fix_json(item.fix), "found": item.found,
-                                    "why": item.reason, "message": item.describe()})
+                                    "why": item.reason, "message": item.describe(),
+                                    "retried_when_the_index_changes": item.retryable})
             if not reports:
                 continue
             self.not_applied[lid] = reports

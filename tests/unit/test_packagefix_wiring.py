@@ -390,3 +390,60 @@ async def test_lint_suggests_the_upgrade_step_for_a_fix_waiting_on_the_upstream(
     finally:
         await it.watch.close()
         await it.state.close()
+
+
+async def built_without_the_fix(it: Harness, pins: tuple[tuple[str, str], ...],
+                                dockerfile_pin: bool = False) -> None:
+    """A build keyed with ``pins`` whose image still has curl 1.0-1."""
+    if dockerfile_pin:
+        (it.loaded.catalog.layers["os"].dockerfile).write_text(
+            "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN apt-get install -y curl=1.0-1\n")
+    inputs = replace(INPUTS, packages=pins)
+    rebuilt = replace(it.os_image, digest="sha256:" + build_key(inputs))
+    it.store.save([rebuilt])
+    await it.state.records.save(LayerRecord("os", build_key(inputs), rebuilt.digest, "r@y",
+                                            inputs, time.time()))
+    it.watch.notice("build_finished", {"layer": "os", "outcome": "built"})
+    it.watch.notice("run_finished", {})
+    await it.watch.refresh()
+
+
+async def settle(it: Harness) -> None:
+    await it.poll()
+    await asyncio.sleep(0.35)
+    await it.watch._fire_due()
+
+
+@pytest.mark.parametrize("dockerfile_pin", [False, True])
+async def test_a_fix_a_lagging_mirror_kept_out_is_tried_again_once_per_index_change(
+        harness: tuple[Harness, Repo], dockerfile_pin: bool) -> None:
+    it, repo = harness
+    await it.poll()
+    repo.publish({"curl": "1.1-1"})
+    await settle(it)
+    assert len(it.triggered) == 1
+    first = (("deb:curl:amd64", "1.1-1"),)
+    await built_without_the_fix(it, first, dockerfile_pin)
+    [stuck] = [f for e, f in it.events if e == "fix_not_applied"]
+    assert stuck["fixes"][0]["retried_when_the_index_changes"] is not dockerfile_pin
+    # The index changes (another package), the fixed version is the same.
+    repo.publish({"curl": "1.1-1", "zlib1g": "1.3"})
+    await settle(it)
+    await settle(it)
+    if dockerfile_pin:  # a pin: only a newer version tries again
+        assert len(it.triggered) == 1 and it.watch.view.pending_layers() == {}
+        return
+    assert len(it.triggered) == 2
+    retry = it.watch.view.retries["os"]
+    assert [name for name, _ in retry] == ["retry:deb:curl:amd64"]
+    # The decide step keys the retry: a new key, the fix taken in again.
+    inputs, taken = with_packages(it.watch.view, record(replace(INPUTS, packages=first)))
+    assert inputs.packages == tuple(sorted((*first, *retry))) and len(taken) == 1
+    decision = decide("os", inputs, replace(INPUTS, packages=first), image_found=False)
+    assert decision.reason is Reason.PACKAGE_FIX
+    # Still not taken: reported again, and not tried again until the next change.
+    await built_without_the_fix(it, inputs.packages)
+    assert [e for e, _ in it.events].count("fix_not_applied") == 2
+    await settle(it)
+    await settle(it)
+    assert len(it.triggered) == 2 and it.watch.view.pending_layers() == {}
