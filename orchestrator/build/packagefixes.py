@@ -244,12 +244,23 @@ def image_digests(record: LayerRecord) -> list[str]:
     return list(record.platform_digests.values()) or [record.digest]
 
 
-def read_images(store: PackageStore, records: Mapping[str, LayerRecord]
+def read_images(store: PackageStore, records: Mapping[str, LayerRecord],
+                cache: dict[str, PackageRecord] | None = None
                 ) -> dict[str, list[PackageRecord]]:
-    """Blocking. The kept package record of each layer's current image(s)."""
+    """Blocking. The kept package record of each layer's current image(s). ``cache``
+    (by image digest: a record never changes) is used and left holding exactly these."""
     out: dict[str, list[PackageRecord]] = {}
+    kept = dict(cache or {})
+    if cache is not None:
+        cache.clear()
     for lid, record in records.items():
-        found = [r for d in image_digests(record) if (r := store.record(d)) is not None]
+        found = []
+        for digest in image_digests(record):
+            known = kept.get(digest) or store.record(digest)
+            if known is not None:
+                found.append(known)
+                if cache is not None:
+                    cache[digest] = known
         if found:
             out[lid] = found
     return out

@@ -83,6 +83,7 @@ class PackageWatch:
         self.stuck_at: dict[tuple[str, str], tuple[str, bool]] = {}
         self.errors: dict[str, str] = {}  # source -> why its last poll failed
         self._store: PackageStore | None = None
+        self._records: dict[str, PackageRecord] = {}  # by image digest: read once
         self._watch: IndexWatch | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
@@ -187,7 +188,7 @@ class PackageWatch:
             except InputError:
                 texts = {}
             try:
-                images = await asyncio.to_thread(read_images, store, records)
+                images = await asyncio.to_thread(read_images, store, records, self._records)
             except Exception as exc:  # a cache: report, keep the last decision
                 self.bus.publish("packages_unreadable", {"error": repr(exc)}, "warning")
                 return
