@@ -113,6 +113,12 @@ class PackageWatch:
         self._polling = polling
         if not self.enabled:
             return
+        try:
+            await self._start()
+        except Exception as exc:  # an observer: the daemon goes on without it
+            self.bus.publish("packages_unavailable", {"error": repr(exc)}, "error")
+
+    async def _start(self) -> None:
         store = self._open_store()
         if store is None:
             return

@@ -443,6 +443,14 @@ def test_the_daemon_rebuilds_exactly_the_layer_that_installed_a_fixed_package(
             opened = wait_until(lambda: [p for p in packages()["pending"]
                                          if p["layer"] == "os"], 30, what="a pending fix")[0]
             assert opened["window_closes_at"] - burst <= 10.0 + POLL_S * 1.1 + 2.0
+            # While the window is open: status, metrics and a one-shot plan say so.
+            text = project.cli("status", "--socket", str(sock)).stdout
+            assert "package fixes (window 10s)" in text and "window closes in" in text, text
+            metrics = api(sock, "GET", "/metrics")[1]
+            assert 'orchestrator_package_fixes_pending{layer="os"} 1.0' in metrics, metrics
+            assert "orchestrator_package_fix_oldest_unapplied_seconds" in metrics
+            plan = project.cli("plan")
+            assert "(layer os): rebuilds os, child" in plan.stdout, plan.stdout + plan.stderr
             wait_until(lambda: {layer for layer, _ in built_since(before)} >= {"os", "child"},
                        180, what="the rebuild after the window")
             daemon.idle(120)
