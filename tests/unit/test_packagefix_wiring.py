@@ -447,3 +447,24 @@ async def test_a_fix_a_lagging_mirror_kept_out_is_tried_again_once_per_index_cha
     await settle(it)
     await settle(it)
     assert len(it.triggered) == 2 and it.watch.view.pending_layers() == {}
+
+
+async def test_a_layer_building_for_another_reason_takes_the_fix_instead_of_a_second_build(
+        harness: tuple[Harness, Repo]) -> None:
+    it, repo = harness
+    building = {"os"}
+
+    async def busy() -> set[str]:
+        return building
+
+    it.watch.busy = busy
+    await it.poll()
+    repo.publish({"curl": "1.1-1"})
+    await settle(it)
+    assert it.triggered == []  # os is being built: that build's key takes the fix in
+    # It was decided before the fix was seen, so its image lacks it: now a rebuild.
+    building = set()
+    await built_without_the_fix(it, ())
+    await it.watch._fire_due()
+    assert it.triggered == [(["os"], "package fix: curl 1.0-1 -> 1.1-1 (bookworm-security)")]
+    assert [e for e, _ in it.events].count("fix_not_applied") == 0  # it was not built for it
