@@ -126,6 +126,8 @@ class Decider:
         pins = key_pins(before, found, other_inputs_changed=changed)
         if changed or view is None:
             return replace(inputs, packages=pins), found
+        if not view.takes(layer_id):  # its window is open: the fixes wait for it
+            return replace(inputs, packages=before), ()
         # A fix a build did not take, tried again against a changed index (retry_pin).
         pins = tuple(sorted({**dict(pins), **dict(view.retries.get(layer_id, ()))}.items()))
         return replace(inputs, packages=pins), view.pending(layer_id, before)

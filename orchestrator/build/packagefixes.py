@@ -73,6 +73,15 @@ class FixView:
     layers: Mapping[str, LayerPackages] = field(default_factory=dict)
     # Per layer, fixes not applied to try again against a changed index (retry_pin).
     retries: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    # Layers whose pending fixes a build takes in now (the daemon: those whose window
+    # closed); None: every layer (a one-shot plan or build, which has no window).
+    released: frozenset[str] | None = None
+
+    def takes(self, layer: str) -> bool:
+        """Whether a build of ``layer`` now pins its pending fixes. One still in its
+        window waits, unless the layer builds anyway for another reason: a run that
+        only stands on it (a child's edit) does not rebuild it early."""
+        return self.released is None or layer in self.released
 
     def pending(self, layer: str, pins: tuple[tuple[str, str], ...] | None = None
                 ) -> tuple[Fix, ...]:

@@ -209,15 +209,12 @@ class Daemon:
 
     def _wire_packages(self) -> None:
         """Package fixes: the watch triggers layers, the runs key with its view."""
-        async def busy() -> set[str]:
-            queued = {e.layer for e in await self.queue.waiting()}
-            return queued | set(self.runs.running_layers())
-
         self.packages = PackageWatch(
             self.loaded, self.state, self.bus, self.metrics,
             trigger=lambda layers, cause: self.triggers.trigger(layers, force=False,
                                                                 cause=cause),
-            busy=busy, phase=lambda: self._phase, on_change=self._queue_changed)
+            busy=lambda: set(self.runs.running_layers()), phase=lambda: self._phase,
+            on_change=self._queue_changed)
         self.bus.listeners.append(self.packages.notice)
         self.runs.package_fixes = self.packages.fixes
 

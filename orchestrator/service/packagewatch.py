@@ -61,14 +61,14 @@ REMOTE_POLL_MIN_S = 60.0  # a mirror that is not on loopback: at most once a min
 class PackageWatch:
     def __init__(self, loaded: Loaded, state: AsyncStateStore, bus: EventBus, metrics: Metrics,
                  *, trigger: Callable[[list[str], str], Awaitable[Any]],
-                 busy: Callable[[], Awaitable[set[str]]],
+                 busy: Callable[[], set[str]],
                  phase: Callable[[], str], on_change: Callable[[], None]) -> None:
         self.loaded = loaded
         self.state = state
         self.bus = bus
         self.metrics = metrics
         self.trigger = trigger  # queue layers with a cause (Triggers.trigger)
-        self.busy = busy  # layers queued or building now
+        self.busy = busy  # layers building now
         self.phase = phase
         self.on_change = on_change  # what status shows changed
         self.view = FixView()
@@ -210,6 +210,7 @@ class PackageWatch:
             self.view = replace(view, retries=self._retries(view))
             self._check_applied(images, texts, {lid: r.digest for lid, r in records.items()})
             self._update_windows()
+            self._release()
             self._update_metrics()
         self._wakeup.set()
         self.on_change()
@@ -274,6 +275,10 @@ class PackageWatch:
         if self.windows != before:
             self._keep_windows()
 
+    def _release(self) -> None:
+        """What the decide step may pin: the fixes of layers whose window closed."""
+        self.view = replace(self.view, released=frozenset(self.triggered))
+
     def _keep_windows(self) -> None:
         store, windows = self._store, dict(self.windows)
         if store is None:
@@ -317,7 +322,7 @@ class PackageWatch:
         policy = policy_of(config)
         now = time.time()
         pending = self.view.pending_layers()
-        busy = await self.busy()
+        busy = self.busy()
         next_in = 3600.0
         for lid, opened in sorted(self.windows.items(), key=lambda kv: kv[1]):
             fixes = pending.get(lid)
@@ -327,8 +332,8 @@ class PackageWatch:
                 next_in = min(next_in, opened + policy.window_s - now)
                 continue
             if lid in busy and lid not in self.triggered:
-                # Queued or building for another reason: that build takes the fixes in
-                # (the decide step pins them); look again when it is done.
+                # Building now, decided without them: look again when it is done (a
+                # trigger while it is only queued merges into it).
                 next_in = min(next_in, 1.0)
                 continue
             await self._rebuild(lid, fixes)
@@ -338,13 +343,17 @@ class PackageWatch:
         cause = "package fix: " + describe(fixes)
         parents = {k: v.parent for k, v in self.loaded.catalog.layers.items()}
         below = sorted(graph.descendants(parents, [lid]) - {lid})
+        # Released before the trigger: the run it starts keys with these fixes.
+        self.triggered[lid] = frozenset(f.pin for f in fixes)
+        self._release()
         try:
             await self.trigger([lid], cause)
         except (Refused, InputError) as exc:
+            self.triggered.pop(lid, None)
+            self._release()
             self.bus.publish("package_fix_deferred", {"layer": lid, "error": str(exc)},
                              "warning")
             return
-        self.triggered[lid] = frozenset(f.pin for f in fixes)
         self.windows.pop(lid, None)
         self._keep_windows()
         self.bus.publish("package_fix", {

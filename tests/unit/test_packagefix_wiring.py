@@ -251,7 +251,7 @@ class Harness:
             self.triggered.append((layers, cause))
             return {}
 
-        async def busy() -> set[str]:
+        def busy() -> set[str]:
             return set()
 
         self.watch = PackageWatch(self.loaded, self.state, bus, Metrics(), trigger=trigger,
@@ -454,7 +454,7 @@ async def test_a_layer_building_for_another_reason_takes_the_fix_instead_of_a_se
     it, repo = harness
     building = {"os"}
 
-    async def busy() -> set[str]:
+    def busy() -> set[str]:
         return building
 
     it.watch.busy = busy
@@ -468,3 +468,17 @@ async def test_a_layer_building_for_another_reason_takes_the_fix_instead_of_a_se
     await it.watch._fire_due()
     assert it.triggered == [(["os"], "package fix: curl 1.0-1 -> 1.1-1 (bookworm-security)")]
     assert [e for e, _ in it.events].count("fix_not_applied") == 0  # it was not built for it
+
+
+def test_a_fix_in_its_window_waits_unless_the_layer_builds_anyway() -> None:
+    waiting = replace(view_for("7.88.1-10"), released=frozenset())
+    # A run that only stands on os (a child's edit) does not rebuild it early.
+    inputs, taken = with_packages(waiting, record(INPUTS))
+    assert inputs == INPUTS and taken == ()
+    # os builds anyway (its parent moved): it takes the fix along, in its key.
+    moved = replace(INPUTS, parent_digest="sha256:q")
+    inputs, taken = with_packages(waiting, record(INPUTS), moved)
+    assert inputs.packages == (("deb:curl:amd64", "7.88.1-10+deb12u12"),) and len(taken) == 1
+    # The window closed (released): the fix is pinned, so os is stale.
+    released = replace(waiting, released=frozenset({"os"}))
+    assert with_packages(released, record(INPUTS))[0].packages == inputs.packages
