@@ -132,8 +132,9 @@ class PackageWatch:
         self.windows = await asyncio.to_thread(store.windows)
         await self.refresh()
         self._stop = asyncio.Event()
-        self._own("packages-timer", self._timer())
         self._own("packages-refresh", self._refresher())
+        if self._polling:  # run --once has no windows: its reconcile takes every fix
+            self._own("packages-timer", self._timer())
 
     async def configure(self) -> None:
         """A reload: new settings (or [packages] added or removed)."""
@@ -276,8 +277,10 @@ class PackageWatch:
             self._keep_windows()
 
     def _release(self) -> None:
-        """What the decide step may pin: the fixes of layers whose window closed."""
-        self.view = replace(self.view, released=frozenset(self.triggered))
+        """What the decide step may pin: the fixes of layers whose window closed (in
+        ``run --once``, every layer's: it reconciles and exits, no window ever closes)."""
+        self.view = replace(self.view, released=frozenset(self.triggered)
+                            if self._polling else None)
 
     def _keep_windows(self) -> None:
         store, windows = self._store, dict(self.windows)
