@@ -94,6 +94,12 @@ def load_config(path: Path) -> Config:
         raise InputError(root.where, "[[builders]]: more than one builder needs a [registry]: "
                          "that is how a parent built on one engine reaches a child built on "
                          "another (pinned by digest)")
+    if "packages" in root.data and (registry is None or not provenance.enabled or
+                                    not provenance.sbom):
+        # Which layer installed what is read when an image is attested in the registry.
+        raise InputError(root.where, "[packages]: package fixes need [registry] and "
+                         "[provenance] with sbom = true (each image's package record is made "
+                         "when it is attested there); add them or remove [packages]")
     return Config(
         path=path.resolve(),
         layers_dir=layers_dir,
