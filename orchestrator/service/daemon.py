@@ -214,7 +214,7 @@ class Daemon:
             trigger=lambda layers, cause: self.triggers.trigger(layers, force=False,
                                                                 cause=cause),
             busy=lambda: set(self.runs.running_layers()), phase=lambda: self._phase,
-            on_change=self._queue_changed)
+            on_change=self._queue_changed, attestor=lambda: self.connections.attestor)
         self.bus.listeners.append(self.packages.notice)
         self.runs.package_fixes = self.packages.fixes
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -29,6 +30,7 @@ from typing import Any
 
 import structlog
 
+from orchestrator.build.attest import Ancestor, Attestor
 from orchestrator.build.packagefixes import (
     FixView,
     Watched,
@@ -42,10 +44,11 @@ from orchestrator.build.packagefixes import (
     watched,
 )
 from orchestrator.build.packagestore import PACKAGES_DB, PackageStore
-from orchestrator.build.state import AsyncStateStore
+from orchestrator.build.state import AsyncStateStore, LayerRecord
 from orchestrator.catalog.layers import dockerfile_texts
 from orchestrator.core import graph
 from orchestrator.core.errors import InputError
+from orchestrator.core.imageref import parse_repository
 from orchestrator.core.packagefix import Fix, check_applied, describe, rebuild_due, retry_pin
 from orchestrator.core.packages import PackageRecord
 from orchestrator.core.pkgindex import IndexSnapshot
@@ -55,6 +58,7 @@ from orchestrator.service.metrics import Metrics
 from orchestrator.service.ports import Loaded, Refused
 
 log = structlog.get_logger("orchestrator.packages")
+UPSTREAM = "upstream:"
 REMOTE_POLL_MIN_S = 60.0  # a mirror that is not on loopback: at most once a minute
 
 
@@ -62,7 +66,8 @@ class PackageWatch:
     def __init__(self, loaded: Loaded, state: AsyncStateStore, bus: EventBus, metrics: Metrics,
                  *, trigger: Callable[[list[str], str], Awaitable[Any]],
                  busy: Callable[[], set[str]],
-                 phase: Callable[[], str], on_change: Callable[[], None]) -> None:
+                 phase: Callable[[], str], on_change: Callable[[], None],
+                 attestor: Callable[[], Attestor | None] = lambda: None) -> None:
         self.loaded = loaded
         self.state = state
         self.bus = bus
@@ -71,6 +76,7 @@ class PackageWatch:
         self.busy = busy  # layers building now
         self.phase = phase
         self.on_change = on_change  # what status shows changed
+        self.attestor = attestor  # reads a package record an image lacks (connections')
         self.view = FixView()
         self.watched: dict[str, Watched] = {}
         self.pollers: dict[str, IndexPoller] = {}
@@ -94,6 +100,7 @@ class PackageWatch:
         self._polling = False
         self._lock = asyncio.Lock()
         self._saving: set[asyncio.Future[None]] = set()  # windows being written
+        self._unread: set[str] = set()  # image digests whose record could not be read
         metrics.package_fix_oldest.set_function(self.oldest_unapplied_s)
 
     @property
@@ -130,7 +137,8 @@ class PackageWatch:
         self._watch = IndexWatch(self.loaded.config.state_dir / "tmp" / "package-indexes",
                                  states=kept)
         self.windows = await asyncio.to_thread(store.windows)
-        await self.refresh()
+        await self.refresh(read_missing=False)
+        self._refresh_wanted.set()
         self._stop = asyncio.Event()
         self._own("packages-refresh", self._refresher())
         if self._polling:  # run --once has no windows: its reconcile takes every fix
@@ -180,8 +188,10 @@ class PackageWatch:
 
     # -- the decision ---------------------------------------------------------
 
-    async def refresh(self) -> None:
-        """Read the layers' package records, poll what they name, decide again."""
+    async def refresh(self, *, read_missing: bool = True) -> None:
+        """Read the layers' package records, poll what they name, decide again.
+        ``read_missing``: read from the registry the records images lack (slow: not
+        at start, where it would hold up READY; the refresher does it next)."""
         if not self.enabled or self._watch is None:
             return
         async with self._lock:
@@ -199,6 +209,8 @@ class PackageWatch:
             except Exception as exc:  # a cache: report, keep the last decision
                 self.bus.publish("packages_unreadable", {"error": repr(exc)}, "warning")
                 return
+            if read_missing and await self._read_missing(records, images):
+                images = await asyncio.to_thread(read_images, store, records, self._records)
             config = self.loaded.config.packages
             assert config is not None
             layers = layer_packages(catalog, images, texts)
@@ -215,6 +227,55 @@ class PackageWatch:
             self._update_metrics()
         self._wakeup.set()
         self.on_change()
+
+    async def _read_missing(self, records: dict[str, LayerRecord],
+                            images: dict[str, list[PackageRecord]]) -> bool:
+        """Layers whose current image has no package record (built before [packages],
+        or packages.db was deleted): read it from the registry, as the SBOM step would,
+        so they are watched now rather than from their next build. Parents first, so a
+        child's read starts from its parent's record. True when any was read."""
+        attestor = self.attestor()
+        if attestor is None:
+            return False
+        catalog = self.loaded.catalog
+        read = False
+        parents = {k: v.parent for k, v in catalog.layers.items()}
+        for lid in graph.topological_order(parents):
+            record = records.get(lid)
+            if record is None or lid in images or record.platform_digests or \
+                    record.digest in self._unread:
+                continue  # a multi-platform layer is watched from its next build
+            try:
+                await self._read_one(attestor, lid, record, records)
+                read = True
+            except Exception as exc:  # reported once; its next build makes the record
+                self._unread.add(record.digest)
+                self.bus.publish("package_record_unreadable", {
+                    "layer": lid, "digest": record.digest,
+                    "error": f"{type(exc).__name__}: {exc}"}, "warning")
+        return read
+
+    async def _read_one(self, attestor: Attestor, lid: str, record: LayerRecord,
+                        records: dict[str, LayerRecord]) -> None:
+        layer = self.loaded.catalog.layers[lid]
+        repo = parse_repository(record.ref.split("@", 1)[0])
+        subject = await attestor.client.get_manifest(repo, record.digest)
+        if subject is None:
+            raise LookupError(f"{record.ref} is not in the registry")
+        parent = records.get(layer.parent) if layer.parent else None
+        if parent is not None:
+            below = Ancestor(parent.layer, parent.ref.split("@", 1)[0],
+                             record.inputs.parent_digest)
+        else:
+            spec = self.loaded.catalog.upstreams.get(layer.upstream or "")
+            if spec is None or spec.image is None:
+                raise LookupError(f"{lid}: what it stands on is not known")
+            below = Ancestor(UPSTREAM + spec.name, spec.image, record.inputs.parent_digest)
+        work = self.loaded.config.state_dir / "builds" / f"records-{record.digest[7:19]}"
+        try:
+            await attestor.record(repo, subject, lid, [below], work)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
 
     def _retries(self, view: FixView) -> dict[str, tuple[tuple[str, str], ...]]:
         """Fixes a build did not take for a reason another build may not have (a mirror

@@ -459,6 +459,27 @@ def test_the_daemon_rebuilds_exactly_the_layer_that_installed_a_fixed_package(
                      at(e) > burst]
             assert len(fixes) == 1 and at(fixes[0]) - burst >= 9.0, fixes
             assert sbom_components(project, image)["hello-orch"]["version"] == "1.4-1"
+            before = ids()
+        finally:
+            assert daemon.stop() == 0, daemon.logs()[-3000:]
+
+        # 6. A restart with packages.db gone: the records are read again from the
+        #    registry (each image's own layers), the index is watched again at once, and
+        #    nothing is rebuilt (pinned's fix stays not applied: its key covers it).
+        for leftover in (project.root / "state").glob("packages.db*"):
+            leftover.unlink()
+        daemon = DaemonProcess(project).ready(120)
+        try:
+            sock = daemon.socket
+            found = wait_until(lambda: index() if index() and index()["layers"] else None,
+                               120, what="the index watched again")
+            assert found["layers"] == ["child", "os", "pinned"], found
+            daemon.idle(120)
+            polled_twice_after(time.time())
+            assert ids() == before
+            assert packages()["pending"] == []
+            assert not [e for e in daemon.events() if e["event"] in (
+                "package_record_unreadable", "package_fix")]
             print(f"\npackage fix acceptance: setup {setup_s:.1f}s, "
                   f"all {time.monotonic() - started:.1f}s")
         finally:
