@@ -482,3 +482,29 @@ def test_a_fix_in_its_window_waits_unless_the_layer_builds_anyway() -> None:
     # The window closed (released): the fix is pinned, so os is stale.
     released = replace(waiting, released=frozenset({"os"}))
     assert with_packages(released, record(INPUTS))[0].packages == inputs.packages
+
+
+def test_status_shows_indexes_windows_and_what_was_not_applied() -> None:
+    from orchestrator.cli.client import package_lines
+
+    now = time.time()
+    lines = package_lines({
+        "enabled": True, "window_s": 3600.0,
+        "indexes": [{"source": "apt http://m/debian bookworm-security", "suite":
+                     "bookworm-security", "date": "Sat, 29 Nov 2026", "checked_at": now - 5,
+                     "error": None, "next_in_s": 55.0},
+                    {"source": "apt http://gone bookworm-security", "error": "HTTP 503",
+                     "checked_at": now, "next_in_s": 10.0}],
+        "pending": [{"layer": "os", "reason": "package fix: curl 1 -> 2 (bookworm-security)",
+                     "window_closes_at": now + 600, "triggered": False, "urgent": False}],
+        "not_applied": [{"layer": "app", "fixes": [{"message": "fix_not_applied: x"}]}],
+        "waiting": [{"reason": "package fix: libc6 1 -> 2 (bookworm-security)",
+                     "layer": "upstream:debian", "layers": ["os"], "hint": "RUN apk upgrade"}]})
+    assert lines[1] == "package fixes (window 3600s)"
+    assert "bookworm-security Sat, 29 Nov 2026; checked 5s ago, next poll in 55s" in lines[2]
+    assert "error: HTTP 503" in lines[3]
+    assert lines[4].startswith("  os: package fix: curl 1 -> 2 (bookworm-security); "
+                               "window closes in 6")
+    assert lines[5] == "  app: fix_not_applied: x"
+    assert "waiting on upstream:debian's refresh (os could add: RUN apk upgrade)" in lines[6]
+    assert package_lines({"enabled": False}) == []
