@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from orchestrator.build.job import Base, BuildJob
 from orchestrator.build.naming import Naming
@@ -22,11 +24,15 @@ from orchestrator.catalog.layers import host_platform
 from orchestrator.core.buildkey import build_key, key_tag
 from orchestrator.core.errors import BuildFailed, InputError
 from orchestrator.core.imageref import ImageRef, parse_reference
-from orchestrator.core.model import Catalog, Config, Inputs, Layer, ResolvedUpstream
+from orchestrator.core.model import Catalog, Config, Inputs, Layer, Reason, ResolvedUpstream
+from orchestrator.core.packagefix import Fix, describe, key_pins
 from orchestrator.core.plan import decide, is_due
 from orchestrator.engines.base import Builder
 from orchestrator.registry.client import RegistryClient
 from orchestrator.registry.index import image_platform, platform_manifests
+
+if TYPE_CHECKING:
+    from orchestrator.build.packagefixes import FixView
 
 
 class Decider:
@@ -36,7 +42,8 @@ class Decider:
                  registry: RegistryClient | None, resolver: RegistryClient | None,
                  local: Builder, engines: tuple[str, ...],
                  contexts: dict[str, Context | InputError],
-                 records: Mapping[str, LayerRecord], forced: frozenset[str]) -> None:
+                 records: Mapping[str, LayerRecord], forced: frozenset[str],
+                 packages: FixView | None = None) -> None:
         self.config = config
         self.catalog = catalog
         self.naming = naming
@@ -52,6 +59,7 @@ class Decider:
         # only by its own step, after it was read.
         self.records = records
         self.forced = forced
+        self.packages = packages  # the package fixes each layer has now (package watch)
         self.host = host_platform()
         self._externals: dict[str, asyncio.Future[str]] = {}
         self._upstreams_of: dict[str, set[str]] = {}
@@ -89,14 +97,40 @@ class Decider:
         bases, pins = await self._bases(layer, base.ref)
         inputs = Inputs(context.dockerfile, context.files, args, base.digest, bases=bases,
                         platforms=layer.platforms, secrets=layer.secrets)
+        inputs, fixes = self._with_packages(layer_id, inputs, previous)
         key = build_key(inputs)
         found = None if forced else await self.lookup(names.repo, key)
         due = is_due(previous.built_at if previous else None, layer.rebuild_every_s, time.time())
         decision = decide(layer_id, inputs, previous.inputs if previous else None,
                           image_found=found is not None, forced=forced, due=due,
                           parent_is_upstream=layer.upstream is not None)
-        return BuildJob(layer, names, base, parent, previous, decision, context, inputs, key,
-                        pins, found)
+        if decision.reason is Reason.PACKAGE_FIX and fixes:
+            decision = replace(decision, detail=describe(fixes))
+        job = BuildJob(layer, names, base, parent, previous, decision, context, inputs, key,
+                       pins, found)
+        if decision.build and fixes and self.packages is not None:
+            job.fixes, job.fix_indexes = fixes, tuple(self.packages.indexes(fixes))
+        return job
+
+    def _with_packages(self, layer_id: str, inputs: Inputs, previous: LayerRecord | None
+                       ) -> tuple[Inputs, tuple[Fix, ...]]:
+        """The key's package pins (``core.packagefix.key_pins``), and the fixes a build
+        under them takes in. Pins stay while the other inputs do, so a fix that was
+        built against keeps its key whether or not the image got it."""
+        before = previous.inputs.packages if previous is not None else ()
+        # By key, not by value: what the key does not tell apart is the same input.
+        changed = previous is None or \
+            build_key(replace(previous.inputs, packages=())) != build_key(inputs)
+        view = self.packages
+        found = view.report.fixes.get(layer_id, ()) if view is not None else ()
+        pins = key_pins(before, found, other_inputs_changed=changed)
+        if changed or view is None:
+            return replace(inputs, packages=pins), found
+        if not view.takes(layer_id):  # its window is open: the fixes wait for it
+            return replace(inputs, packages=before), ()
+        # A fix a build did not take, tried again against a changed index (retry_pin).
+        pins = tuple(sorted({**dict(pins), **dict(view.retries.get(layer_id, ()))}.items()))
+        return replace(inputs, packages=pins), view.pending(layer_id, before)
 
     async def refresh(self, job: BuildJob) -> None:
         """The context changed under a snapshot: read it again and key the job on
@@ -110,7 +144,7 @@ class Decider:
         job.context = fresh
         job.inputs = Inputs(fresh.dockerfile, fresh.files, inputs.args, inputs.parent_digest,
                             bases=inputs.bases, platforms=layer.platforms,
-                            secrets=layer.secrets)
+                            secrets=layer.secrets, packages=inputs.packages)
         job.key = build_key(job.inputs)
         job.found = None if layer.id in self.forced else \
             await self.lookup(job.names.repo, job.key)

@@ -61,7 +61,9 @@ class Executor:
             push=push,
             log_path=job.log_path,
             timeout_s=self.config.build.timeout_s,
-            no_cache=job.decision.reason in (Reason.FORCED, Reason.SCHEDULED),
+            # A package fix must really run apt-get/apk again.
+            no_cache=job.decision.reason in (Reason.FORCED, Reason.SCHEDULED,
+                                             Reason.PACKAGE_FIX) or bool(job.fixes),
             timestamp=int(job.created),
             work_dir=job.work,
             from_pins=job.pins,

@@ -19,6 +19,8 @@ from orchestrator.build.results import LayerResult
 from orchestrator.build.state import LayerRecord
 from orchestrator.catalog.context import Context
 from orchestrator.core.model import Decision, Inputs, Layer
+from orchestrator.core.packagefix import Fix
+from orchestrator.core.provenance import PackageIndex
 from orchestrator.engines.pool import Member
 
 
@@ -62,6 +64,8 @@ class BuildJob:
     key: str | None = None
     pins: dict[str, str] = field(default_factory=dict)  # FROM text -> pinned reference
     found: str | None = None  # the digest already under the key (reuse)
+    fixes: tuple[Fix, ...] = ()  # package fixes this build takes in (its key pins them)
+    fix_indexes: tuple[PackageIndex, ...] = ()  # the index snapshots that offered them
     clock: StepClock = field(default_factory=StepClock)
     # Set by the run step.
     build_id: str = ""

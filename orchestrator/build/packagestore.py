@@ -21,7 +21,7 @@ import logging
 import sqlite3
 import time
 import zlib
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from orchestrator.build.state import restrict
@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS package_records (
     record      BLOB NOT NULL,      -- zlib of core.packages.record_to_json
     saved_at    REAL NOT NULL,
     used_at     REAL NOT NULL       -- last read: what pruning goes by
+);
+CREATE TABLE IF NOT EXISTS fix_windows (
+    layer       TEXT PRIMARY KEY,   -- a layer with package fixes pending
+    opened_at   REAL NOT NULL       -- when its first pending fix was seen
 );
 CREATE TABLE IF NOT EXISTS package_indexes (
     source      TEXT PRIMARY KEY,   -- an index source's id: "apt URI SUITE", "apk URL"
@@ -136,3 +140,33 @@ class PackageStore:
         with self._db() as db:
             db.execute("INSERT OR REPLACE INTO package_indexes (source, state, saved_at) "
                        "VALUES (?, ?, ?)", (source, state, time.time()))
+
+    def index_states(self) -> dict[str, str]:
+        """Every index state kept, by source id."""
+        with self._db() as db:
+            return dict(db.execute("SELECT source, state FROM package_indexes").fetchall())
+
+    def forget_index_states(self, keep: Collection[str]) -> None:
+        """Drop the states of sources no image names any more."""
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            for (source,) in db.execute("SELECT source FROM package_indexes").fetchall():
+                if source not in keep:
+                    db.execute("DELETE FROM package_indexes WHERE source = ?", (source,))
+            db.execute("COMMIT")
+
+    # -- fix windows ------------------------------------------------------------
+
+    def windows(self) -> dict[str, float]:
+        """Layer -> when its oldest pending fix was first seen (a restart keeps it)."""
+        with self._db() as db:
+            return dict(db.execute("SELECT layer, opened_at FROM fix_windows").fetchall())
+
+    def save_windows(self, windows: Mapping[str, float]) -> None:
+        """Replace the windows kept with ``windows``."""
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM fix_windows")
+            db.executemany("INSERT INTO fix_windows (layer, opened_at) VALUES (?, ?)",
+                           sorted(windows.items()))
+            db.execute("COMMIT")

@@ -24,7 +24,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.build.attest import Attestor
 from orchestrator.build.decide import Decider
@@ -43,6 +43,9 @@ from orchestrator.core.errors import BuildFailed, InputError, StateWriteError
 from orchestrator.core.model import Catalog, Config, Outcome, ResolvedUpstream
 from orchestrator.engines.pool import BuilderPool, Member
 from orchestrator.registry.client import RegistryClient
+
+if TYPE_CHECKING:
+    from orchestrator.build.packagefixes import FixView
 
 # How often a layer whose context keeps changing under us is read again
 # before the run gives up on it (the daemon's watcher queues it anyway).
@@ -70,6 +73,7 @@ class Pipeline:
         superseded: Callable[[list[str]], bool] | None = None,
         resolver: RegistryClient | None = None,
         attestor: Attestor | None = None,
+        packages: FixView | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -89,6 +93,7 @@ class Pipeline:
             registry.allow_insecure(config.registry.host)
         self._steps(registry, resolver, attestor, dict(upstream_errors or {}),
                     dict(contexts or {}), cause_of or (lambda layer: (None, None)))
+        self.decider.packages = packages  # package fixes: the key's pins (packagefixes.py)
         # --jobs caps the whole run; otherwise the engines' slots are the limit.
         self.slots = PrioritySlots(jobs or pool.capacity)
         self.priority: dict[str, float] = {}

@@ -135,7 +135,8 @@ class Publisher:
             orchestrator_version=__version__, build_id=job.build_id, started=job.started,
             finished=job.finished, cause=job.cause or job.decision.describe(),
             parent=parent_image, upstreams=upstreams, reason=job.decision.describe(),
-            parent_build_id=parent.build_id if parent else None, build_key=key)
+            parent_build_id=parent.build_id if parent else None, build_key=key,
+            package_indexes=job.fix_indexes)
         # Packages below are attributed to the parent (layer or upstream) as a whole.
         owner = layer.parent or (f"upstream:{layer.upstream}" if layer.upstream
                                  else parent_image.repository)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from orchestrator.build.scheduler import STOPPED, NodeResult
 from orchestrator.core.model import Decision, Outcome, ResolvedUpstream
@@ -37,6 +38,8 @@ class RunReport:
     results: dict[str, NodeResult[LayerResult]] = field(default_factory=dict)
     upstreams: dict[str, ResolvedUpstream] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # e.g. engines that cannot be reproducible
+    # Package fixes: pending (and what they rebuild), not applied, waiting on an upstream.
+    packages: list[dict[str, Any]] = field(default_factory=list)
 
     def by_outcome(self, outcome: Outcome) -> list[str]:
         return [lid for lid, r in self.results.items() if r.outcome is outcome]

@@ -251,16 +251,24 @@ async def _execute(config: Config, catalog: Catalog, state: AsyncStateStore, ord
                 if interrupted:
                     emit("state_recovered", {"interrupted": [b["id"] for b in interrupted],
                                              "containers_removed": cleaned})
+            fixes = None
+            if config.packages is not None:
+                from orchestrator.build.packagefixes import load_fix_view, plan_notes
+
+                # As the daemon's last polls left them: a one-shot run never polls.
+                fixes = await load_fix_view(config, catalog, state)
             pipeline = Pipeline(
                 config, catalog, pool, state,
                 client if config.registry is not None else None,
                 resolved, upstream_errors=failed, jobs=jobs, forced=forced,
                 dry_run=dry_run, revision=lambda: catalog_revision(config.layers_dir),
                 contexts=contexts, on_event=on_event, resolver=client,
-                attestor=None if dry_run else make_attestor(config, client),
+                attestor=None if dry_run else make_attestor(config, client), packages=fixes,
             )
             pipeline.check_tags(order)
             report = await pipeline.run(order)
+            if fixes is not None:
+                report.packages = plan_notes(fixes, catalog)
             keep = config.registry.keep if config.registry else None
             if keep and not dry_run and report.by_outcome(Outcome.BUILT):
                 await apply_retention(config, catalog, state, client, keep, emit)

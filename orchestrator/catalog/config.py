@@ -55,10 +55,17 @@ def load_config(path: Path) -> Config:
     control.check_keys(["socket", "group"])
     build = _build(root.table("build"))
     builders = _builders(root, build)
+    provenance = _provenance(root.table("provenance"), resolve)
     if len(builders) > 1 and registry is None:
         raise InputError(root.where, "[[builders]]: more than one builder needs a [registry]: "
                          "that is how a parent built on one engine reaches a child built on "
                          "another (pinned by digest)")
+    if "packages" in root.data and (registry is None or not provenance.enabled or
+                                    not provenance.sbom):
+        # Which layer installed what is read when an image is attested in the registry.
+        raise InputError(root.where, "[packages]: package fixes need [registry] and "
+                         "[provenance] with sbom = true (each image's package record is made "
+                         "when it is attested there); add them or remove [packages]")
     return Config(
         path=path.resolve(),
         layers_dir=resolve(catalog.get("layers", str, "layers")),
@@ -70,7 +77,7 @@ def load_config(path: Path) -> Config:
         auth_file=auth_file,
         upstreams=_upstreams(root.table("upstream")),
         builders=builders,
-        provenance=_provenance(root.table("provenance"), resolve),
+        provenance=provenance,
         secrets=_secrets(root.table("secrets"), resolve),
         notify=_notify(root),
         packages=_packages(root.table("packages")) if "packages" in root.data else None,
@@ -139,8 +146,9 @@ OSV_ECOSYSTEMS = ("Debian", "Alpine", "Ubuntu")
 def _packages(table: Table) -> PackagesConfig:
     """[packages]: on when present; every key optional."""
     table.check_keys(["poll", "only", "window", "urgent", "feeds"])
-    # A mirror polled every few seconds is abuse, and an index changes a few times a day.
-    poll = table.duration("poll", 3600.0, minimum=60.0)
+    # An index changes a few times a day. A mirror on loopback may be polled as often as
+    # asked; any other is polled at most once a minute (service/packagewatch.py).
+    poll = table.duration("poll", 3600.0, minimum=1.0)
     only = table.get("only", str, "security")
     if only not in ("security", "all"):
         raise table.error("only", f"{only!r}: use \"security\" (a newer version in a "

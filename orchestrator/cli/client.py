@@ -206,4 +206,29 @@ def status_tail(status: dict[str, Any]) -> list[str]:
             lines.append(f"  {h['target']:<16} {h['pending']} pending, {h['delivered']} "
                          "delivered" + (f"; last error {_ago(h['last_error_at'])}: "
                                         f"{h['last_error']}" if h["last_error"] else ""))
+    lines += package_lines(status.get("packages") or {})
+    return lines
+
+
+def package_lines(packages: dict[str, Any]) -> list[str]:
+    """Package indexes, pending fixes with their window, fixes not applied or waiting."""
+    if not packages.get("enabled"):
+        return []
+    lines = ["", f"package fixes (window {packages['window_s']:g}s)"]
+    for index in packages.get("indexes") or []:
+        state = f"error: {index['error']}" if index.get("error") else \
+            f"{index.get('suite')} {index.get('date') or ''}".rstrip()
+        lines.append(f"  {index['source']}: {state}; checked {_ago(index.get('checked_at'))}"
+                     f", next poll in {index.get('next_in_s', 0):.0f}s")
+    for row in packages.get("pending") or []:
+        when = "rebuild queued" if row.get("triggered") else \
+            ("urgent: now" if row.get("urgent") else
+             f"window closes {_ago(row.get('window_closes_at'))}")
+        lines.append(f"  {row['layer']}: {row['reason']}; {when}")
+    for row in packages.get("not_applied") or []:
+        for fix in row["fixes"]:
+            lines.append(f"  {row['layer']}: {fix['message']}")
+    for row in packages.get("waiting") or []:
+        lines.append(f"  {row['reason']}: waiting on {row['layer']}'s refresh "
+                     f"({', '.join(row['layers'])} could add: {row['hint']})")
     return lines

@@ -189,6 +189,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     config, catalog = load(args.config)
     if args.command == "lint":
         errors, warnings = policy(catalog)
+        from orchestrator.build.packagefixes import upgrade_hints
+
+        warnings += upgrade_hints(config, catalog)  # what the daemon's index polls found
         for line in [*errors, *warnings]:
             print(line)
         print(f"{len(errors)} errors, {len(warnings)} warnings")

@@ -111,6 +111,10 @@ def plan_text(report: RunReport) -> str:
     n = sum(1 for r in report.results.values() if r.value and r.value.decision.build)
     lines.append(f"{n} of {len(report.results)} layers would build")
     lines += [f"note: {note}" for note in report.notes]
+    if report.packages:
+        from orchestrator.build.packagefixes import render_notes
+
+        lines += render_notes(report.packages)
     return "\n".join(lines)
 
 
@@ -137,7 +141,8 @@ def report_json(report: RunReport) -> str:
         layers.append(entry)
     upstreams = {name: {"tag": u.tag, "digest": u.digest, "ref": u.ref}
                  for name, u in report.upstreams.items()}
-    return json.dumps({"ok": report.ok, "layers": layers, "upstreams": upstreams}, indent=2)
+    return json.dumps({"ok": report.ok, "layers": layers, "upstreams": upstreams,
+                       "package_fixes": report.packages}, indent=2)
 
 
 def build_text(report: RunReport) -> str:

@@ -170,7 +170,8 @@ class SecretSpec:
     env: str | None = None
 
 
-NOTIFY_EVENTS = ("build_failed", "image_published", "upstream_changed")
+NOTIFY_EVENTS = ("build_failed", "image_published", "upstream_changed", "package_fix",
+                 "fix_not_applied")
 
 
 @dataclass(frozen=True)
@@ -295,6 +296,7 @@ class Reason(enum.Enum):
     UPSTREAM_CHANGED = "upstream changed"
     FORCED = "forced"
     SCHEDULED = "scheduled"
+    PACKAGE_FIX = "package fix"  # a package the layer installed has a fixed version
     IMAGE_MISSING = "image missing"
 
 

@@ -112,13 +112,43 @@ class FixReport:
         return set(self.fixes)
 
     def reason(self, layer: str) -> str:
-        found = self.fixes[layer]
-        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-        return found[0].reason() + more
+        return "package fix: " + describe(self.fixes[layer])
 
     def urgent(self, policy: FixPolicy) -> set[str]:
         return {layer for layer, found in self.fixes.items()
                 if any(f.severity in policy.urgent for f in found)}
+
+
+def describe(fixes: Sequence[Fix]) -> str:
+    """What a cause line says after ``package fix: ``: the first (most severe) fix,
+    and how many more."""
+    more = f" (and {len(fixes) - 1} more)" if len(fixes) > 1 else ""
+    return fixes[0].reason().removeprefix("package fix: ") + more
+
+
+def covered(fix: Fix, pins: Iterable[tuple[str, str]]) -> bool:
+    """Whether a build keyed with ``pins`` was already built against ``fix`` (or a
+    newer version of its package)."""
+    name, version = fix.pin
+    pinned = dict(pins).get(name)
+    return pinned is not None and compare(fix.package.ecosystem, pinned, version) >= 0
+
+
+RETRY = "retry:"
+
+
+def retry_pin(fix: Fix, snapshot: str) -> tuple[str, str]:
+    """The key's entry for building again against a fix that a build under the same
+    package pin did not take (a mirror that lagged): the index snapshot it is tried
+    against now. ``("retry:deb:libssl3:amd64", "sha256:…")``."""
+    return (RETRY + fix.pin[0], snapshot)
+
+
+def pending(fixes: Iterable[Fix], pins: Iterable[tuple[str, str]]) -> tuple[Fix, ...]:
+    """The fixes a layer's next build would take in: those its key does not cover yet.
+    A fix it covers but the image lacks was not applied (``check_applied``)."""
+    kept = tuple(pins)
+    return tuple(f for f in fixes if not covered(f, kept))
 
 
 def find_fixes(layers: Iterable[LayerPackages], snapshots: Mapping[str, IndexSnapshot],
@@ -247,6 +277,9 @@ class NotApplied:
     fix: Fix
     found: str  # the version the new image has
     reason: str
+    # Another build may take it (a mirror that lagged): tried again when the index
+    # changes. A pin or a hold is not: only a newer version (a new key) tries again.
+    retryable: bool = False
 
     def describe(self) -> str:
         return (f"fix_not_applied: {self.fix.package.name} is {self.found}, not "
@@ -255,11 +288,13 @@ class NotApplied:
 
 def check_applied(fixes: Iterable[Fix], packages: Iterable[InstalledPackage], *,
                   held: Collection[str] = (),
-                  texts: Mapping[str, str | None] | None = None) -> list[NotApplied]:
+                  texts: Mapping[str, str | None] | None = None,
+                  dockerfile: str | None = None) -> list[NotApplied]:
     """The fixes the new image (``packages``, with ``held``/``texts`` from its record)
-    does not have. A package that is gone counts as fixed: nothing vulnerable is left."""
+    does not have. A package that is gone counts as fixed: nothing vulnerable is left.
+    ``dockerfile``: the layer's, whose ``apt-get install NAME=VERSION`` pins count too."""
     installed = {p.key: p for p in packages}
-    pins = pinned_packages(texts or {})
+    pins = {**dockerfile_pins(dockerfile or ""), **pinned_packages(texts or {})}
     out = []
     for fix in fixes:
         now = installed.get(fix.package.key)
@@ -275,7 +310,29 @@ def check_applied(fixes: Iterable[Fix], packages: Iterable[InstalledPackage], *,
                       "behind the index, or the Dockerfile pins the version")
         else:
             reason = "the build installed a newer version, but not the fixed one"
-        out.append(NotApplied(fix, now.version, reason))
+        out.append(NotApplied(fix, now.version, reason,
+                              retryable=name not in held and name not in pins))
+    return out
+
+
+_INSTALL = re.compile(r"\b(?:apt-get|apt|aptitude)\s+(?:-\S+\s+)*install\b(?P<args>[^;&|\n]*)"
+                      r"|\bapk\s+(?:-\S+\s+)*add\b(?P<apk>[^;&|\n]*)")
+_APT_PIN = re.compile(r"^([a-z0-9][a-z0-9+.-]+)(?::[a-z0-9-]+)?=\S+$")
+_APK_PIN = re.compile(r"^([^=<>~@\s-][^=<>~@\s]*)(?:@\S+)?(?:[=<>~]|><)\S+$")
+
+
+def dockerfile_pins(dockerfile: str) -> dict[str, str]:
+    """Package name -> "the Dockerfile" for each package an install command pins to a
+    version: ``apt-get install -y NAME=VERSION``, ``apk add NAME=VERSION``."""
+    text = dockerfile.replace("\\\n", " ")
+    out: dict[str, str] = {}
+    for match in _INSTALL.finditer(text):
+        apt, apk = match["args"], match["apk"]
+        for word in (apt if apt is not None else apk or "").split():
+            word = word.strip("'\"")
+            found = (_APT_PIN if apt is not None else _APK_PIN).match(word)
+            if found is not None:
+                out.setdefault(found[1], f"the Dockerfile ({word})")
     return out
 
 

@@ -75,6 +75,20 @@ def _why_changed(
         change = f"{short_digest(previous.parent_digest)} -> {short_digest(current.parent_digest)}"
         reason = Reason.UPSTREAM_CHANGED if parent_is_upstream else Reason.PARENT_REBUILT
         return Decision(layer, True, reason, change)
+    if current.packages != previous.packages:
+        # The fixed versions the layer is rebuilt against (the caller names the fix).
+        taken = sorted(set(current.packages) - set(previous.packages))
+        return Decision(layer, True, Reason.PACKAGE_FIX,
+                        ", ".join(f"{_package_name(name)} {version}" for name, version in taken))
     # Same inputs as the last build, but no image carries the key any more
     # (registry garbage-collected, local store pruned).
     return Decision(layer, True, Reason.IMAGE_MISSING)
+
+
+def _package_name(pin: str) -> str:
+    """``deb:libssl3:amd64`` -> ``libssl3``; ``retry:deb:libssl3:amd64`` -> ``libssl3
+    (again)``."""
+    again = pin.startswith("retry:")
+    parts = pin.removeprefix("retry:").split(":")
+    name = parts[1] if len(parts) >= 2 else pin
+    return f"{name} (again)" if again else name

@@ -109,6 +109,8 @@ class PackageIndex:
     url: str  # ".../dists/bookworm-security/InRelease"
     digest: str  # "sha256:<hex>" of what was read
     date: str | None = None  # the Release's Date field
+    # The package fixes it offered that the build was for: "openssl 3.0.15 -> 3.0.16 (DSA-…)".
+    fixes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -252,8 +254,11 @@ def _dependencies(facts: BuildFacts) -> list[dict[str, Any]]:
         descriptor: dict[str, Any] = {
             "name": PACKAGES_PREFIX + index.suite, "uri": index.url,
             "digest": {"sha256": _sha256_hex(index.digest, f"package index {index.url}")}}
-        if index.date:
-            descriptor["annotations"] = {"date": index.date}
+        annotations = {"date": index.date} if index.date else {}
+        if index.fixes:
+            annotations["fixes"] = "; ".join(index.fixes)
+        if annotations:
+            descriptor["annotations"] = annotations
         dependencies.append(descriptor)
     return dependencies
 

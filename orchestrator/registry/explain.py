@@ -68,6 +68,9 @@ class Level:
     # Counted, but made of other inputs than the one shown (fatal under --verify).
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     sbom_bound: bool = False  # the SBOM shown is the one the statement names
+    # Package index snapshots the build was for (a package fix): suite, uri, digest,
+    # date and the fixes they offered.
+    packages: list[dict[str, Any]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -205,6 +208,10 @@ async def level_of(client: RegistryClient, repo: ImageRef, digest: str,
     level.upstreams = {name: {"uri": public_url(dep.uri) if dep.uri else None,
                               "digest": dict(dep.digest)}
                        for name, dep in summary.upstreams.items()}
+    level.packages = [
+        {"suite": dep.name.removeprefix(provenance.PACKAGES_PREFIX), "uri": dep.uri,
+         "digest": dict(dep.digest), **dict(dep.annotations)}
+        for dep in summary.dependencies if dep.name.startswith(provenance.PACKAGES_PREFIX)]
     sbom = choose_sbom(await sboms(client, repo, digest, summary.sbom_digest), digest,
                        summary.sbom_digest)
     if sbom.document is not None:
@@ -300,4 +307,10 @@ def render(chain: list[Level]) -> str:
         for ignored in level.ignored:
             lines.append(f"{pad}  ignored: statement {ignored['artifact'][:19]}… "
                          f"{ignored['why']}")
+        for index in level.packages:
+            digest = next(iter(index["digest"].values()), "?")
+            lines.append(f"{pad}  package index {index['suite']}: {index['uri']} "
+                         f"{digest[:12]}" + (f" ({index['date']})" if index.get("date") else ""))
+            if index.get("fixes"):
+                lines.append(f"{pad}    fixes: {index['fixes']}")
     return "\n".join(lines)

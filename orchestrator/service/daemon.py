@@ -44,6 +44,7 @@ from orchestrator.service.connections import Connections
 from orchestrator.service.durability import StateHealth
 from orchestrator.service.events import EventBus
 from orchestrator.service.metrics import Metrics
+from orchestrator.service.packagewatch import PackageWatch
 from orchestrator.service.ports import Control, Loaded
 from orchestrator.service.queue import WorkQueue
 from orchestrator.service.reload import Reloader
@@ -97,6 +98,7 @@ class Daemon:
         self.health: StateHealth
         self.queue: WorkQueue
         self.upstreams: UpstreamWatch
+        self.packages: PackageWatch
         self.webhooks: Webhooks
         self.runs: RunLoop
         self.triggers: Triggers
@@ -169,6 +171,7 @@ class Daemon:
                              cause="startup reconcile")
         self.upstreams.live = True
         self._phase = "ready"
+        await self.packages.start(polling=not self.once)
         self.notifier.notify("READY=1", await self.status_line.text())
         self.bus.publish("daemon_ready", {"layers": len(self.loaded.catalog.layers),
                                           "socket": self._api.where,
@@ -202,9 +205,23 @@ class Daemon:
                                  once=self.once)
         self.status_line.queue, self.status_line.health = self.queue, self.health
         self.status_line.running = self.runs.running_layers
+        self._wire_packages()
+
+    def _wire_packages(self) -> None:
+        """Package fixes: the watch triggers layers, the runs key with its view."""
+        self.packages = PackageWatch(
+            self.loaded, self.state, self.bus, self.metrics,
+            trigger=lambda layers, cause: self.triggers.trigger(layers, force=False,
+                                                                cause=cause),
+            busy=lambda: set(self.runs.running_layers()), phase=lambda: self._phase,
+            on_change=self._queue_changed, attestor=lambda: self.connections.attestor)
+        self.bus.listeners.append(self.packages.notice)
+        self.runs.package_fixes = self.packages.fixes
 
     async def _on_config(self, config: Config) -> None:
         await self.webhooks.configure(config.notify)  # never waits on a receiver
+        if self._phase == "ready":
+            await self.packages.configure()
         self.views.changed()
 
     async def _wait_for_backend(self) -> None:
@@ -251,6 +268,7 @@ class Daemon:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         if wired:
             await self.upstreams.close()
+            await self.packages.close()
             # Only now, with the drain over and nothing left to publish: the events
             # of builds that finished during the drain are recorded, then sending
             # stops at once (what is left goes out after the next start).

@@ -54,6 +54,14 @@ class Metrics:
         self.webhooks_pending = Gauge("orchestrator_webhook_pending",
                                       "Webhook deliveries waiting per target", ["target"],
                                       registry=self.registry)
+        # Package fixes (service/packagewatch.py): per layer, the fixes its next build
+        # takes in; and how long the oldest fix a layer lacks has waited.
+        self.package_fixes_pending = Gauge("orchestrator_package_fixes_pending",
+                                           "Package fixes pending per layer", ["layer"],
+                                           registry=self.registry)
+        self.package_fix_oldest = Gauge("orchestrator_package_fix_oldest_unapplied_seconds",
+                                        "Age of the oldest package fix a layer lacks "
+                                        "(pending, or not applied)", registry=self.registry)
         info = Info("orchestrator_build", "Version of the orchestrator", registry=self.registry)
         info.info({"version": __version__})
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from orchestrator.build.packagefixes import FixView
 from orchestrator.build.pipeline import Pipeline
 from orchestrator.build.results import LayerResult, RunReport
 from orchestrator.build.runs import apply_retention, catalog_revision, enforce_policy
@@ -58,6 +59,9 @@ class RunLoop:
         self.last_results: dict[str, dict[str, Any]] = {}
         self.failures = Failures()
         self.exit_code = 0
+        # The package fixes each layer has (service/packagewatch.py): the decide step
+        # pins them in the key. Set by the daemon's wiring.
+        self.package_fixes: Callable[[], FixView | None] = lambda: None
 
     def running_layers(self) -> list[str]:
         return [layer for layer, _ in self.current.running.values()] if self.current else []
@@ -145,7 +149,7 @@ class RunLoop:
             forced=forced, on_event=self._on_pipeline_event,
             cause_of=causes(entries, {lid: layer.parent for lid, layer in catalog.layers.items()}),
             superseded=superseded, resolver=connections.registry,
-            attestor=connections.attestor,
+            attestor=connections.attestor, packages=self.package_fixes(),
         )
         self.bus.publish("run_started", {"run_id": run_id, "layers": len(order)})
         started = time.time()

@@ -14,6 +14,7 @@ from orchestrator.build.state import AsyncStateStore
 from orchestrator.catalog.context import read_contexts
 from orchestrator.service.connections import Connections
 from orchestrator.service.durability import StateHealth
+from orchestrator.service.packagewatch import PackageWatch
 from orchestrator.service.ports import Loaded
 from orchestrator.service.runloop import RunLoop
 from orchestrator.service.upstreams import UpstreamWatch
@@ -32,6 +33,7 @@ class Sources(Protocol):
     runs: RunLoop
     health: StateHealth
     webhooks: Webhooks
+    packages: PackageWatch
     started_at: float
     backend_error: str | None
 
@@ -79,6 +81,7 @@ class Views:
             "upstreams": d.upstreams.status(),
             "retrying": d.runs.failures.status(),
             "webhooks": d.webhooks.status(),
+            "packages": d.packages.status(),
             # A leak shows here first: it should not grow with reloads or time.
             "tasks": len(asyncio.all_tasks()),
         }
@@ -122,7 +125,8 @@ class Views:
         planner = Pipeline(config, catalog, d.connections.engines, d.state,
                            registry if config.registry is not None else None,
                            d.upstreams.values, upstream_errors=d.upstreams.unresolved(),
-                           contexts=contexts, dry_run=True, resolver=registry)
+                           contexts=contexts, dry_run=True, resolver=registry,
+                           packages=d.packages.fixes())
         report = await planner.run(order)
         out = []
         for lid in order:

@@ -100,6 +100,11 @@ def _payload(event: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]] |
             log_path = fields.get("log")
             body["log_tail"] = log_tail(Path(log_path), 40) if log_path else ""
         return kind, body
+    if event in ("package_fix", "fix_not_applied"):
+        # What the fix is, and what it rebuilds (or why the image still lacks it).
+        return event, {"event": event, **{k: fields.get(k) for k in (
+            "layer", "reason", "fixes", "rebuilds", "indexes", "digest") if k in fields},
+            "timestamp": time.time()}
     if event == "upstream_changed":
         return "upstream_changed", {"event": "upstream_changed",
                                     "upstream": fields.get("upstream"),

@@ -14,6 +14,8 @@ from tests.conftest import Project
 BASE = """
     [catalog]
     layers = "layers"
+    [registry]
+    url = "127.0.0.1:9/x"
     [state]
     dir = "state"
     [upstream.seed]
@@ -33,6 +35,18 @@ def test_off_unless_present_and_on_with_defaults(project: Project) -> None:
         poll_s=3600.0, only="security", window_s=3600.0, urgent=("critical",), feeds=())
 
 
+@pytest.mark.parametrize("without", ["[registry]", "[provenance]\nsbom = false",
+                                     "[provenance]\nenabled = false"])
+def test_package_fixes_need_a_registry_and_sboms(project: Project, without: str) -> None:
+    text = BASE.replace('    [registry]\n    url = "127.0.0.1:9/x"\n', "")
+    if without != "[registry]":
+        text = BASE + "\n" + without + "\n"
+    project.write_config(text + "\n[packages]\n")
+    with pytest.raises(InputError, match=r"\[packages\]: package fixes need \[registry\] and "
+                       r"\[provenance\] with sbom = true"):
+        load_config(project.config)
+
+
 def test_every_setting(project: Project) -> None:
     assert config(project, """
         [packages]
@@ -48,7 +62,7 @@ def test_every_setting(project: Project) -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ('only = "critical"', "packages.only: 'critical': use \"security\""),
-    ('poll = "5s"', "packages.poll: '5s' is too short: use at least 60s"),
+    ('poll = "500ms"', "packages.poll: '500ms' is too short: use at least 1s"),
     ('poll = "soon"', "packages.poll:"),
     ('window = "-1h"', "packages.window:"),
     ('urgent = ["urgent"]', "packages.urgent: unknown severity 'urgent' (one of: negligible"),
