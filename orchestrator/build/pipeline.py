@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import os
 import re
 import sqlite3
@@ -33,12 +34,14 @@ from orchestrator.build.snapshot import ContextChanged, Snapshots, remove_tree, 
 from orchestrator.build.state import AsyncStateStore, LayerRecord
 from orchestrator.catalog.context import Context, read_context
 from orchestrator.catalog.layers import host_platform
+from orchestrator.catalog.parents import build_bases
 from orchestrator.catalog.tomlfile import display
 from orchestrator.core import graph
 from orchestrator.core.buildkey import build_key, context_digest, key_tag
 from orchestrator.core.errors import BuildFailed, InputError, StateWriteError, TemplateError
 from orchestrator.core.imageref import ImageRef, check_tag, parse_reference, parse_repository
 from orchestrator.core.model import (
+    BaseUse,
     Catalog,
     Config,
     Decision,
@@ -162,6 +165,19 @@ def upstreams_used(layer: Layer) -> set[str]:
             if len(parts) == 3 and parts[0] == "upstream":
                 names.add(parts[1])
     return names
+
+
+def _dockerfile_text(layer: Layer, context: Context) -> str:
+    """The Dockerfile whose digest the key holds (read again: a context keeps the digest)."""
+    try:
+        data = layer.dockerfile.read_bytes()
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(display(layer.dockerfile), f"cannot read: {exc}") from exc
+    if hashlib.sha256(data).hexdigest() != context.dockerfile:
+        raise BuildFailed(layer.id, None, f"{display(layer.dockerfile)} changed while this run "
+                          "read it; the next run builds what it says now", "")
+    return text
 
 
 @functools.lru_cache(maxsize=256)  # the builds of a run share a handful of seconds
@@ -388,7 +404,7 @@ class Pipeline:
             return LayerResult(layer_id, decision, Outcome.BUILT, None, None, display_ref, None)
 
         context = await self._context(layer)
-        bases, pins = await self._bases(layer, base_ref)
+        bases, pins = await self._bases(layer, base_ref, context, args)
         inputs = self._inputs(layer, context, args, parent_digest, bases)
         key = build_key(inputs)
         found = None if forced else await self._lookup(repo, key)
@@ -501,14 +517,26 @@ class Pipeline:
         return Inputs(context.dockerfile, context.files, args, parent_digest, bases=bases,
                       platforms=layer.platforms, secrets=layer.secrets)
 
-    async def _bases(self, layer: Layer, parent_ref: str | None
+    async def _bases(self, layer: Layer, parent_ref: str | None, context: Context,
+                     args: tuple[tuple[str, str], ...]
                      ) -> tuple[tuple[tuple[str, str], ...], dict[str, str]]:
-        """For a Dockerfile that names images literally: the digests of the bases
-        other than the parent (for the key) and every FROM text's pinned
-        reference (for the engine)."""
+        """Every image the Dockerfile names (but a ${BASE_IMAGE} parent), worked out
+        as the engine will read it: with the build args it gets, upstream values
+        filled in, for each platform built. Returns the digests of the bases other
+        than the parent (for the key) and each one's pinned reference (for the
+        engine)."""
+        text = await asyncio.to_thread(_dockerfile_text, layer, context)
+        build_args = dict(args)
+        if layer.parent_by_arg and parent_ref is not None:
+            build_args = {"BASE_IMAGE": parent_ref, **build_args}
+        found: dict[tuple[str, str, str], BaseUse] = {}
+        for platform in layer.platforms or (self.host,):
+            for use in build_bases(self.catalog, layer, text, build_args, platform=platform,
+                                   build_platform=self.host, available=self.upstreams):
+                found.setdefault((use.text, use.ref, use.role), use)
         digests: dict[str, str] = {}
         pins: dict[str, str] = {}
-        for base in layer.bases:
+        for base in found.values():
             if base.role == "parent":
                 if parent_ref is not None:
                     pins[base.text] = parent_ref
@@ -769,7 +797,8 @@ class Pipeline:
             dockerfile=snap_dockerfile,
             # A literal parent comes through its named context; BASE_IMAGE only
             # where the Dockerfile takes it that way.
-            args={**({} if layer.bases else {"BASE_IMAGE": base_ref}), **dict(inputs.args)},
+            args={**({"BASE_IMAGE": base_ref} if layer.parent_by_arg else {}),
+                  **dict(inputs.args)},
             labels=labels,
             tags=(*(repo.tagged(t) for t in tags if t != key_tag(key)), key_ref),
             push=self.config.registry is not None,
