@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from orchestrator.core.dockerfile import pin
+from orchestrator.core.dockerfile import buildkit_context_name, pin
 from orchestrator.core.errors import BackendError, BuildFailed
 from orchestrator.core.model import BuildKitConfig
 from orchestrator.engines.base import (
@@ -187,8 +187,11 @@ class BuildctlBuilder:
         elif req.cache_repo and req.cache_tag:
             cache = f"type=registry,ref={req.cache_repo}:{req.cache_tag}"
             argv += ["--export-cache", cache + ",mode=max", "--import-cache", cache]
-        for text, pinned in sorted(req.from_pins.items()):
-            argv += ["--opt", f"context:{text}=docker-image://{pinned}"]
+        # The frontend looks a named context up by the image's familiar name
+        # (dockerui's NamedContext): "debian:bookworm", never docker.io/library/….
+        contexts = {buildkit_context_name(ref): pinned for ref, pinned in req.from_pins.items()}
+        for name, pinned in sorted(contexts.items()):
+            argv += ["--opt", f"context:{name}=docker-image://{pinned}"]
         for name, value in req.args.items():
             argv += ["--opt", f"build-arg:{name}={value}"]
         for name, path in sorted(req.secrets.items()):

@@ -32,6 +32,10 @@ class RecordingBuilder(MemoryBuilder):
         self.requests.append(request)
         return await super().build(request)
 
+    async def prune_local(self, repository: str, label: str, keep: int,
+                          protect: set[str]) -> int:
+        return 0
+
 
 @pytest.fixture
 def builder(monkeypatch: pytest.MonkeyPatch) -> RecordingBuilder:

@@ -8,6 +8,7 @@ from orchestrator.core.dockerfile import (
     DockerfileError,
     analyze,
     base_image_problem,
+    buildah_context_names,
     buildkit_context_name,
     parent_style,
     parse,
@@ -186,7 +187,9 @@ def test_heredoc_bodies_are_not_instructions() -> None:
     text = "FROM alpine\nRUN <<EOF\nFROM evil\nEOF\nCOPY <<-'END' /x\n\tFROM no\n\tEND\nFROM a2\n"
     analysis = analyze(text)
     assert [s.image for s in analysis.stages] == ["alpine", "a2"]
-    assert analysis.notes == ()
+    assert [n.split(",")[0] for n in analysis.notes] == [
+        "line 2: the heredoc <<EOF has the line 'FROM evil'",
+        "line 5: the heredoc <<END has the line 'FROM no'"]
 
 
 @pytest.mark.parametrize("opening", ["<<END-OF-SCRIPT", "3<<END-OF-SCRIPT", "<<'END-OF-SCRIPT'",
@@ -199,6 +202,15 @@ def test_heredocs_with_any_terminator_hide_their_body(opening: str) -> None:
     analysis = analyze(text)
     assert [s.image for s in analysis.stages] == ["registry.example/base:1"]
     assert [r.familiar() for r in analysis.external_refs()] == ["registry.example/base:1"]
+    # Engines without heredocs would run that line as FROM: refused, not guessed.
+    assert len(analysis.notes) == 1 and "'FROM evil/image:1'" in analysis.notes[0]
+
+
+def test_heredoc_bodies_that_only_look_like_instructions_pass() -> None:
+    body = "from os import path\nfrom . import x\nRUN=1 make\ncopy a b\n"
+    analysis = analyze(f"FROM a:1\nRUN <<EOF python3\n{body}EOF\n")
+    assert analysis.notes == ()
+    assert len(analyze("FROM a:1\nRUN <<EOF\nCOPY --from=b:1 / /\nEOF\n").notes) == 1
 
 
 def test_variables_in_from_flags_are_refused_as_buildkit_does() -> None:
@@ -228,12 +240,14 @@ def test_an_image_named_like_a_stage_is_refused() -> None:
 
 
 def test_an_indented_escape_directive_counts() -> None:
-    """Regression: main ignored a directive with white space before the "#"."""
-    text = "  # escape=`\nFROM alpine:3 AS a\nCOPY --from=busybox:1 `\n  /x /x\nFROM a\n"
+    """Regression: main ignored a directive with white space before the "#", so a
+    line ending in "\\" continued into the next FROM, which BuildKit reads as the
+    final stage."""
+    text = "  # escape=`\nFROM alpine:3 AS a\nRUN echo C:\\\nFROM registry.example/b:1\n"
     analysis = analyze(text)
     assert analysis.escape == "`"
-    assert [(u.line, u.written) for u in analysis.uses] == [(3, "busybox:1")]
-    assert analysis.stages[1].base.stage == 0
+    assert [s.image for s in analysis.stages] == ["alpine:3", "registry.example/b:1"]
+    assert analysis.instructions[1].value == "echo C:\\"
 
 
 def test_targetarch_in_from_follows_the_platform() -> None:
@@ -377,3 +391,17 @@ def test_instructions_keep_their_lines_and_heredocs() -> None:
 def test_buildkit_looks_named_contexts_up_by_the_familiar_name(written: str, name: str) -> None:
     """dockerui's NamedContext: ParseNormalizedNamed, FamiliarString, ":latest" trimmed."""
     assert buildkit_context_name(written) == name
+
+
+def test_buildah_looks_a_from_up_by_its_text_as_written() -> None:
+    """buildah (1.28 here, and imagebuildah's executor today) replaces a FROM by a
+    --build-context whose name is the FROM's text *before* ARG expansion; a
+    --from is looked up by its value. A pin under the expanded name alone left
+    buildah on the moving tag (checked on buildah 1.28)."""
+    text = ("ARG R=reg:5000/x\nARG T=1\nFROM ${R}/a:${T} AS a\nFROM reg:5000/x/b:1\n"
+            "COPY --from=reg:5000/x/c:1 / /\nCOPY --from=a / /\n")
+    a, c = f"reg:5000/x/a@{SHA_A}", f"reg:5000/x/c@{SHA_C}"
+    pins = {"reg:5000/x/a:2": a, "reg:5000/x/c:1": c, "reg:5000/x/unused:1": c}
+    assert buildah_context_names(text, pins, {"T": "2"}) == {
+        "${R}/a:${T}": a, "reg:5000/x/a:2": a, "reg:5000/x/c:1": c}
+

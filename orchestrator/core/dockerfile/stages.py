@@ -16,13 +16,14 @@ build pulls:
   ``RUN --mount=…,from=…`` names a stage by name, else an image.
 
 Where the engines this project drives read a Dockerfile differently, the
-analysis refuses it (a ``problem``) rather than guess which engine will build
-it: a ``--from`` naming a stage defined *later* (BuildKit uses the stage,
-buildah pulls an image of that name), a stage index that is not an earlier
-stage, a variable in ``--from`` (BuildKit refuses it, buildah expands it), an
-image name that is also a stage name (named build contexts replace the stage),
-and a FROM whose variable has no value (BuildKit drops it, which silently
-changes the image).
+analysis refuses it (a ``problem``, or a note) rather than guess which engine
+will build it: a ``--from`` naming a stage defined *later* (BuildKit uses the
+stage, buildah pulls an image of that name), a stage index that is not an
+earlier stage, a variable in ``--from`` (BuildKit refuses it, buildah expands
+it), an image name that is also a stage name (named build contexts replace the
+stage), a FROM whose variable has no value (BuildKit drops it, which silently
+changes the image), and a heredoc body line that an engine without heredocs
+would run as an image-using instruction.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class Analysis:
     notes: tuple[str, ...] = ()  # what stops the engine before any image is used
     escape: str = "\\"
     instructions: tuple[Instruction, ...] = ()
+    links: tuple[ImageUse, ...] = ()  # COPY --from / RUN --mount from= that name earlier stages
 
     @property
     def final(self) -> Stage | None:
@@ -230,13 +232,14 @@ def analyze(text: str, build_args: Mapping[str, str] | None = None, *,
         elif ins.keyword == "LABEL":
             labels += [(unquote(k, escape), unquote(v, escape))
                        for k, v in zip(ins.args[0::2], ins.args[1::2], strict=False)]
+    notes += _heredoc_traps(instructions)
     if not stages and not notes:
         notes.append("no FROM instruction")
     stages = [replace(s, base=_check_collision(s.base, stage_index)) for s in stages]
-    uses = [_check_collision(u, stage_index) for u in uses]
+    links = [u for u in uses if u.stage is not None]
+    uses = [_check_collision(u, stage_index) for u in uses if u.stage is None]
     return Analysis(tuple(stages), tuple(uses), globals_.declared, tuple(labels), tuple(notes),
-                    escape,
-                    tuple(instructions))
+                    escape, tuple(instructions), tuple(links))
 
 
 def _stage_name(ins: Instruction) -> tuple[str | None, str | None]:
@@ -317,7 +320,8 @@ def _copy_uses(ins: Instruction, current: int, escape: str,
         if _INDEX.fullmatch(value):
             number = int(value)
             if 0 <= number < current:
-                continue  # an earlier stage
+                out.append(replace(use, stage=number))
+                continue
             out.append(replace(use, problem=f"--from={value}: stage {number} is not an earlier "
                                "stage"))
             continue
@@ -331,7 +335,7 @@ def _stage_or_image(use: ImageUse, key: str, current: int,
     if found is None:
         return [_image(use, use.written)]
     if found < current:
-        return []  # an earlier stage: nothing to pin
+        return [replace(use, stage=found)]
     where = "itself" if found == current else "a stage defined after this line"
     return [replace(use, stage=None, problem=f"{use.written} names {where}: BuildKit builds "
                     "that stage first, buildah reads the name as an image; define the stage "
@@ -353,6 +357,35 @@ def _mount_uses(ins: Instruction, current: int,
                 continue
             out += _stage_or_image(use, found.lower(), current, stage_index)
     return out
+
+
+def _heredoc_traps(instructions: list[Instruction]) -> list[str]:
+    """Heredoc body lines an engine without heredocs would take for an instruction
+    that uses an image. Docker 20.10's BuildKit and buildah before 1.33 read each
+    body line as an instruction: a ``FROM x`` there is a stage to them, built on
+    an image nothing pinned."""
+    out: list[str] = []
+    for ins in instructions:
+        for doc in ins.heredocs:
+            for line in doc.content.splitlines():
+                words = line.split()
+                if words and _uses_an_image(words[0].upper(), words[1:]):
+                    out.append(f"line {ins.line}: the heredoc <<{doc.name} has the line "
+                               f"{line.strip()!r}, which engines without heredoc support "
+                               "(Docker 20.10, buildah before 1.33) read as an instruction "
+                               "using an image nothing pins; write that line another way")
+    return out
+
+
+def _uses_an_image(keyword: str, words: list[str]) -> bool:
+    if keyword == "FROM":
+        rest = [w for w in words if not w.startswith("--")]
+        return len(rest) == 1 or (len(rest) == 3 and rest[1].lower() == "as")
+    if keyword in ("COPY", "ADD"):
+        return any(w.lower().startswith("--from=") for w in words)
+    if keyword == "RUN":
+        return any(w.lower().startswith("--mount=") and "from=" in w.lower() for w in words)
+    return False
 
 
 def _check_collision(use: ImageUse, stage_index: Mapping[str, int]) -> ImageUse:
