@@ -659,9 +659,10 @@ class Pipeline:
                 self.contexts[layer.id] = fresh
                 if isinstance(fresh, InputError):
                     raise fresh from exc
+                # A changed Dockerfile may name other images: pins and key follow it.
+                bases, pins = await self._bases(layer, base_ref, fresh, inputs.args)
                 context = fresh
-                inputs = self._inputs(layer, context, inputs.args, inputs.parent_digest,
-                                      inputs.bases)
+                inputs = self._inputs(layer, context, inputs.args, inputs.parent_digest, bases)
                 key = build_key(inputs)
                 found = await self._lookup(repo, key)
                 if found is not None and layer.id not in self.forced:

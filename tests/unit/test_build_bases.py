@@ -169,3 +169,45 @@ def test_targetarch_selects_each_platforms_base(
     assert main(["-c", str(project.config), "build"]) == 0
     assert dict(builder.requests[-1].from_pins) == {
         f"{REG}/tools-amd64:1": f"{REG}/tools-amd64@{SHA['f']}"}
+
+
+def test_a_dockerfile_changed_before_its_snapshot_is_pinned_as_it_now_reads(
+        project: Project, builder: RecordingBuilder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build plans again with a Dockerfile that changed after it was hashed:
+    the images it now names are pinned and keyed, not the ones it named before."""
+    import contextlib
+
+    from orchestrator.build.snapshot import ContextChanged, Snapshots
+
+    config(project, f"""
+        [upstream.os]
+        image = "{REG}/os"
+        tag = "1"
+        [upstream.tools]
+        image = "{REG}/tools"
+        tag = "1"
+    """)
+    dockerfile = project.layer("app", 'from = "upstream:os"\n',
+                               "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nUSER 1000\n") / "Dockerfile"
+    upstreams(monkeypatch, {"os": ("1", SHA["a"]), "tools": ("1", SHA["b"])})
+    real = Snapshots.snapshot
+    calls: list[int] = []
+
+    @contextlib.asynccontextmanager
+    async def changing(self: Snapshots, layer: Any, context: Any, dest: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:  # edited between the plan and the snapshot
+            dockerfile.write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n"
+                                  f"COPY --from={REG}/tools:1 /x /x\nUSER 1000\n")
+            raise ContextChanged(layer.id, "Dockerfile")
+        async with real(self, layer, context, dest) as paths:
+            yield paths
+
+    async def manifest_digest(self: Any, image: Any, tag: str) -> str:
+        return SHA["f"]  # not used when the run began: looked up as an unwatched image
+
+    monkeypatch.setattr("orchestrator.registry.client.RegistryClient.manifest_digest",
+                        manifest_digest)
+    monkeypatch.setattr(Snapshots, "snapshot", changing)
+    assert main(["-c", str(project.config), "build"]) == 0
+    assert dict(builder.requests[-1].from_pins) == {f"{REG}/tools:1": f"{REG}/tools@{SHA['f']}"}
