@@ -24,7 +24,7 @@ MULTI_STAGE = """\
 ARG GO_VERSION=1.22
 ARG RUNTIME=debian:bookworm-slim
 
-FROM --platform=$BUILDPLATFORM golang:${GO_VERSION} AS Build
+FROM --platform=$BUILDPLATFORM golang:${GO_VERSION} AS build
 WORKDIR /src
 RUN --mount=type=cache,target=/root/.cache/go-build \\
     --mount=type=bind,from=ghcr.io/acme/protoc:25.1,source=/usr/bin/protoc,target=/bin/protoc \\
@@ -34,7 +34,7 @@ FROM build AS test
 RUN go test ./...
 
 FROM ${RUNTIME}
-COPY --from=BUILD /out/app /usr/local/bin/app
+COPY --from=build /out/app /usr/local/bin/app
 COPY --from=0 /etc/ssl/certs /etc/ssl/certs
 COPY --from=busybox:1.36 /bin/busybox /bin/busybox
 RUN --mount=type=bind,from=test,target=/t true
@@ -46,10 +46,9 @@ def test_stages_of_a_multi_stage_file() -> None:
     analysis = analyze(MULTI_STAGE)
     build, test, final = analysis.stages
     assert (build.index, build.line, build.image, build.platform, build.name) == (
-        0, 5, "golang:${GO_VERSION}", "$BUILDPLATFORM", "build")  # BuildKit lower-cases
+        0, 5, "golang:${GO_VERSION}", "$BUILDPLATFORM", "build")
     assert build.base.resolved == "golang:1.22"
     assert build.ref is not None and build.ref.normalized() == "docker.io/library/golang:1.22"
-    # FROM names a stage by its lower-cased name: "build" names the "Build" stage.
     assert (test.line, test.base.stage, test.ref, test.name) == (11, 0, None, "test")
     assert final.base.resolved == "debian:bookworm-slim" and final.name is None
     assert analysis.final is final
@@ -61,7 +60,7 @@ def test_stages_of_a_multi_stage_file() -> None:
 
 def test_other_image_uses_leave_out_stages() -> None:
     uses = analyze(MULTI_STAGE).uses
-    # COPY --from=BUILD, --from=0 and from=test name stages: not listed.
+    # COPY --from=build, --from=0 and from=test name stages: not listed.
     assert [(u.instruction, u.line, u.written) for u in uses] == [
         ("RUN", 7, "ghcr.io/acme/protoc:25.1"),
         ("COPY", 17, "busybox:1.36"),
@@ -298,7 +297,7 @@ def test_pin_rewrites_only_the_named_images_and_keeps_every_other_byte() -> None
     changed = {i + 1 for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b}
     assert changed == {5, 8, 14}
     assert after[4] == (f"FROM --platform=$BUILDPLATFORM docker.io/library/golang@{SHA_A} "
-                        "AS Build")
+                        "AS build")
     assert after[7].startswith(f"    --mount=type=bind,from=ghcr.io/acme/protoc@{SHA_C},source=")
     assert after[7].endswith(" \\")
     assert after[13] == f"FROM docker.io/library/debian@{SHA_B}"  # the ARG word, replaced
@@ -404,4 +403,14 @@ def test_buildah_looks_a_from_up_by_its_text_as_written() -> None:
     pins = {"reg:5000/x/a:2": a, "reg:5000/x/c:1": c, "reg:5000/x/unused:1": c}
     assert buildah_context_names(text, pins, {"T": "2"}) == {
         "${R}/a:${T}": a, "reg:5000/x/a:2": a, "reg:5000/x/c:1": c}
+
+
+def test_stage_names_in_another_case_are_refused() -> None:
+    """BuildKit lower-cases stage names; buildah 1.28 keeps them as written, so
+    after ``AS S0`` it read ``FROM s0`` as an image (found by the differential test)."""
+    upper = analyze("FROM a:1 AS S0\nFROM s0\n")
+    assert "BuildKit lower-cases stage names" in (upper.stages[0].base.problem or "")
+    other_case = analyze("FROM a:1 AS s0\nFROM b:1\nCOPY --from=S0 / /\n")
+    assert "in another case" in (other_case.uses[0].problem or "")
+    assert analyze("FROM a:1 AS s0\nFROM b:1\nCOPY --from=s0 / /\n").problems() == []
 

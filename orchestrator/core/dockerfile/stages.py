@@ -249,6 +249,12 @@ def _stage_name(ins: Instruction) -> tuple[str | None, str | None]:
         if not _STAGE_NAME.fullmatch(name):
             return None, (f"invalid name for build stage: {words[2]!r}, name can't start with "
                           "a number or contain symbols")
+        if name != words[2]:
+            # BuildKit keys stages by the lower-cased name, buildah by the name as
+            # written: "FROM s0" after "AS S0" is a stage to one, an image to the other.
+            return name, (f"stage name {words[2]!r}: BuildKit lower-cases stage names and "
+                          "buildah does not, so the engines resolve references to it "
+                          f"differently; write it as {name!r}")
         return name, None
     if len(words) != 1:
         return None, "FROM requires either one or three arguments"
@@ -334,6 +340,10 @@ def _stage_or_image(use: ImageUse, key: str, current: int,
     found = stage_index.get(key)
     if found is None:
         return [_image(use, use.written)]
+    if found < current and use.written != key:
+        return [replace(use, problem=f"{use.written} names stage {key!r} in another case: "
+                        "BuildKit matches it, buildah reads an image name; write "
+                        f"{key!r}")]
     if found < current:
         return [replace(use, stage=found)]
     where = "itself" if found == current else "a stage defined after this line"
