@@ -74,16 +74,19 @@ def test_a_base_image_dockerfiles_other_image_is_in_the_key(
 def test_a_from_filled_from_an_upstream_builds_on_the_pinned_digest(
         project: Project, testbed: Testbed) -> None:
     """Regression: FROM py:${PY} with PY = "{upstream.py.tag}" was pinned under the
-    ARG default's name; buildah, given PY=1.1.0, found no pin for its FROM and used
-    a stale local py:1.1.0 under a key that claimed the registry's digest."""
+    ARG default's name; the engine, given PY=1.1.0, found no pin for its FROM and
+    used a stale local py:1.1.0 under a key that claimed the registry's digest.
+    (Docker's BuildKit uses a local image of that name without asking the registry.)"""
     namespace = unique_namespace()
     py = f"{testbed.registry}/{namespace}/py"
     seed = f"{testbed.seed_image}:{testbed.seed_tag}"
+    docker = ["docker", "-H", testbed.docker_host]
     _copy(seed, f"{py}:1.0.0")
-    # This host keeps an old py:1.1.0; the registry's py:1.1.0 is newer.
     _labelled(seed, f"{py}:1.1.0", "py=old")
+    # The engine's host keeps the old py:1.1.0; the registry's is newer.
+    subprocess.run([*docker, "pull", "-q", f"{py}:1.1.0"], check=True, capture_output=True)
     _labelled(seed, f"{py}-new:1", "py=new", push_as=f"{py}:1.1.0")
-    write_config(project, testbed, namespace, "buildah", extra=f"""
+    write_config(project, testbed, namespace, "buildkit", extra=f"""
         [upstream.py]
         image = "{py}"
         track = "semver"
@@ -94,10 +97,12 @@ def test_a_from_filled_from_an_upstream_builds_on_the_pinned_digest(
     try:
         rc, report, err = project.cli_json("build")
         assert rc == 0, err
+        assert report["upstreams"]["py"]["tag"] == "1.1.0"
         entry = report["layers"][0]
         labels = image_config(testbed.registry, f"{namespace}/app", entry["digest"])[
             "config"]["Labels"]
         assert labels["py"] == "new"
-        assert report["upstreams"]["py"]["tag"] == "1.1.0"
     finally:
         _forget(f"{py}:1.1.0", f"{py}-new:1")
+        subprocess.run([*docker, "rmi", "--force", f"{py}:1.1.0"], capture_output=True,
+                       check=False)

@@ -12,6 +12,7 @@ other line ends them.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -90,6 +91,13 @@ def escape_of(text: str) -> str:
 def parse(text: str) -> list[Instruction]:
     """Every instruction, in order. DockerfileError where BuildKit's parser fails
     (an unterminated heredoc, a bad escape directive, no instruction at all)."""
+    return list(_parse(text))
+
+
+# A catalog reads each Dockerfile when it loads and again for each build (and
+# matrix variants share one): the parse of a text is kept, not redone.
+@functools.lru_cache(maxsize=512)
+def _parse(text: str) -> tuple[Instruction, ...]:
     try:
         commands = buildkit_parser.parse_string(text)
     except buildkit_parser.GoParseError as exc:
@@ -109,4 +117,4 @@ def parse(text: str) -> list[Instruction]:
             heredocs=tuple(Heredoc(h.name, h.content) for h in command.heredocs),
             sub_keyword=command.sub_cmd.upper() if command.sub_cmd else None,
         ))
-    return out
+    return tuple(out)

@@ -37,6 +37,8 @@ def expand(word: str, env: Mapping[str, str], escape: str = "\\") -> Expansion:
     """``word`` with variables from ``env`` substituted and quotes removed.
     WordError for what BuildKit refuses (an unclosed quote or brace, a bad
     substitution, a ``${NAME?}`` whose NAME has no value)."""
+    if "$" not in word and "'" not in word and '"' not in word and escape not in word:
+        return Expansion(word)  # most image names: nothing to do
     lexer = _Lexer(word, env, escape)
     value = lexer.until(None, raw_escapes=False)
     return Expansion(value, tuple(dict.fromkeys(lexer.missing)), tuple(dict.fromkeys(lexer.used)))
