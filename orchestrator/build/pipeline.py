@@ -526,9 +526,9 @@ class Pipeline:
         than the parent (for the key) and each one's pinned reference (for the
         engine)."""
         text = await asyncio.to_thread(_dockerfile_text, layer, context)
+        # A ${BASE_IMAGE} stage is the parent, pinned by the arg itself: its
+        # stages are left out of the bases whatever BASE_IMAGE holds.
         build_args = dict(args)
-        if layer.parent_by_arg and parent_ref is not None:
-            build_args = {"BASE_IMAGE": parent_ref, **build_args}
         found: dict[tuple[str, str, str], BaseUse] = {}
         for platform in layer.platforms or (self.host,):
             for use in build_bases(self.catalog, layer, text, build_args, platform=platform,

@@ -29,9 +29,11 @@ would run as an image-using instruction.
 from __future__ import annotations
 
 import csv
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Literal
 
 from orchestrator.core.dockerfile.syntax import DockerfileError, Instruction, escape_of, parse
@@ -198,16 +200,25 @@ def analyze(text: str, build_args: Mapping[str, str] | None = None, *,
             platform: str | None = None, build_platform: str | None = None) -> Analysis:
     """Stages, image uses, global ARGs and final-stage LABELs of a Dockerfile,
     for a build with ``build_args`` targeting ``platform`` (default linux/amd64)."""
+    return _analyze(text, frozenset((build_args or {}).items()), platform or DEFAULT_PLATFORM,
+                    build_platform)
+
+
+# Kept: a catalog's layers are analysed when it loads and again for each build,
+# most with the args they had then; matrix variants share a text.
+@functools.lru_cache(maxsize=1024)
+def _analyze(text: str, build_args: frozenset[tuple[str, str]], platform: str,
+             build_platform: str | None) -> Analysis:
     try:
         instructions = parse(text)
     except DockerfileError as exc:
         return Analysis((), (), {}, (), (f"the engine cannot parse it: {exc}",))
     escape = escape_of(text)
-    args = dict(build_args or {})
+    args = dict(build_args)
     froms = [ins for ins in instructions if ins.keyword == "FROM"]
     names = [_stage_name(ins) for ins in froms]
     final_name = names[-1][0] if names and names[-1][0] else "default"
-    automatic = {**platform_args(platform or DEFAULT_PLATFORM, build_platform),
+    automatic = {**platform_args(platform, build_platform),
                  "TARGETSTAGE": final_name}
     globals_ = _global_args(instructions, escape, args, automatic)
     notes = globals_.notes
@@ -238,8 +249,8 @@ def analyze(text: str, build_args: Mapping[str, str] | None = None, *,
     stages = [replace(s, base=_check_collision(s.base, stage_index)) for s in stages]
     links = [u for u in uses if u.stage is not None]
     uses = [_check_collision(u, stage_index) for u in uses if u.stage is None]
-    return Analysis(tuple(stages), tuple(uses), globals_.declared, tuple(labels), tuple(notes),
-                    escape, tuple(instructions), tuple(links))
+    return Analysis(tuple(stages), tuple(uses), MappingProxyType(globals_.declared),
+                    tuple(labels), tuple(notes), escape, tuple(instructions), tuple(links))
 
 
 def _stage_name(ins: Instruction) -> tuple[str | None, str | None]:

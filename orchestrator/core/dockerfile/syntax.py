@@ -104,8 +104,7 @@ def _parse(text: str) -> tuple[Instruction, ...]:
         raise DockerfileError(None, str(exc)) from None
     out = []
     for command in commands:
-        # ONBUILD keeps its trigger's words, not its flags: the trigger runs in
-        # a child's build, not this one.
+        # A heredoc's body follows the logical line in ``original``.
         logical = command.original.split("\n", 1)[0] if command.heredocs else command.original
         out.append(Instruction(
             line=command.start_line,
@@ -115,6 +114,7 @@ def _parse(text: str) -> tuple[Instruction, ...]:
             args=tuple(command.value),
             text=logical,
             heredocs=tuple(Heredoc(h.name, h.content) for h in command.heredocs),
+            # ONBUILD: its trigger runs in a child's build, not this one.
             sub_keyword=command.sub_cmd.upper() if command.sub_cmd else None,
         ))
     return tuple(out)
