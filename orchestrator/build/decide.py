@@ -9,6 +9,7 @@ began. Writes nothing, so a plan is this step alone.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -21,10 +22,20 @@ from orchestrator.build.scope import upstreams_used
 from orchestrator.build.state import LayerRecord
 from orchestrator.catalog.context import Context, read_context
 from orchestrator.catalog.layers import host_platform
+from orchestrator.catalog.parents import build_bases
+from orchestrator.catalog.tomlfile import display
 from orchestrator.core.buildkey import build_key, key_tag
 from orchestrator.core.errors import BuildFailed, InputError
 from orchestrator.core.imageref import ImageRef, parse_reference
-from orchestrator.core.model import Catalog, Config, Inputs, Layer, Reason, ResolvedUpstream
+from orchestrator.core.model import (
+    BaseUse,
+    Catalog,
+    Config,
+    Inputs,
+    Layer,
+    Reason,
+    ResolvedUpstream,
+)
 from orchestrator.core.packagefix import Fix, describe, key_pins
 from orchestrator.core.plan import decide, is_due
 from orchestrator.engines.base import Builder
@@ -33,6 +44,20 @@ from orchestrator.registry.index import image_platform, platform_manifests
 
 if TYPE_CHECKING:
     from orchestrator.build.packagefixes import FixView
+
+
+def _dockerfile_text(layer: Layer, context: Context) -> str:
+    """The Dockerfile whose digest the key holds (read again: a context keeps its
+    digest, not its text)."""
+    try:
+        data = layer.dockerfile.read_bytes()
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(display(layer.dockerfile), f"cannot read: {exc}") from exc
+    if hashlib.sha256(data).hexdigest() != context.dockerfile:
+        raise BuildFailed(layer.id, None, f"{display(layer.dockerfile)} changed while this run "
+                          "read it; the next run builds what it says now", "")
+    return text
 
 
 class Decider:
@@ -94,7 +119,7 @@ class Decider:
             return BuildJob(layer, names, base, parent, previous,
                             decide(layer_id, None, None, image_found=False, forced=forced))
         context = await self.context(layer)
-        bases, pins = await self._bases(layer, base.ref)
+        bases, pins = await self._bases(layer, base.ref, context, args)
         inputs = Inputs(context.dockerfile, context.files, args, base.digest, bases=bases,
                         platforms=layer.platforms, secrets=layer.secrets)
         inputs, fixes = self._with_packages(layer_id, inputs, previous)
@@ -142,8 +167,10 @@ class Decider:
             raise fresh
         inputs, _ = job.ready
         job.context = fresh
+        # A changed Dockerfile may name other images: pins and key follow it.
+        bases, job.pins = await self._bases(layer, job.base.ref, fresh, inputs.args)
         job.inputs = Inputs(fresh.dockerfile, fresh.files, inputs.args, inputs.parent_digest,
-                            bases=inputs.bases, platforms=layer.platforms,
+                            bases=bases, platforms=layer.platforms,
                             secrets=layer.secrets, packages=inputs.packages)
         job.key = build_key(job.inputs)
         job.found = None if layer.id in self.forced else \
@@ -180,14 +207,24 @@ class Decider:
             return Base(record.ref, record.ref, record.digest)
         return Base(parent.base_ref, parent.display_ref, parent.digest)
 
-    async def _bases(self, layer: Layer, parent_ref: str | None
+    async def _bases(self, layer: Layer, parent_ref: str | None, context: Context,
+                     args: tuple[tuple[str, str], ...]
                      ) -> tuple[tuple[tuple[str, str], ...], dict[str, str]]:
-        """For a Dockerfile that names images literally: the digests of the bases
-        other than the parent (for the key) and every FROM text's pinned
-        reference (for the engine)."""
+        """Every image the Dockerfile names (but a ${BASE_IMAGE} parent), worked out
+        as the engine will read it: with the build args it gets, upstream values
+        filled in, for each platform built. Returns the digests of the bases other
+        than the parent (for the key) and each one's pinned reference (for the
+        engine)."""
+        text = await asyncio.to_thread(_dockerfile_text, layer, context)
+        build_args = dict(args)
+        found: dict[tuple[str, str, str], BaseUse] = {}
+        for platform in layer.platforms or (self.host,):
+            for use in build_bases(self.catalog, layer, text, build_args, platform=platform,
+                                   build_platform=self.host, available=self.upstreams):
+                found.setdefault((use.text, use.ref, use.role), use)
         digests: dict[str, str] = {}
         pins: dict[str, str] = {}
-        for base in layer.bases:
+        for base in found.values():
             if base.role == "parent":
                 if parent_ref is not None:
                     pins[base.text] = parent_ref

@@ -55,7 +55,8 @@ class Executor:
             dockerfile=dockerfile,
             # A literal parent comes through its named context; BASE_IMAGE only
             # where the Dockerfile takes it that way.
-            args={**({} if layer.bases else {"BASE_IMAGE": job.base.ref}), **dict(inputs.args)},
+            args={**({"BASE_IMAGE": job.base.ref} if layer.parent_by_arg else {}),
+                  **dict(inputs.args)},
             labels=labels,
             tags=tags,
             push=push,

@@ -91,9 +91,8 @@ from typing import Literal
 from orchestrator.catalog.library import Library, LibraryEntry
 from orchestrator.catalog.lint import final_user
 from orchestrator.catalog.tomlfile import display, read_text_file
-from orchestrator.core import dockerfile as df
+from orchestrator.core.dockerfile import Analysis, ImageUse, analyze
 from orchestrator.core.errors import InputError
-from orchestrator.core.fromlines import Analysis, ImageUse, analyze
 from orchestrator.core.imageref import (
     DEFAULT_TAG,
     DOCKER_HUB,
@@ -772,7 +771,7 @@ def _runs_as_root(index: int, docs: list[_Doc], parents: Mapping[int, int | None
     """The last USER along the chain inside the tree; an upstream base counts as root."""
     node: int | None = index
     while node is not None:
-        found = final_user(df.parse(docs[node].text))
+        found = final_user(docs[node].analysis.instructions)
         if found is not None:
             return found[0] in ("root", "0")
         node = parents[node]

@@ -64,7 +64,8 @@ def load_catalog(layers_dir: Path, upstreams: Mapping[str, UpstreamSpec],
         for entry in _load_layer(folder, upstreams):
             pending[entry.layer.id] = entry
 
-    layers = Linker(pending, upstreams).link()
+    layers = Linker(pending, upstreams,
+                    platform=(default_platforms or (host_platform(),))[0]).link()
     parents = {lid: layer.parent for lid, layer in layers.items()}
     cycle = graph.find_cycle(parents)
     if cycle:

@@ -14,7 +14,7 @@ without ``--no-cache``; ``apt-get install`` without removing
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,35 +39,34 @@ class Finding:
         return f"{display}:{self.line}: {self.level}: {self.message} [{self.rule}]"
 
 
-def _final_stage(instructions: list[df.Instruction]) -> list[df.Instruction]:
+def _final_stage(instructions: Sequence[df.Instruction]) -> Sequence[df.Instruction]:
     starts = [i for i, ins in enumerate(instructions) if ins.keyword == "FROM"]
     return instructions[starts[-1]:] if starts else instructions
 
 
-def final_user(instructions: list[df.Instruction]) -> tuple[str, int] | None:
+def final_user(instructions: Sequence[df.Instruction]) -> tuple[str, int] | None:
     """The last USER of the final stage and its line, or None (inherited)."""
-    users = [ins for ins in _final_stage(instructions) if ins.keyword == "USER"]
+    users = [ins for ins in _final_stage(instructions) if ins.keyword == "USER" and ins.args]
     if not users:
         return None
-    return users[-1].value.split(":")[0].strip(), users[-1].line
+    return users[-1].args[0].split(":")[0].strip(), users[-1].line
 
 
 def _names(ins: df.Instruction) -> list[str]:
     if ins.keyword == "ARG":
-        return [part.split("=", 1)[0] for part in ins.value.split()]
-    # ENV/LABEL: "KEY=value KEY2=value" or the legacy "KEY value".
-    if "=" not in ins.value.split(" ", 1)[0]:
-        return [ins.value.split(" ", 1)[0]]
-    return [m.group(1) for m in re.finditer(r'(?:^|\s)"?([^\s="]+)"?=', ins.value)]
+        return [word.split("=", 1)[0] for word in ins.args]
+    # ENV/LABEL: the parser gives key, value, key, value (the legacy "KEY value" too).
+    return [key.strip("\"'") for key in ins.args[0::2]]
 
 
 def lint(catalog: Catalog, dockerfiles: Mapping[str, str]) -> list[Finding]:
     """``dockerfiles`` maps layer id to Dockerfile text."""
-    parsed = {lid: df.parse(text) for lid, text in dockerfiles.items()}
+    parsed = {lid: df.analyze(text) for lid, text in dockerfiles.items()}
     findings: list[Finding] = []
     for lid, layer in catalog.layers.items():
-        instructions = parsed.get(lid, [])
-        findings += _layer_findings(layer, instructions)
+        analysis = parsed.get(lid)
+        if analysis is not None:
+            findings += _layer_findings(layer, analysis)
         findings += _user_findings(catalog, layer, parsed)
     # Matrix variants share a Dockerfile: report each finding once.
     unique: dict[tuple[Path, int, str, str], Finding] = {}
@@ -76,11 +75,14 @@ def lint(catalog: Catalog, dockerfiles: Mapping[str, str]) -> list[Finding]:
     return sorted(unique.values(), key=lambda f: (str(f.path), f.line, f.rule))
 
 
-def _layer_findings(layer: Layer, instructions: list[df.Instruction]) -> list[Finding]:
+def _layer_findings(layer: Layer, analysis: df.Analysis) -> list[Finding]:
     out: list[Finding] = []
     path = layer.dockerfile
-    if (layer.parent is not None or layer.upstream is not None) and not layer.bases:
-        problem = df.base_image_problem(instructions)
+    instructions = analysis.instructions
+    if not instructions:
+        return [Finding(path, 1, "error", "parse", "; ".join(analysis.notes))]
+    if (layer.parent is not None or layer.upstream is not None) and layer.parent_by_arg:
+        problem = df.base_image_problem(analysis)
         if problem:
             out.append(Finding(path, _line_of(problem), "error", "base-image", problem))
     for base in layer.bases:
@@ -89,7 +91,7 @@ def _layer_findings(layer: Layer, instructions: list[df.Instruction]) -> list[Fi
             if ref.effective_tag is None:
                 continue  # pinned by digest in the Dockerfile: nothing moves, nothing to watch
             name = ref.repository.rsplit("/", 1)[-1]
-            out.append(Finding(path, _line_naming(instructions, base.text), "warning",
+            out.append(Finding(path, _line_naming(analysis, base.text), "warning",
                                "unwatched-base",
                                f"{base.text} is pinned to its digest at plan time but not "
                                f"watched: add [upstream.{name}] image = \"{ref.name}\" "
@@ -125,14 +127,15 @@ def _layer_findings(layer: Layer, instructions: list[df.Instruction]) -> list[Fi
 
 def _run_findings(path: Path, ins: df.Instruction) -> list[Finding]:
     out = []
-    for command in re.split(r"&&|;|\|\|", ins.value):
+    script = "\n".join([ins.value, *(doc.content for doc in ins.heredocs)])
+    for command in re.split(r"&&|;|\|\||\n", script):
         words = command.split()
         if words[:2] == ["apk", "add"] and "--no-cache" not in words:
             out.append(Finding(path, ins.line, "warning", "apk-no-cache",
                                "apk add without --no-cache leaves the package index in the "
                                "image"))
-    if re.search(r"\bapt-get\b.*\binstall\b", ins.value) and \
-            "/var/lib/apt/lists" not in ins.value:
+    if re.search(r"\bapt-get\b.*\binstall\b", script) and \
+            "/var/lib/apt/lists" not in script:
         out.append(Finding(path, ins.line, "warning", "apt-lists",
                            "apt-get install without rm -rf /var/lib/apt/lists/* in the same "
                            "RUN leaves the package lists in the image"))
@@ -140,13 +143,14 @@ def _run_findings(path: Path, ins: df.Instruction) -> list[Finding]:
 
 
 def _user_findings(catalog: Catalog, layer: Layer,
-                   parsed: Mapping[str, list[df.Instruction]]) -> list[Finding]:
+                   parsed: Mapping[str, df.Analysis]) -> list[Finding]:
     if layer.allow_root:
         return []
     # Walk up until some Dockerfile sets USER; an upstream base counts as root.
     node: Layer | None = layer
     while node is not None:
-        found = final_user(parsed.get(node.id, []))
+        known = parsed.get(node.id)
+        found = final_user(known.instructions) if known is not None else None
         if found is not None:
             user, line = found
             if user in _ROOT_USERS:
@@ -162,11 +166,8 @@ def _user_findings(catalog: Catalog, layer: Layer,
                     "<non-root>, or set allow_root = true in layer.toml")]
 
 
-def _line_naming(instructions: list[df.Instruction], text: str) -> int:
-    for ins in instructions:
-        if ins.keyword in ("FROM", "COPY", "RUN") and text in ins.value:
-            return ins.line
-    return 1
+def _line_naming(analysis: df.Analysis, text: str) -> int:
+    return next((use.line for use in analysis.image_uses() if use.resolved == text), 1)
 
 
 def _line_of(problem: str) -> int:

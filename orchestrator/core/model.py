@@ -63,15 +63,24 @@ class Layer:
     rebuild_packages: bool = True  # [rebuild] packages = false: no rebuilds for package fixes
     allow_root: bool = False
     context_dir: Path | None = None  # ``context = "PATH"``; default: the layer folder
-    # Images the Dockerfile names literally; empty when it takes its parent
-    # through ARG BASE_IMAGE / FROM ${BASE_IMAGE}.
+    # Images the Dockerfile names, as known when the catalog loads (a build works
+    # them out again with its own args); the parent among them unless the
+    # Dockerfile takes it through ARG BASE_IMAGE / FROM ${BASE_IMAGE}.
     bases: tuple[BaseUse, ...] = ()
+    # A FROM line names the parent, even when which one depends on an arg filled
+    # in at build time (its base is then only in the build's own list).
+    parent_in_from: bool = False
     platforms: tuple[str, ...] = ()  # empty: the host's platform
     secrets: tuple[str, ...] = ()  # names of [secrets.NAME] the build may mount
 
     @property
     def context(self) -> Path:
         return self.context_dir if self.context_dir is not None else self.folder
+
+    @property
+    def parent_by_arg(self) -> bool:
+        """The parent comes in as the BASE_IMAGE build arg (no FROM names it)."""
+        return not self.parent_in_from and not any(b.role == "parent" for b in self.bases)
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core.dockerfile import buildah_context_names
 from orchestrator.core.errors import BackendError, BuildFailed
 from orchestrator.core.imageref import is_loopback
 from orchestrator.core.model import BuildahConfig
@@ -54,7 +55,17 @@ class BuildahBuilder:
     def _auth(self) -> list[str]:
         return ["--authfile", str(self.authfile)] if self.authfile else []
 
-    def build_argv(self, req: BuildRequest, iidfile: Path) -> list[str]:
+    @staticmethod
+    def build_contexts(req: BuildRequest) -> dict[str, str]:
+        """The pins under the names buildah looks them up by: a FROM by its text as
+        written (before ARG expansion), a --from by its value."""
+        if not req.from_pins:
+            return {}
+        text = req.dockerfile.read_bytes().decode("utf-8")
+        return buildah_context_names(text, req.from_pins, req.args, platform=req.platform)
+
+    def build_argv(self, req: BuildRequest, iidfile: Path,
+                   contexts: Mapping[str, str] | None = None) -> list[str]:
         # The parent is pinned by digest, so the default pull policy ("missing")
         # never fetches a moving tag.
         pulls = [req.args.get("BASE_IMAGE", ""), *req.from_pins.values(),
@@ -62,9 +73,8 @@ class BuildahBuilder:
         insecure = any(self._tls(ref) for ref in pulls)
         argv = [*self._global(), "bud", "--isolation", self.config.isolation,
                 *(["--tls-verify=false"] if insecure else []), *self._auth()]
-        for text, pinned in sorted(req.from_pins.items()):
-            # Matches the FROM (and COPY --from) text literally, in every stage.
-            argv += ["--build-context", f"{text}=docker-image://{pinned}"]
+        for name, pinned in sorted((req.from_pins if contexts is None else contexts).items()):
+            argv += ["--build-context", f"{name}=docker-image://{pinned}"]
         if (self.config.layers or req.cache_repo) and not req.no_cache:
             # With --layers a failed step's working container is kept unless
             # --force-rm: one left behind per failed build, for ever.
@@ -85,8 +95,8 @@ class BuildahBuilder:
     async def build(self, request: BuildRequest) -> BuildOutput:
         with scratch(request) as tmp:
             iidfile = Path(tmp, "iid")
-            rc = await self.runner.run(self.build_argv(request, iidfile), log=request.log_path,
-                                       timeout_s=request.timeout_s)
+            argv = self.build_argv(request, iidfile, self.build_contexts(request))
+            rc = await self.runner.run(argv, log=request.log_path, timeout_s=request.timeout_s)
             raise_if_failed(request, rc)
             digest = await self._local_digest_or_fail(request)
             if not request.push:

@@ -9,8 +9,8 @@ import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from orchestrator.core.dockerfile import buildkit_context_name, pin
 from orchestrator.core.errors import BackendError, BuildFailed
-from orchestrator.core.fromlines import pin
 from orchestrator.core.model import BuildKitConfig
 from orchestrator.engines.base import (
     BuildOutput,
@@ -65,10 +65,10 @@ class DockerBuildKitBuilder:
         the pinned references (the user's file is hashed and left alone)."""
         if not req.from_pins:
             return None
-        text = req.dockerfile.read_text(encoding="utf-8-sig")
-        pins = {written: pinned for written, pinned in req.from_pins.items()}
+        # Bytes in and out: no newline translation, so every line stays where it was.
+        text = req.dockerfile.read_bytes().decode("utf-8")
         copy = folder / "Dockerfile.pinned"
-        copy.write_text(pin(text, pins, {k: v for k, v in req.args.items()}))
+        copy.write_bytes(pin(text, req.from_pins, req.args, platform=req.platform).encode())
         # The engine looks for <Dockerfile>.dockerignore beside the file it is
         # given; as beside the snapshot's own Dockerfile, an empty one keeps it
         # from filtering the already-filtered context again.
@@ -187,8 +187,11 @@ class BuildctlBuilder:
         elif req.cache_repo and req.cache_tag:
             cache = f"type=registry,ref={req.cache_repo}:{req.cache_tag}"
             argv += ["--export-cache", cache + ",mode=max", "--import-cache", cache]
-        for text, pinned in sorted(req.from_pins.items()):
-            argv += ["--opt", f"context:{text}=docker-image://{pinned}"]
+        # The frontend looks a named context up by the image's familiar name
+        # (dockerui's NamedContext): "debian:bookworm", never docker.io/library/….
+        contexts = {buildkit_context_name(ref): pinned for ref, pinned in req.from_pins.items()}
+        for name, pinned in sorted(contexts.items()):
+            argv += ["--opt", f"context:{name}=docker-image://{pinned}"]
         for name, value in req.args.items():
             argv += ["--opt", f"build-arg:{name}={value}"]
         for name, path in sorted(req.secrets.items()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,22 @@ def test_buildctl_argv_pushes_all_names_in_one_output(tmp_path: Path) -> None:
     assert mtls.build_argv(request(tmp_path), tmp_path / "m.json")[:9] == [
         "buildctl", "--addr", "tcp://bk:1234", "--tlscacert", "ca.pem", "--tlscert", "c.pem",
         "--tlskey", "k.pem"]
+
+
+def test_buildctl_named_contexts_use_the_name_the_frontend_looks_up(tmp_path: Path) -> None:
+    """Regression: main passed context:docker.io/library/debian:bookworm, which
+    BuildKit's frontend never asks for (dockerui's NamedContext looks the familiar
+    name up, ``:latest`` trimmed), so the moving tag was pulled instead."""
+    pinned = f"reg:5000/mirror/debian@sha256:{'a' * 64}"
+    pins = {"docker.io/library/debian:bookworm": pinned, "library/debian:bookworm": pinned,
+            "debian:latest": pinned, "docker.io/myorg/app": pinned,
+            "reg:5000/base/os:1": pinned}
+    builder = BuildctlBuilder(BuildKitConfig(addr="tcp://bk:1234"), RecordingRunner())
+    argv = builder.build_argv(replace(request(tmp_path), from_pins=pins), tmp_path / "m.json")
+    contexts = sorted(argv[i + 1] for i, word in enumerate(argv)
+                      if word == "--opt" and argv[i + 1].startswith("context:"))
+    assert contexts == sorted(f"context:{name}=docker-image://{pinned}" for name in (
+        "debian", "debian:bookworm", "myorg/app", "reg:5000/base/os:1"))
 
 
 def test_builders_never_inherit_systemd_variables(monkeypatch: pytest.MonkeyPatch) -> None:

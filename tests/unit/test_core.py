@@ -6,7 +6,6 @@ import pytest
 
 from orchestrator.core import graph
 from orchestrator.core.buildkey import build_key, context_digest, first_changed_path, key_tag
-from orchestrator.core.dockerfile import base_image_problem, parse
 from orchestrator.core.dockerignore import DockerIgnore
 from orchestrator.core.durations import parse_duration
 from orchestrator.core.errors import TemplateError
@@ -186,38 +185,3 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match="bad duration"):
         parse_duration(text)
-
-
-def test_dockerfile_base_image_rules() -> None:
-    good = "# syntax=docker/dockerfile:1\nARG BASE_IMAGE\nFROM --platform=linux/amd64 $BASE_IMAGE\n"
-    assert base_image_problem(parse(good)) is None
-    assert base_image_problem(parse("ARG BASE_IMAGE=x\nFROM ${BASE_IMAGE} AS build\n")) is None
-    assert "first FROM" in (base_image_problem(parse("ARG BASE_IMAGE\nFROM alpine\n")) or "")
-    assert base_image_problem(parse("RUN true\n")) == "no FROM instruction"
-
-
-def test_dockerfile_continuations_keep_line_numbers() -> None:
-    instructions = parse("FROM x\nRUN a \\\n  && b\n# note\nUSER app\n")
-    assert [(i.line, i.keyword) for i in instructions] == [(1, "FROM"), (2, "RUN"), (5, "USER")]
-    assert instructions[1].value == "a && b"
-
-
-def test_dockerfile_words_split_on_what_str_isspace_calls_space() -> None:
-    """The unquoted fast path splits as the quoting-aware one does: on every
-    character str.isspace() accepts (a no-break space, \\x1c), nothing else."""
-    import random
-
-    from orchestrator.core.fromlines import _words
-
-    rng = random.Random(5)
-    alphabet = ["a", "b", "=", "é", " ", "\t", "\n", "\u00a0", "\u2003", "\x1c", "\x0b"]
-    for _ in range(5000):
-        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
-        expected, at = [], 0
-        for word in text.split():
-            start = text.index(word, at)
-            expected.append((word, start, start + len(word)))
-            at = start + len(word)
-        assert _words(text, "\\") == expected, repr(text)
-    assert _words('a "b c" d', "\\") == [("a", 0, 1), ('"b c"', 2, 7), ("d", 8, 9)]
-    assert _words("a\\ b c", "\\") == [("a\\ b", 0, 4), ("c", 5, 6)]

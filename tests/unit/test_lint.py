@@ -120,3 +120,34 @@ def test_a_credential_in_an_env_value_is_an_error_and_ssh_logins_are_not(base: P
                "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nARG REMOTE\n"
                "ENV MIRROR=https://u:p@mirror.example/simple\n")
     assert rules(base) == [("no-secrets", "error", 4)]
+
+
+def test_a_user_line_in_a_heredoc_body_is_not_the_image_user(base: Project) -> None:
+    """Regression: main's own parser took ``User git`` in a heredoc body for USER."""
+    base.layer("child", 'from = "base"\n',
+               "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nUSER root\n"
+               "RUN <<END-OF-SCRIPT\nUser git\nEND-OF-SCRIPT\n")
+    assert rules(base) == [("non-root", "error", 3)]
+
+
+def test_apt_get_in_a_heredoc_is_checked(base: Project) -> None:
+    base.layer("child", 'from = "base"\n',
+               "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN <<EOF\napt-get install -y x\nEOF\n"
+               "USER 1000\n")
+    assert rules(base) == [("apt-lists", "warning", 3)]
+
+
+def test_other_images_of_a_base_image_dockerfile_are_linted(base: Project) -> None:
+    """Regression: a ${BASE_IMAGE} Dockerfile's other images were dropped: neither
+    pinned, nor in the key, nor warned about."""
+    base.layer("child", 'from = "base"\n',
+               "ARG BASE_IMAGE\nFROM ${BASE_IMAGE} AS base\nFROM golang:1.22 AS build\n"
+               "FROM base\nCOPY --from=busybox:1.36 /bin/busybox /bin/\n"
+               "COPY --from=127.0.0.1:9/os:1 / /\nUSER 1000\n")
+    catalog = load_catalog(base.layers, UPSTREAMS)
+    assert [(b.text, b.role, b.upstream) for b in catalog.layers["child"].bases] == [
+        ("golang:1.22", "external", None), ("busybox:1.36", "external", None),
+        ("127.0.0.1:9/os:1", "upstream", "os")]
+    assert catalog.layers["child"].parent_by_arg
+    assert [(f.rule, f.line) for f in findings(base)] == [
+        ("unwatched-base", 3), ("unwatched-base", 5)]
