@@ -35,7 +35,7 @@ def run(order: str) -> tuple[float, float]:
                   "a-leaf3": "root", "z-chain0": "root", "z-chain1": "z-chain0",
                   "z-chain2": "z-chain1"}
         for name, parent in layers.items():
-            write_layer(root, name, parent, f"RUN sleep {SLEEP_S} && echo {name} > /tmp/x\n")
+            write_layer(root, name, parent, f"RUN sleep {SLEEP_S} && echo {name} > /tmp/{name}\n")
         cold = orchestrator(root, "build")
         assert cold.returncode == 0, cold.stdout + cold.stderr
         start = time.perf_counter()
