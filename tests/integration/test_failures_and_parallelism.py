@@ -26,6 +26,7 @@ from tests.integration.hierarchy import BRANCH_A, BRANCH_B, write_config, write_
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.serial  # counts buildah's working containers machine-wide: runs alone
 def test_failed_layer_skips_its_descendants_and_the_other_branch_builds(
     project: Project, testbed: Testbed
 ) -> None:
@@ -114,6 +115,7 @@ def _buildah_processes() -> list[str]:
     return [line for line in out.stdout.splitlines() if "bud" in line]
 
 
+@pytest.mark.serial  # counts buildah's working containers machine-wide: runs alone
 def test_interrupt_stops_the_builder_and_tags_nothing(
     project: Project, testbed: Testbed
 ) -> None:
