@@ -138,6 +138,31 @@ def test_deferred_finishes_a_failed_commit_lost_are_written_again(tmp_path: Path
     state.close()
 
 
+def test_reads_go_on_while_a_full_disk_refuses_a_deferred_finish(tmp_path: Path) -> None:
+    """The disk fills as a build finishes: its deferred finish cannot be committed.
+    Reads (status, the queue, the webhooks' next delivery) must still answer: a
+    read commits nothing, so it has nothing to fail on."""
+    path, state = _one_deferred(tmp_path)
+    state.work.add_request("r0", ["a"], force=False, cause="before")
+    state.finish_built("b1", _record("a", "k1"), defer=True)
+    state.db._conn = _FailingCommits(state.db._conn, 1000)  # type: ignore[assignment]
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        state.commit_deferred()
+    assert state.unsettled == ["a"]
+    assert state.history.get("b1") is not None
+    assert [b["id"] for b in state.history.builds()] == ["b1"]
+    assert state.work.entries() == [] and state.work.get_request("r0") is not None
+    assert set(state.records.all()) == {"a"} and state.upstreams.get("seed") is None
+    assert state.outbox.next("ops") == (None, 0)
+    assert set(state.history.durations(["a"])) == {"a"}
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        state.probe()  # a write still tries the deferred finish first, and fails
+    state.db._conn = state.db._conn.conn  # type: ignore[attr-defined]  # space is back
+    state.probe()
+    assert state.unsettled == [] and _seen(path) == ({"b1": "built"}, {"a"})
+    state.close()
+
+
 def test_a_transaction_sqlite_rolls_back_whole_keeps_its_own_error(tmp_path: Path) -> None:
     """A full disk inside a transaction that joined a deferred finish: the
     caller sees the real error, and the finish is written again once there is

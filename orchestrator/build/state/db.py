@@ -152,11 +152,19 @@ class Database:
 
     @property
     def conn(self) -> sqlite3.Connection:
-        """The connection for statements: deferred writes are committed first,
+        """The connection for writes: deferred writes are committed first,
         unless inside a transaction of ours (which has joined them), so what is
         written outside a transaction is durable when its call returns."""
         if (self._deferred or self._unsettled) and not self._in_tx:
             self.commit_deferred()
+        return self._conn
+
+    @property
+    def read(self) -> sqlite3.Connection:
+        """The connection for reads: they commit nothing first. A read sees the
+        rows of a deferred transaction still open; and while a full disk refuses
+        the commit of deferred writes, reads (status, the queue, the next webhook
+        delivery) must still answer."""
         return self._conn
 
     def commit_deferred(self) -> None:

@@ -67,16 +67,16 @@ class BuildHistory:
             params.append(request_id)
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
-        return [_decoded(row) for row in rows(self.db.conn.execute(
+        return [_decoded(row) for row in rows(self.db.read.execute(
             query + " ORDER BY started_at DESC LIMIT ?", (*params, limit)))]
 
     def get(self, build_id: str) -> dict[str, Any] | None:
-        found = rows(self.db.conn.execute("SELECT * FROM builds WHERE id = ?", (build_id,)))
+        found = rows(self.db.read.execute("SELECT * FROM builds WHERE id = ?", (build_id,)))
         return _decoded(found[0]) if found else None
 
     def last(self, layer: str) -> dict[str, Any] | None:
         """The newest build of exactly this layer id (uses the (layer, started_at) index)."""
-        found = rows(self.db.conn.execute("SELECT * FROM builds WHERE layer = ? "
+        found = rows(self.db.read.execute("SELECT * FROM builds WHERE layer = ? "
                                           "ORDER BY started_at DESC LIMIT 1", (layer,)))
         return _decoded(found[0]) if found else None
 
@@ -91,7 +91,7 @@ class BuildHistory:
         for at in range(0, len(layers), 500):  # SQLite's old limit is 999 parameters
             chunk = layers[at:at + 500]
             marks = ",".join("?" * len(chunk))
-            for lid, seconds in self.db.conn.execute(
+            for lid, seconds in self.db.read.execute(
                     "SELECT layer, took FROM (SELECT layer, finished_at - started_at AS took, "
                     "row_number() OVER (PARTITION BY layer ORDER BY started_at DESC) AS n "
                     f"FROM builds WHERE layer IN ({marks}) AND outcome = 'built') "
@@ -103,7 +103,7 @@ class BuildHistory:
         """Builds left 'running' by a crash: recorded as interrupted, never as built."""
         # Read first: nearly always there are none, and a write transaction
         # would cost every one-shot run a sync of the database.
-        if self.db.conn.execute("SELECT 1 FROM builds WHERE outcome = 'running' LIMIT 1") \
+        if self.db.read.execute("SELECT 1 FROM builds WHERE outcome = 'running' LIMIT 1") \
                 .fetchone() is None:
             return []
         with self.db.transaction():

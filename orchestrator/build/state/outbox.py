@@ -41,9 +41,9 @@ class Outbox:
 
     def next(self, target: str) -> tuple[dict[str, Any] | None, int]:
         """A target's oldest pending delivery, and how many are pending."""
-        found = rows(self.db.conn.execute("SELECT * FROM notifications WHERE " + _PENDING_FOR +
+        found = rows(self.db.read.execute("SELECT * FROM notifications WHERE " + _PENDING_FOR +
                                           " ORDER BY id LIMIT 1", (target,)))
-        count = self.db.conn.execute("SELECT count(*) FROM notifications WHERE " +
+        count = self.db.read.execute("SELECT count(*) FROM notifications WHERE " +
                                      _PENDING_FOR, (target,)).fetchone()[0]
         return (found[0] if found else None), int(count)
 

@@ -71,14 +71,14 @@ class LayerRecords:
         self.db = db
 
     def get(self, layer: str) -> LayerRecord | None:
-        row = self.db.conn.execute(f"SELECT {_COLUMNS} FROM layers WHERE layer = ?",
+        row = self.db.read.execute(f"SELECT {_COLUMNS} FROM layers WHERE layer = ?",
                                    (layer,)).fetchone()
         return None if row is None else _record(row)
 
     def all(self, only: Collection[str] | None = None) -> dict[str, LayerRecord]:
         """Every layer's record, or those of ``only``: one query (a run reads its
         layers' records up front, not one statement per layer)."""
-        rows = self.db.conn.execute(f"SELECT {_COLUMNS} FROM layers").fetchall()
+        rows = self.db.read.execute(f"SELECT {_COLUMNS} FROM layers").fetchall()
         return {r[0]: _record(r) for r in rows if only is None or r[0] in only}
 
     def save(self, record: LayerRecord) -> None:
@@ -105,7 +105,7 @@ class LayerRecords:
     def keys(self) -> dict[str, tuple[str, float]]:
         """Every build key this state knows: key -> (layer, first built)."""
         return {row[0]: (row[1], float(row[2])) for row in
-                self.db.conn.execute("SELECT build_key, layer, first_built FROM keys")}
+                self.db.read.execute("SELECT build_key, layer, first_built FROM keys")}
 
 
 class AsyncLayerRecords:

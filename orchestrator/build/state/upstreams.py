@@ -15,7 +15,7 @@ class UpstreamValues:
         self.db = db
 
     def get(self, name: str) -> dict[str, Any] | None:
-        found = rows(self.db.conn.execute("SELECT * FROM upstreams WHERE name = ?", (name,)))
+        found = rows(self.db.read.execute("SELECT * FROM upstreams WHERE name = ?", (name,)))
         return found[0] if found else None
 
     def save(self, name: str, tag: str | None, digest: str, ref: str, changed: bool) -> None:

@@ -62,9 +62,9 @@ class WorkStore:
 
     def entries(self, taken: bool | None = None) -> list[dict[str, Any]]:
         if taken is None:
-            cursor = self.db.conn.execute("SELECT * FROM queue ORDER BY id")
+            cursor = self.db.read.execute("SELECT * FROM queue ORDER BY id")
         else:
-            cursor = self.db.conn.execute("SELECT * FROM queue WHERE taken = ? ORDER BY id",
+            cursor = self.db.read.execute("SELECT * FROM queue WHERE taken = ? ORDER BY id",
                                           (int(taken),))
         return [_queue_row(row) for row in rows(cursor)]
 
@@ -142,7 +142,7 @@ class WorkStore:
                                     (f'%"{request_id}"%',)).fetchone() is not None
 
     def get_request(self, request_id: str) -> dict[str, Any] | None:
-        found = rows(self.db.conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,)))
+        found = rows(self.db.read.execute("SELECT * FROM requests WHERE id = ?", (request_id,)))
         if not found:
             return None
         row = found[0]
