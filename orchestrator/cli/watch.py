@@ -21,7 +21,7 @@ from orchestrator.build.scope import targets
 from orchestrator.catalog.layers import select
 from orchestrator.cli.live import LiveView
 from orchestrator.core.model import Catalog
-from orchestrator.core.runboard import Board, upstream_value
+from orchestrator.core.runboard import Board, event_time, upstream_value
 
 if TYPE_CHECKING:
     from orchestrator.cli.client import Client
@@ -190,7 +190,7 @@ class StatusWatch:
     def on_record(self, record: dict[str, Any]) -> None:
         event = str(record.pop("event", ""))
         if event == "run_started":
-            self.view.board.started_at = record.get("timestamp")
+            self.view.board.started_at = event_time(record.get("timestamp"), time.time())
         elif event in ("run_finished", "reloaded", "catalog_reloaded"):
             self.view.board.started_at = None
             task = asyncio.get_running_loop().create_task(self.reseed())

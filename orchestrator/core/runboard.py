@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from orchestrator.core import graph
@@ -158,6 +159,20 @@ class Board:
 
     def building(self) -> list[Row]:
         return [row for row in self.rows.values() if row.state == "building"]
+
+
+def event_time(stamp: Any, default: float) -> float:
+    """An event's time in epoch seconds: the bus stamps ISO-8601 UTC
+    (``2026-12-08T02:34:40.125Z``, as the log lines carry it); a number is taken
+    as epoch seconds. Anything else is ``default``."""
+    if isinstance(stamp, int | float) and not isinstance(stamp, bool):
+        return float(stamp)
+    if isinstance(stamp, str):
+        try:
+            return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return default
+    return default
 
 
 def first_line(text: str | None) -> str:

@@ -16,7 +16,7 @@ import structlog
 
 from orchestrator.core.model import Catalog
 from orchestrator.core.picture import cut, state_words
-from orchestrator.core.runboard import Board, Row, first_line, upstream_value
+from orchestrator.core.runboard import Board, Row, event_time, first_line, upstream_value
 from orchestrator.service.web.source import WebSource
 
 log = structlog.get_logger("orchestrator.web")
@@ -88,7 +88,7 @@ class LiveBoard:
 
     def on_event(self, record: dict[str, Any]) -> None:
         event = str(record.get("event"))
-        now = float(record.get("timestamp") or time.time())
+        now = event_time(record.get("timestamp"), time.time())
         changed: set[str] = set()
         if event in LAYOUT_EVENTS:
             self._follow_catalog()
