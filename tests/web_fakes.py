@@ -1,18 +1,19 @@
-"""A stand-in for the daemon behind the web page: a catalog of N layers, a bus
-the test publishes on, recorded triggers. For unit tests and the 500-layer
-benchmark (the page's cost, without building 500 images)."""
+"""A stand-in for the daemon behind the web page: a catalog of N layers, the
+daemon's own event bus (so records carry the fields and the ISO-8601 stamps the
+daemon's do) the test publishes on, recorded triggers. For unit tests and the
+500-layer benchmark (the page's cost, without building 500 images)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from orchestrator.build.state.readonly import History
 from orchestrator.core.model import Catalog, Layer
+from orchestrator.service.events import EventBus
 
 
 def catalog_of(n: int, fanout: int = 4) -> Catalog:
@@ -35,7 +36,7 @@ class FakeSource:
     def __init__(self, catalog: Catalog, state_db: Path) -> None:
         self._catalog = catalog
         self.state_db = state_db
-        self.queues: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self.bus = EventBus()
         self.triggered: list[tuple[list[str], bool, str]] = []
         self.cancelled: list[str] = []
         self.builds_by_id: dict[str, dict[str, Any]] = {}
@@ -43,13 +44,10 @@ class FakeSource:
         self.run: dict[str, Any] | None = None
 
     def publish(self, event: str, **fields: Any) -> None:
-        record = {"event": event, "timestamp": time.time(), **fields}
-        for queue in list(self.queues):
-            queue.put_nowait(record)
+        self.bus.publish(event, fields)
 
     def close(self) -> None:
-        for queue in list(self.queues):
-            queue.put_nowait(None)
+        self.bus.close()
 
     # -- WebSource ----------------------------------------------------------------
 
@@ -71,14 +69,9 @@ class FakeSource:
     def log_cap(self) -> int:
         return 0
 
-    @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any] | None]]:
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self.queues.add(queue)
-        try:
-            yield queue
-        finally:
-            self.queues.discard(queue)
+    def subscribe(self) -> contextlib.AbstractAsyncContextManager[
+            asyncio.Queue[dict[str, Any] | None]]:
+        return self.bus.subscribe()
 
     async def status(self) -> dict[str, Any]:
         return {"phase": "ready", "pid": 1, "uptime_s": 1.0,

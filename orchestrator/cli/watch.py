@@ -190,7 +190,7 @@ class StatusWatch:
     def on_record(self, record: dict[str, Any]) -> None:
         event = str(record.pop("event", ""))
         if event == "run_started":
-            self.view.board.started_at = event_time(record, time.time())
+            self.view.board.started_at = event_time(record.get("timestamp"), time.time())
         elif event in ("run_finished", "reloaded", "catalog_reloaded"):
             self.view.board.started_at = None
             task = asyncio.get_running_loop().create_task(self.reseed())

@@ -17,20 +17,6 @@ from typing import Any
 
 from orchestrator.core import graph
 
-
-def event_time(record: Mapping[str, Any], default: float) -> float:
-    """When an event happened, in seconds: its ``timestamp`` (ISO-8601 UTC, as the
-    event stream and the logs carry it, or seconds), else ``default``."""
-    value = record.get("timestamp")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            pass
-    return default
-
 # Done for this run: a layer in one of these states changes no more until the next.
 FINISHED = frozenset({"built", "reused", "failed", "skipped", "cancelled", "superseded",
                       "deferred", "up_to_date"})
@@ -173,6 +159,20 @@ class Board:
 
     def building(self) -> list[Row]:
         return [row for row in self.rows.values() if row.state == "building"]
+
+
+def event_time(stamp: Any, default: float) -> float:
+    """An event's time in epoch seconds: the bus stamps ISO-8601 UTC
+    (``2026-12-08T02:34:40.125Z``, as the log lines carry it); a number is taken
+    as epoch seconds. Anything else is ``default``."""
+    if isinstance(stamp, int | float) and not isinstance(stamp, bool):
+        return float(stamp)
+    if isinstance(stamp, str):
+        try:
+            return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return default
+    return default
 
 
 def first_line(text: str | None) -> str:

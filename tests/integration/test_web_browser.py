@@ -62,7 +62,7 @@ class Events:
             for at, record in self.records:
                 if at >= after and record.get("event") == event and \
                         record.get("layer") == layer:
-                    return event_time(record, 0.0)
+                    return event_time(record.get("timestamp"), 0.0)
             return None
 
         return float(wait_until(found, 120, 0.05, f"{event} of {layer}"))

@@ -20,7 +20,7 @@ from orchestrator.cli.live import LiveView, describe, last_output_line, wanted
 from orchestrator.core.errors import InputError
 from orchestrator.core.model import Inputs
 from orchestrator.core.picture import PictureLayer, dot_source, with_style
-from orchestrator.core.runboard import Board, upstream_value
+from orchestrator.core.runboard import Board, event_time, upstream_value
 
 CHAIN = [("base", None, "seed", ("1.0",)), ("tools", "base", None, ()),
          ("app", "tools", None, ("0.1",)), ("other", "base", None, ())]
@@ -177,6 +177,24 @@ def test_status_watch_reads_the_daemons_view_and_keeps_what_events_said() -> Non
     assert describe(again.rows["base"], 75.0) == "building 1m05s on local"
 
 
+
+def test_status_watch_keeps_drawing_after_a_run_starts() -> None:
+    """The daemon's /v1/events stamps ISO-8601 (as its log lines do): the footer's
+    clock must read it, or the first run_started stops every redraw."""
+    from orchestrator.cli.watch import StatusWatch
+
+    view = LiveView(Board.of(CHAIN), Console(), clock=lambda: 1796697600.0 + 75)
+    watch = StatusWatch(client=None, view=view)  # type: ignore[arg-type]
+    watch.on_record({"event": "run_started", "timestamp": "2026-12-08T02:40:00Z"})
+    assert "· 1m15s elapsed" in render(view)
+
+
+def test_event_times_read_iso_8601_and_epoch_seconds() -> None:
+    assert event_time("2026-12-08T02:40:00Z", 0.0) == 1796697600.0
+    assert event_time("2026-12-08T02:40:00.250000Z", 0.0) == 1796697600.25
+    assert event_time(12.5, 0.0) == 12.5
+    assert event_time("yesterday", 7.0) == event_time(None, 7.0) == 7.0
+
 # -- the picture ---------------------------------------------------------------------
 
 
@@ -268,13 +286,3 @@ def test_web_settings(tmp_path: Path) -> None:
         load_config(_config(tmp_path, '[web]\nlisten = "everywhere"\n'))
     with pytest.raises(InputError, match="token"):
         load_config(_config(tmp_path, '[web]\ntokenfile = "t"\n'))
-
-
-def test_event_times_are_read_in_the_stream_s_iso_form_and_as_seconds() -> None:
-    """The event stream stamps ISO-8601 (as the logs do); the page and status
-    --watch read it as seconds."""
-    from orchestrator.core.runboard import event_time
-
-    assert event_time({"timestamp": "2026-12-08T02:12:00.5Z"}, 0.0) == 1796695920.5
-    assert event_time({"timestamp": 12.5}, 0.0) == 12.5
-    assert event_time({"timestamp": "garbage"}, 7.0) == event_time({}, 7.0) == 7.0

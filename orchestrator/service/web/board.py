@@ -88,7 +88,7 @@ class LiveBoard:
 
     def on_event(self, record: dict[str, Any]) -> None:
         event = str(record.get("event"))
-        now = event_time(record, time.time())
+        now = event_time(record.get("timestamp"), time.time())
         changed: set[str] = set()
         if event in LAYOUT_EVENTS:
             self._follow_catalog()

@@ -42,6 +42,11 @@ HERE = Path(__file__).parent
 LOG_TAIL = 256 * 1024  # a page shows a log's newest part; log.txt has all of it
 LOG_CHUNK = 64 * 1024
 LOG_POLL_S = 0.2
+# How soon a stream notices its page has gone (closed, navigated away): aiohttp
+# does not cancel a handler when its client leaves, and a stream of a quiet
+# daemon would otherwise hold its queue (and a first picture of every node) for
+# hours, one per page ever opened.
+GONE_CHECK_S = 2.0
 HISTORY_ROWS = 30
 PLOT_WINDOW_S = 14 * 86400.0
 PLOT_LAYERS = 12
@@ -114,7 +119,8 @@ class WebServer:
     # -- lifecycle ---------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.headers, self.host_check, self.guard])
+        app = web.Application(middlewares=[self.plain_errors, self.host_check, self.guard])
+        app.on_response_prepare.append(self.secure_headers)
         aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("orchestrator.service.web",
                                                               "templates"),
                              autoescape=True,
@@ -167,20 +173,27 @@ class WebServer:
     # -- middlewares ---------------------------------------------------------------
 
     @web.middleware
-    async def headers(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def plain_errors(self, request: web.Request, handler: Handler
+                           ) -> web.StreamResponse:
+        """An error is a short text answer (its headers come from secure_headers)."""
         try:
             response = await handler(request)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             response = web.Response(status=exc.status, text=exc.reason or "error")
+        return response
+
+    @staticmethod
+    async def secure_headers(request: web.Request, response: web.StreamResponse) -> None:
+        """On every answer as its headers go out: streamed ones (a log, the event
+        streams, static files) included, which a middleware sees only once sent."""
         headers = response.headers
         headers.setdefault("Content-Security-Policy", CSP)
         headers.setdefault("X-Content-Type-Options", "nosniff")
         headers.setdefault("Referrer-Policy", "same-origin")
         headers.setdefault("X-Frame-Options", "DENY")
         headers.setdefault("Cache-Control", "no-store")
-        return response
 
     @web.middleware
     async def host_check(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -265,14 +278,15 @@ class WebServer:
         nodes = request.query.get("only") != "changed"  # pages of lists need no nodes
         async with sse_response(request, headers={"X-Accel-Buffering": "no"}) as sse, \
                 self.board.follow(nodes=nodes) as queue:
-            while not self._stopping.is_set():
-                item = await queue.get()
-                if item is None:
-                    break
-                kind, data = item
-                if kind == "nodes" and not nodes:
-                    continue
-                await sse.send(json.dumps(data, default=str), event=kind)
+            with contextlib.suppress(ConnectionResetError):  # the page went away
+                while not self._stopping.is_set():
+                    item = await _next_or_gone(queue, request)
+                    if item is None:
+                        break
+                    kind, data = item
+                    if kind == "nodes" and not nodes:
+                        continue
+                    await sse.send(json.dumps(data, default=str), event=kind)
         return sse
 
     # -- a layer -----------------------------------------------------------------------
@@ -354,12 +368,13 @@ class WebServer:
             raise web.HTTPNotFound(reason=f"no build {build_id}")
         return build_id, Path(build["log_path"])
 
-    async def _chunks(self, build_id: str, path: Path, start: int, follow: bool
-                      ) -> AsyncIterator[bytes]:
-        """The log from ``start``, then what the builder adds while the build runs."""
+    async def _chunks(self, request: web.Request, build_id: str, path: Path, start: int,
+                      follow: bool) -> AsyncIterator[bytes]:
+        """The log from ``start``, then what the builder adds while the build runs
+        (until the page goes away)."""
         offset = start
         cap = self.source.log_cap()
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not _gone(request):
             chunk, size = await asyncio.to_thread(_read_chunk, path, offset)
             if size < offset and cap > 0:
                 # Past its cap the log's tail was rewritten: go on from where it starts.
@@ -387,27 +402,31 @@ class WebServer:
         start = max(0, size - LOG_TAIL)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         async with sse_response(request, headers={"X-Accel-Buffering": "no"}) as sse:
-            if start:
-                await sse.send(html.escape(f"[… {start} earlier bytes: see log.txt]\n"),
-                               event="chunk")
-            async for chunk in self._chunks(build_id, path, start, follow=True):
-                text = decoder.decode(chunk)
-                if text:
-                    await sse.send(html.escape(text), event="chunk")
-            await sse.send("end", event="end")
-            # The page closes the stream on "end"; wait for it so the browser does
-            # not reconnect and read the log again.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 5.0)
+            with contextlib.suppress(ConnectionResetError):  # the page went away
+                if start:
+                    await sse.send(html.escape(f"[… {start} earlier bytes: see log.txt]\n"),
+                                   event="chunk")
+                async for chunk in self._chunks(request, build_id, path, start, follow=True):
+                    text = decoder.decode(chunk)
+                    if text:
+                        await sse.send(html.escape(text), event="chunk")
+                await sse.send("end", event="end")
+                # The page closes the stream on "end"; wait for it so the browser does
+                # not reconnect and read the log again.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 5.0)
         return sse
 
     async def log_text(self, request: web.Request) -> web.StreamResponse:
         build_id, path = await self._log_of(request)
         response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
         await response.prepare(request)
-        async for chunk in self._chunks(build_id, path, 0, follow=False):
-            await response.write(chunk)
-        await response.write_eof()
+        try:
+            async for chunk in self._chunks(request, build_id, path, 0, follow=False):
+                await response.write(chunk)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the reader went away; nothing to tell it
         return response
 
     # -- runs, upstreams, engines -----------------------------------------------------------
@@ -480,6 +499,23 @@ class WebServer:
         log.info("web_cancel", build_id=build_id, peer=request.remote)
         form = await request.post()
         raise web.HTTPSeeOther(_local_path(str(form.get("back") or "/runs")))
+
+
+def _gone(request: web.Request) -> bool:
+    """The client closed its connection (aiohttp drops the transport then)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _next_or_gone(queue: asyncio.Queue[Any], request: web.Request) -> Any:
+    """The queue's next item, or None once the client has gone."""
+    while True:
+        try:
+            # A timed-out get leaves its item in the queue for the next one.
+            return await asyncio.wait_for(queue.get(), GONE_CHECK_S)
+        except TimeoutError:
+            if _gone(request):
+                return None
 
 
 def allowed_host(host: str, names: tuple[str, ...]) -> bool:
