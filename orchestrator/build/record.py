@@ -75,16 +75,16 @@ class Recorder:
     async def failed(self, job: BuildJob, exc: BaseException) -> None:
         log_tail = exc.log_tail if isinstance(exc, BuildFailed) else ""
         first = first_error_line(log_tail)
-        await self.state.history.finish(job.build_id, Outcome.FAILED.value,
-                                        error=f"{first}\n{exc}" if first else str(exc),
-                                        steps=job.clock.rounded())
+        await self.state.end_build(job.build_id, Outcome.FAILED.value,
+                                   error=f"{first}\n{exc}" if first else str(exc),
+                                   steps=job.clock.rounded())
         self.on_event("build_finished", {**self._bound(job), "outcome": "failed",
                                          "duration_s": round(time.time() - job.started, 3),
                                          "error": first or str(exc), "trigger": job.cause,
                                          "log": str(job.log_path)})
 
     async def cancelled(self, job: BuildJob) -> None:
-        await asyncio.shield(self.state.history.finish(job.build_id, Outcome.CANCELLED.value))
+        await asyncio.shield(self.state.end_build(job.build_id, Outcome.CANCELLED.value))
         self.on_event("build_finished", {**self._bound(job), "outcome": "cancelled",
                                          "duration_s": round(time.time() - job.started, 3)})
 

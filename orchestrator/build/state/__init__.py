@@ -55,7 +55,8 @@ class StateStore:
 
     @property
     def unsettled(self) -> list[str]:
-        """Layers whose finished build is not committed yet."""
+        """Layers whose finished build is not committed yet (and ``build <id>``
+        for builds whose end is not)."""
         return self.db.unsettled
 
     def start_keyed_build(self, build_id: str, layer: str, key: str, reason: str,
@@ -86,6 +87,23 @@ class StateStore:
             write()
         if defer:
             self.db.keep_until_committed(record.layer, write)
+
+    def end_build(self, build_id: str, outcome: str, *, error: str | None = None,
+                  steps: dict[str, float] | None = None) -> None:
+        """A build that made no image (failed, cancelled) ends. When the machine
+        refuses the write (a full disk), it is kept and written by the next
+        transaction that succeeds: a build that ended never stays 'running', and
+        its end still reaches the events, metrics and webhooks now."""
+        def write() -> None:
+            self.history.finish(build_id, outcome, error=error, steps=steps)
+
+        try:
+            with self.db.transaction():
+                write()
+        except sqlite3.DatabaseError as exc:
+            if not is_unwritable(exc):
+                raise
+            self.db.keep_until_committed(f"build {build_id}", write)
 
     def commit_deferred(self) -> None:
         self.db.commit_deferred()
@@ -142,6 +160,10 @@ class AsyncStateStore:
                                 steps=steps)
         finally:  # armed even if this task is cancelled while the write runs
             self.adb.commit_soon()
+
+    async def end_build(self, build_id: str, outcome: str, *, error: str | None = None,
+                        steps: dict[str, float] | None = None) -> None:
+        await self.adb.call(self.store.end_build, build_id, outcome, error=error, steps=steps)
 
     async def commit_deferred(self) -> sqlite3.Error | None:
         return await self.adb.commit_deferred()
