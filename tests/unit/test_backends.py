@@ -156,3 +156,36 @@ def test_first_error_line_skips_step_headers() -> None:
     assert first_error_line(buildkit) == '#5 ERROR: process "/bin/sh -c make" did not ' \
         "complete successfully"
     assert first_error_line("all good\n") is None
+
+
+async def test_buildah_prune_lists_by_name_and_removes_only_its_own_labelled_images() -> None:
+    """Listed with a name filter (a label filter reads every image's config in the
+    store); only older images of this repository that carry the layer's label go."""
+    repo = "reg/ns/app"
+    images = [
+        {"id": "new", "names": [f"{repo}:bk-3"], "digest": "sha256:3", "created": 3},
+        {"id": "mid", "names": [f"{repo}:bk-2"], "digest": "sha256:2", "created": 2},
+        {"id": "hand", "names": [f"{repo}:mine"], "digest": "sha256:h", "created": 1},
+        {"id": "other", "names": [f"{repo}-other:1"], "digest": "sha256:o", "created": 0},
+        {"id": "kept", "names": [f"{repo}:bk-0"], "digest": "sha256:k", "created": 0},
+    ]
+    labels = {"mid": {"dev.orchestrator.layer": "app"}, "hand": {"maintainer": "me"},
+              "kept": {"dev.orchestrator.layer": "app"},
+              "other": {"dev.orchestrator.layer": "app"}}
+
+    def capture(argv: list[str]) -> Captured:
+        if "images" in argv:
+            return Captured(0, json.dumps(images), "")
+        if "inspect" in argv:
+            return Captured(0, json.dumps({"OCIv1": {"config": {"Labels": labels[argv[-1]]}}}),
+                            "")
+        return Captured(0, "", "")
+
+    runner = RecordingRunner(capture=capture)
+    builder = BuildahBuilder(BuildahConfig(), runner)
+    removed = await builder.prune_local(repo, "dev.orchestrator.layer=app", 1, {"sha256:k"})
+
+    assert removed == 1
+    listing = next(c for c in runner.calls if "images" in c)
+    assert listing[-2:] == ["--filter", f"reference={repo}"]
+    assert [c[-1] for c in runner.calls if "rmi" in c] == ["mid"]
