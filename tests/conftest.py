@@ -20,6 +20,16 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTBED_ENV = ROOT / ".testbed" / "env"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest files first, longest ahead: the workers take files in this
+    order, and a seven-minute file started last would run alone at the end."""
+    def minutes(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("long")
+        return float(marker.args[0]) if marker and marker.args else 0.0
+
+    items.sort(key=minutes, reverse=True)  # stable: files stay whole, tests in order
+
+
 @dataclass(frozen=True)
 class Testbed:
     __test__ = False  # a fixture value, not a test class

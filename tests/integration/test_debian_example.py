@@ -36,7 +36,7 @@ from tests.conftest import (
 )
 from tests.integration.daemon_helpers import DaemonProcess, wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long(7)]
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "upstream-git"
 PYTHON = "3.13.5"

@@ -53,7 +53,7 @@ from orchestrator.engines.buildah import BuildahBuilder
 from orchestrator.engines.buildkit import DockerBuildKitBuilder
 from tests.conftest import Testbed
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long(2.5)]
 
 DOCKER = "/usr/bin/docker"  # Debian's 20.10 CLI: honours DOCKER_BUILDKIT without buildx
 CASES = int(os.environ.get("ORCH_DIFF_CASES", "100"))

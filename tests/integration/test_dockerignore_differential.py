@@ -32,7 +32,7 @@ import pytest
 from orchestrator.core.dockerignore import DockerIgnore, ignore_file_for
 from tests.conftest import Testbed
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long(3)]
 
 DOCKER = "/usr/bin/docker"  # Debian's 20.10 CLI: honours DOCKER_BUILDKIT without buildx
 CASES = int(os.environ.get("ORCH_DIFF_CASES", "300"))

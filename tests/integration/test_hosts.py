@@ -32,7 +32,7 @@ from tests.integration.hosts import (
     unpack,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.hosts,
+pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.long(2),
               pytest.mark.timeout(900),
               pytest.mark.skipif(nspawn_missing() is not None,
                                  reason=nspawn_missing() or "")]

@@ -33,7 +33,7 @@ from tests.integration.hierarchy import write_config
 from tests.unit.test_indexwatch import Repo
 from tests.webhook_receiver import HookReceiver
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long(2)]
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import Project, Testbed, image_config, manifest_digest, unique_namespace
 from tests.integration.daemon_helpers import DaemonProcess, api, daemon_config, wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long(1.7)]
 
 
 def _free_port() -> int:

@@ -27,7 +27,7 @@ from tests.integration.daemon_helpers import (
     wait_until,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long(2.5)]
 
 
 def buildah_containers() -> set[str]:

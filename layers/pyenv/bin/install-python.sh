@@ -42,6 +42,15 @@ if [ -n "${CCACHE_DIR:-}" ] && command -v ccache >/dev/null 2>&1; then
     ccache --zero-stats >/dev/null 2>&1 || true
 fi
 
+# No test suite in the image (as the official python images, which delete it):
+# a quarter of the standard library that nothing in production imports, and
+# the part of `make install` that byte-compiles it. configure of versions
+# before 3.10 warns about the option and goes on.
+case " ${PYTHON_CONFIGURE_OPTS:-} " in
+    *" --enable-test-modules "*|*" --disable-test-modules "*) ;;
+    *) export PYTHON_CONFIGURE_OPTS="${PYTHON_CONFIGURE_OPTS:+$PYTHON_CONFIGURE_OPTS }--disable-test-modules" ;;
+esac
+
 # Both cores (or however many the builder has) for the compile.
 export MAKE_OPTS="${MAKE_OPTS:--j$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)}"
 pyenv install --skip-existing "$version"
