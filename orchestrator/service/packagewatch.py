@@ -1,9 +1,7 @@
 """The daemon's package watch: "patched when the distribution is" (DESIGN §2b).
 
-- One poller per package index that the layers' images name and that could offer
-  a fix for a package one of those layers installed (``build.packagefixes.watched``);
-  most polls are one conditional request. Index states are kept in ``packages.db``,
-  so a restart asks with the last validators and triggers nothing new.
+- The package indexes that could offer a fix for a package one of the layers
+  installed are polled (``service.indexpollers``).
 - After each index change, and after each run (new images, new package records),
   the fix decision is made again (``core.packagefix.find_fixes``).
 - A layer with pending fixes gets a window: fixes that arrive within ``window`` of
@@ -33,11 +31,9 @@ import structlog
 from orchestrator.build.attest import Ancestor, Attestor
 from orchestrator.build.packagefixes import (
     FixView,
-    Watched,
     fix_json,
     fix_view,
     layer_packages,
-    on_loopback,
     plan_notes,
     policy_of,
     read_images,
@@ -51,15 +47,14 @@ from orchestrator.core.errors import InputError
 from orchestrator.core.imageref import parse_repository
 from orchestrator.core.packagefix import Fix, check_applied, describe, rebuild_due, retry_pin
 from orchestrator.core.packages import PackageRecord
-from orchestrator.core.pkgindex import IndexSnapshot
-from orchestrator.registry.indexwatch import IndexFailure, IndexPoller, IndexState, IndexWatch
+from orchestrator.registry.indexwatch import IndexPoller
 from orchestrator.service.events import EventBus
+from orchestrator.service.indexpollers import IndexPollers
 from orchestrator.service.metrics import Metrics
 from orchestrator.service.ports import Loaded, Refused
 
 log = structlog.get_logger("orchestrator.packages")
 UPSTREAM = "upstream:"
-REMOTE_POLL_MIN_S = 60.0  # a mirror that is not on loopback: at most once a minute
 
 
 class PackageWatch:
@@ -78,8 +73,6 @@ class PackageWatch:
         self.on_change = on_change  # what status shows changed
         self.attestor = attestor  # reads a package record an image lacks (connections')
         self.view = FixView()
-        self.watched: dict[str, Watched] = {}
-        self.pollers: dict[str, IndexPoller] = {}
         self.windows: dict[str, float] = {}  # layer -> when its first pending fix was seen
         self.triggered: dict[str, frozenset[tuple[str, str]]] = {}  # layer -> pins asked for
         self.not_applied: dict[str, list[dict[str, Any]]] = {}  # layer -> the last report
@@ -87,10 +80,9 @@ class PackageWatch:
         # (layer, pin) -> the index snapshot a build did not take it from, and whether
         # another build may (a lagging mirror; not a pin or a hold).
         self.stuck_at: dict[tuple[str, str], tuple[str, bool]] = {}
-        self.errors: dict[str, str] = {}  # source -> why its last poll failed
         self._store: PackageStore | None = None
         self._records: dict[str, PackageRecord] = {}  # by image digest: read once
-        self._watch: IndexWatch | None = None
+        self._indexes: IndexPollers | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._wakeup = asyncio.Event()  # the timer looks again
@@ -107,6 +99,10 @@ class PackageWatch:
     def enabled(self) -> bool:
         config = self.loaded.config
         return config.packages is not None and config.registry is not None
+
+    @property
+    def pollers(self) -> dict[str, IndexPoller]:
+        return self._indexes.pollers if self._indexes is not None else {}
 
     def fixes(self) -> FixView | None:
         """What the decide step keys with (None: package fixes are not watched)."""
@@ -129,13 +125,9 @@ class PackageWatch:
         store = self._open_store()
         if store is None:
             return
-        states = await asyncio.to_thread(store.index_states)
-        kept: dict[str, IndexState] = {}
-        for source, text in states.items():
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                kept[source] = IndexState.from_json(text)
-        self._watch = IndexWatch(self.loaded.config.state_dir / "tmp" / "package-indexes",
-                                 states=kept)
+        self._indexes = await IndexPollers.open(
+            self.loaded.config.state_dir / "tmp" / "package-indexes", store, self.bus,
+            on_index_change=self._refresh_wanted.set, on_change=self.on_change)
         self.windows = await asyncio.to_thread(store.windows)
         await self.refresh(read_missing=False)
         self._refresh_wanted.set()
@@ -146,28 +138,27 @@ class PackageWatch:
 
     async def configure(self) -> None:
         """A reload: new settings (or [packages] added or removed)."""
-        await self._stop_pollers()
+        if self._indexes is not None:
+            await self._indexes.stop()
         if not self.enabled:
             self.view = FixView()
             self._update_metrics()
             return
-        if self._watch is None:
+        if self._indexes is None:
             await self.start(polling=self._polling)
             return
         await self.refresh()
 
     async def close(self) -> None:
         self._stop.set()
-        await self._stop_pollers()
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
         await asyncio.gather(*self._saving, return_exceptions=True)
-        if self._watch is not None:
-            await self._save_states(list(self._watch.states))
-            await self._watch.close()
-            self._watch = None
+        if self._indexes is not None:
+            await self._indexes.close()
+            self._indexes = None
 
     def _own(self, name: str, coro: Any) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -192,7 +183,7 @@ class PackageWatch:
         """Read the layers' package records, poll what they name, decide again.
         ``read_missing``: read from the registry the records images lack (slow: not
         at start, where it would hold up READY; the refresher does it next)."""
-        if not self.enabled or self._watch is None:
+        if not self.enabled or self._indexes is None:
             return
         async with self._lock:
             store = self._open_store()
@@ -214,12 +205,10 @@ class PackageWatch:
             config = self.loaded.config.packages
             assert config is not None
             layers = layer_packages(catalog, images, texts)
-            self.watched = watched(config, images, layers)
-            self._sync_pollers()
-            snapshots = {sid: snap for sid in self.watched
-                         if (state := self._watch.states.get(sid)) is not None
-                         and (snap := state.snapshot()) is not None}
-            view = fix_view(config, catalog, records, images, snapshots, texts)
+            self._indexes.sync(watched(config, images, layers), config.poll_s,
+                               self._stop if self._polling else None)
+            view = fix_view(config, catalog, records, images, self._indexes.snapshots(),
+                            texts)
             self.view = replace(view, retries=self._retries(view))
             self._check_applied(images, texts, {lid: r.digest for lid, r in records.items()})
             self._update_windows()
@@ -426,83 +415,6 @@ class PackageWatch:
             "indexes": [{"suite": i.suite, "url": i.url, "digest": i.digest, "date": i.date}
                         for i in self.view.indexes(fixes)]}, "info")
 
-    # -- index polls ----------------------------------------------------------
-
-    def _sync_pollers(self) -> None:
-        """A poller per watched source; new sources are polled at once."""
-        config = self.loaded.config.packages
-        assert config is not None and self._watch is not None
-        for sid in list(self.pollers):
-            if sid not in self.watched:
-                self._stop_poller(sid)
-        for sid, item in self.watched.items():
-            if sid in self.pollers:
-                continue
-            poll_s = config.poll_s if on_loopback(item.source) else \
-                max(config.poll_s, REMOTE_POLL_MIN_S)
-            poller = IndexPoller(self._watch, item.source, self._wanted(sid), poll_s,
-                                 self._on_index_change, on_error=self._on_index_error)
-            self.pollers[sid] = poller
-            if self._polling:
-                self._own(f"index-{sid}", poller.run(self._stop))
-
-    def _wanted(self, sid: str) -> Callable[[], tuple[list[str], list[str]]]:
-        def wanted() -> tuple[list[str], list[str]]:
-            item = self.watched.get(sid)
-            if item is None:
-                return [], []
-            return sorted(item.names), sorted(item.arches)
-
-        return wanted
-
-    def _stop_poller(self, sid: str) -> None:
-        self.pollers.pop(sid, None)
-        task = self._tasks.pop(f"index-{sid}", None)
-        if task is not None:
-            task.cancel()
-
-    async def _stop_pollers(self) -> None:
-        tasks = [self._tasks.pop(f"index-{sid}") for sid in list(self.pollers)
-                 if f"index-{sid}" in self._tasks]
-        self.pollers.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _on_index_change(self, snapshot: IndexSnapshot) -> None:
-        self.errors.pop(snapshot.source, None)
-        await self._save_states([snapshot.source])
-        self.bus.publish("package_index_changed", {
-            "index": snapshot.source, "suite": snapshot.suite, "date": snapshot.date,
-            "digest": snapshot.digest}, "info")
-        self._refresh_wanted.set()
-
-    def _on_index_error(self, failure: IndexFailure, retry_in: float) -> None:
-        poller = self.pollers.get(failure.source)
-        first = poller is None or poller.backoff.failures <= 1
-        self.errors[failure.source] = failure.message
-        # One line when it starts failing; status shows the rest.
-        if first:
-            self.bus.publish("package_index_check_failed", {
-                "index": failure.source, "error": failure.message,
-                "retry_in_s": round(retry_in, 1)}, "warning")
-        self.on_change()
-
-    async def _save_states(self, sources: list[str]) -> None:
-        store, watch = self._store, self._watch
-        if store is None or watch is None:
-            return
-        rows = [(sid, watch.states[sid].to_json()) for sid in sources if sid in watch.states]
-
-        def save() -> None:
-            for sid, text in rows:
-                store.save_index_state(sid, text)
-
-        try:
-            await asyncio.to_thread(save)
-        except Exception as exc:  # the next change saves it again; a restart polls again
-            log.warning("package_index_state_not_kept", error=repr(exc))
-
     # -- after runs -----------------------------------------------------------
 
     def notice(self, event: str, fields: dict[str, Any], level: str = "info") -> None:
@@ -546,9 +458,7 @@ class PackageWatch:
         return {
             "enabled": True, "window_s": config.window_s, "poll_s": config.poll_s,
             "only": config.only,
-            "indexes": [{**poller.status(), "layers": sorted(self.watched[sid].layers)
-                         if sid in self.watched else []}
-                        for sid, poller in sorted(self.pollers.items())],
+            "indexes": self._indexes.status() if self._indexes is not None else [],
             "pending": rows,
             "not_applied": [{"layer": lid, "fixes": reports}
                             for lid, reports in sorted(self.not_applied.items())],
