@@ -23,7 +23,7 @@ from typing import Literal
 
 from orchestrator.core.packages import InstalledPackage
 from orchestrator.core.pkgindex import IndexEntry, IndexSnapshot
-from orchestrator.core.pkgversion import compare
+from orchestrator.core.pkgversion import comparable, compare
 
 UPSTREAM = "upstream:"
 SEVERITIES = ("unknown", "negligible", "low", "medium", "high", "critical")
@@ -205,8 +205,10 @@ def best_fix(package: InstalledPackage, snapshots: Iterable[IndexSnapshot], poli
     """The newest version the indexes offer for ``package`` that counts as a fix, or None.
     Where several indexes offer it, a security suite is named."""
     eco = package.ecosystem
-    applying = [a for a in advisories
-                if compare(eco, a.fixed, package.version) > 0]  # the installed one is affected
+    if not comparable(eco, package.version):
+        return None  # a hand-written package database: nothing to order it against
+    applying = [a for a in advisories if comparable(eco, a.fixed)
+                and compare(eco, a.fixed, package.version) > 0]  # the installed one is affected
     best: tuple[IndexEntry, IndexSnapshot] | None = None
     for snapshot in snapshots:
         if snapshot.ecosystem != eco:
@@ -214,7 +216,10 @@ def best_fix(package: InstalledPackage, snapshots: Iterable[IndexSnapshot], poli
         for entry in snapshot.entries.get(package.name, ()):
             if not _same_arch(entry.arch, package.arch):
                 continue
-            if compare(eco, entry.version, package.version) <= 0:
+            # What the index says is not trusted to be a version: one it garbles is
+            # no fix, and must not stop the decision for every other package.
+            if not comparable(eco, entry.version) or \
+                    compare(eco, entry.version, package.version) <= 0:
                 continue
             advised = any(compare(eco, entry.version, a.fixed) >= 0 for a in applying)
             if policy.only == "security" and not snapshot.security and not advised:

@@ -34,6 +34,12 @@ def newer(ecosystem: str, candidate: str, installed: str) -> bool:
     return compare(ecosystem, candidate, installed) > 0
 
 
+def comparable(ecosystem: str, text: str) -> bool:
+    """Whether ``text`` can be ordered in ``ecosystem`` (``compare`` raises otherwise):
+    an index may offer anything. apk orders any text, as far as it parses."""
+    return ecosystem != "deb" or deb_valid(text)
+
+
 # --- Debian ------------------------------------------------------------------------------
 
 

@@ -264,3 +264,15 @@ def test_origins_name_the_suite_offering_the_installed_version() -> None:
         "file", (Package("deb", "curl", "7.88.1-10+deb12u12", "amd64", (STATUS,)),))})
     [curl] = record.sbom_packages(found)
     assert (ORIGIN, "bookworm-security") in curl.properties
+
+
+def test_a_version_an_index_garbles_is_no_fix_and_breaks_no_other() -> None:
+    # A broken or hostile mirror answering "Version: 7.88.1-10+deb12u12 evil" must not
+    # take the whole decision down (python-debian raises on it): every layer's fixes
+    # (and a one-shot plan) went with it. The entry is skipped; the others stand.
+    garbled = index(MAIN, "bookworm", False, curl="7.88.1-10+deb12u12 evil",
+                    libexpat1="2.5.0-1+deb12u1")
+    report = find_fixes(chain(), {**SNAPSHOTS, MAIN: garbled}, FixPolicy(only="all"))
+    assert [f.version for f in report.fixes["os"]] == ["7.88.1-10+deb12u12"]
+    assert report.fixes["os"][0].suite == "bookworm-security"
+    assert [f.version for f in report.fixes["python"]] == ["2.5.0-1+deb12u1"]
