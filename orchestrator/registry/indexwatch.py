@@ -54,6 +54,7 @@ from orchestrator.core.pkgindex import (
     parse_release,
 )
 from orchestrator.core.pkgsources import ApkRepository, AptSuite, IndexSource
+from orchestrator.core.redact import redact_text
 from orchestrator.registry.upstream import Backoff, jittered
 
 MAX_RELEASE_BYTES = 16 << 20
@@ -313,7 +314,10 @@ class IndexWatch:
         state.url = f"{source.url}/{arches[0]}/APKINDEX.tar.gz"
         state.digest = "sha256:" + (digests[0] if len(digests) == 1 else hashlib.sha256(
             "".join(digests).encode()).hexdigest())
-        state.suite = "/".join(source.url.rstrip("/").split("/")[-2:])
+        # The path's last two segments ("v3.20/main"), never the host: a mirror's URL
+        # may carry user:token@, and the suite travels in causes and provenance.
+        state.suite = "/".join(urllib.parse.urlsplit(source.url).path.strip("/")
+                               .split("/")[-2:]) or redact_text(source.url)
         state.security = False
         state.wanted = sorted(keep)
         return changed
@@ -550,8 +554,10 @@ class IndexPoller:
 
     def status(self) -> dict[str, Any]:
         state = self.watch.states.get(self.source.id)
-        return {"source": self.source.id, "suite": state.suite if state else None,
-                "date": state.date if state else None,
-                "checked_at": self.last_check, "error": self.last_error,
+        # The source as the image names it may hold a mirror's user:password@.
+        return {"source": redact_text(self.source.id),
+                "suite": state.suite if state else None,
+                "date": state.date if state else None, "checked_at": self.last_check,
+                "error": redact_text(self.last_error) if self.last_error else None,
                 "failures": self.backoff.failures,
                 "next_in_s": round(self.next_delay_s, 1)}

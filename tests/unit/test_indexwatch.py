@@ -378,3 +378,28 @@ async def test_an_apkindex_that_is_not_one(served: tuple[Repo, Server],
     assert isinstance(result, IndexFailure) and "garbage" in result.message
 
 
+
+
+async def test_a_mirrors_credentials_never_reach_the_suite_or_status(
+        served: tuple[Repo, Server], watch: IndexWatch) -> None:
+    # A private mirror at the root of its host: https://user:token@apk.corp/main. The
+    # suite ("v3.20/main" on Alpine's CDN: the URL's last two segments) goes into the
+    # cause line, events and the provenance's resolvedDependencies, where a
+    # "user:token@host" without a scheme is not recognised as a credential.
+    repo, server = served
+    folder = repo.root / "main" / "x86_64"
+    folder.mkdir(parents=True)
+    (folder / "APKINDEX.tar.gz").write_bytes(apkindex({"openssl": "3.3.1-r0"}))
+    host = server.url.removeprefix("http://")
+    source = ApkRepository(f"http://ci:s3cret@{host}/main", architectures=("x86_64",))
+    found = await watch.poll(source, WANTED, [])
+    assert isinstance(found, IndexSnapshot) and "s3cret" not in found.suite
+    assert found.suite == "main"
+    # GET /v1/status shows each index's poller: its source and its last error.
+    failing = AptSuite(f"http://ci:s3cret@{host}", "nosuch", ("main",))
+    poller = IndexPoller(watch, failing, lambda: (WANTED, ["amd64"]), 3600.0,
+                         lambda _: asyncio.sleep(0))
+    await poller.check()
+    status = poller.status()
+    assert status["error"] and "HTTP 404" in status["error"]
+    assert "s3cret" not in repr(status)
