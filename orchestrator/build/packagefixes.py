@@ -45,6 +45,7 @@ from orchestrator.core.packages import PackageRecord
 from orchestrator.core.pkgindex import IndexSnapshot
 from orchestrator.core.pkgsources import ApkRepository, IndexSource, image_sources
 from orchestrator.core.provenance import PackageIndex
+from orchestrator.core.redact import public_url
 
 UPSTREAM = "upstream:"
 
@@ -239,8 +240,9 @@ def render_notes(notes: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def fix_json(fix: Fix) -> dict[str, Any]:
+    # The index id is the URL the image's sources wrote: a mirror's user:password@ too.
     return {"package": fix.package.name, "installed": fix.package.version,
-            "version": fix.version, "suite": fix.suite, "index": fix.index,
+            "version": fix.version, "suite": fix.suite, "index": public_url(fix.index),
             "snapshot": fix.snapshot, "advisories": list(fix.advisories),
             "severity": fix.severity, "installed_by": fix.package.installed_by}
 

@@ -220,6 +220,24 @@ def test_plan_lists_pending_fixes_with_what_they_rebuild_and_waiting_ones(
         "curl 7.88.1-10 -> 7.88.1-10+deb12u12",)
 
 
+def test_plan_json_names_a_private_mirror_without_its_credentials(tmp_path: Path) -> None:
+    # `plan --json` and GET /v1/status print fix_json; the index id is the URL the
+    # image's sources.list wrote, user:password@ included.
+    loaded = write_catalog(tmp_path)
+    config = loaded.config.packages
+    assert config is not None
+    private = "apt http://ci:s3cret@mirror.corp/debian-security bookworm-security"
+    images = {"os": [image("os", [("curl", "7.88.1-10", "os")],
+                           "deb http://ci:s3cret@mirror.corp/debian-security "
+                           "bookworm-security main\n")]}
+    snapshots = {private: replace(SNAPSHOTS[SECURITY], source=private)}
+    view = fix_view(config, loaded.catalog, {"os": record(INPUTS)}, images, snapshots, {})
+    notes = plan_notes(view, loaded.catalog)
+    assert notes and notes[0]["fixes"][0]["index"] == \
+        "apt http://mirror.corp/debian-security bookworm-security"
+    assert "s3cret" not in repr(notes)
+
+
 def test_package_events_become_webhooks() -> None:
     kind, body = payload_for("package_fix", {"layer": "os", "reason": "package fix: x",
                                              "fixes": [], "rebuilds": ["os"]}) or ("", {})
