@@ -205,6 +205,7 @@ class IndexWatch:
             validators = state.validators.get(url) if conditional else None
             status, headers, body = await self._get_small(url, validators)
             if status == 304:
+                _check_not_modified(url, validators)
                 return False
             if status == 404 and url.endswith("/InRelease") and url != candidates[-1]:
                 continue
@@ -365,6 +366,7 @@ class IndexWatch:
                                  ) -> tuple[Path | None, Mapping[str, str]]:
         async with self._client().get(url, headers=_conditional(validators)) as resp:
             if resp.status == 304:
+                _check_not_modified(url, validators)
                 return None, resp.headers
             _check_status(url, resp.status, resp.headers)
             path, _, _ = await self._stream(resp, self.max_index_bytes)
@@ -409,6 +411,15 @@ def _conditional(validators: list[str | None] | None) -> dict[str, str]:
         if modified:
             headers["If-Modified-Since"] = modified
     return headers
+
+
+def _check_not_modified(url: str, validators: list[str | None] | None) -> None:
+    """A 304 says "what you have is current": to a question without validators (a
+    first poll, or one that must read more package names) it says nothing, and taking
+    it as "unchanged" would record names as read that never were."""
+    if not _conditional(validators):
+        raise IndexFetchError(f"{url}: HTTP 304 to a request that was not conditional "
+                              "(a broken cache in between?)")
 
 
 def _check_status(url: str, status: int, headers: Mapping[str, str]) -> None:

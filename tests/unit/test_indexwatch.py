@@ -101,6 +101,7 @@ class Server:
         self.garbage: set[str] = set()
         self.missing: set[str] = set()
         self.corrupt: set[str] = set()  # a file changed under the Release (mirror mid-update)
+        self.not_modified: set[str] = set()  # 304 whatever was asked (a broken cache)
         self.url = ""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -109,6 +110,8 @@ class Server:
         if any(path.endswith(g) for g in self.garbage):
             return web.Response(text="<html><body>Proxy error</body></html>",
                                 content_type="text/html")
+        if any(path.endswith(n) for n in self.not_modified):
+            return web.Response(status=304)
         if any(m in path for m in self.missing):
             raise web.HTTPNotFound()
         target = (self.root / path.lstrip("/")).resolve()
@@ -403,3 +406,28 @@ async def test_a_mirrors_credentials_never_reach_the_suite_or_status(
     status = poller.status()
     assert status["error"] and "HTTP 404" in status["error"]
     assert "s3cret" not in repr(status)
+
+
+async def test_a_304_to_a_question_that_was_not_conditional_is_a_failure(
+        served: tuple[Repo, Server], watch: IndexWatch) -> None:
+    # A broken cache in front of the mirror answers 304 to anything. When a layer
+    # starts installing another package, the index is asked again without validators
+    # to read it; taking that 304 as "unchanged" recorded the new name as read, and
+    # every later (conditional, rightly 304) poll kept it unwatched for good.
+    repo, server = served
+    folder = repo.root / "v3.20" / "main" / "x86_64"
+    folder.mkdir(parents=True)
+    (folder / "APKINDEX.tar.gz").write_bytes(apkindex({"openssl": "3.3.1-r0",
+                                                       "libssl3": "3.3.1-r0"}))
+    source = ApkRepository(f"{server.url}/v3.20/main", architectures=("x86_64",))
+    assert isinstance(await watch.poll(source, {"openssl"}, []), IndexSnapshot)
+    server.not_modified.add("APKINDEX.tar.gz")
+    bogus = await watch.poll(source, WANTED, [])
+    assert isinstance(bogus, IndexFailure) and "304" in bogus.message
+    server.not_modified.clear()
+    again = await watch.poll(source, WANTED, [])
+    assert isinstance(again, IndexSnapshot) and set(again.entries) == WANTED
+    # The same for a Debian suite never read: nothing was learnt, so it is no success.
+    server.not_modified.add("InRelease")
+    first = await watch.poll(suite(server), WANTED, ["amd64"])
+    assert isinstance(first, IndexFailure) and "304" in first.message
