@@ -175,7 +175,7 @@ def parse_one_line(text: str, path: str, problems: list[SourceProblem]) -> list[
         if not line:
             continue
         where = f"{path}:{number}"
-        kind, _, rest = line.partition(" ")
+        kind, _, rest = line.replace("\t", " ").partition(" ")  # apt: any whitespace
         if kind == "deb-src":
             continue
         if kind != "deb":
@@ -189,7 +189,9 @@ def parse_one_line(text: str, path: str, problems: list[SourceProblem]) -> list[
                 if not sep:
                     problems.append(SourceProblem(where, f"option {option!r} has no value"))
                     continue
-                options[key.rstrip("+-").lower()] = value
+                # "arch+=i386"/"arch-=i386" change the default set (the image's own
+                # architectures), which is what is polled: only "arch=" replaces it.
+                options[key.lower()] = value
             rest = rest[match.end():]
         try:
             words = shlex.split(rest)

@@ -121,3 +121,27 @@ def test_lines_that_are_not_sources_are_reported_with_their_place() -> None:
         "etc/apt/sources.list.d/x.sources#1: no Types field",
     ]
     assert len(sources) == 1  # the line with the bad option is still read
+
+
+def test_arch_additions_and_removals_do_not_replace_the_images_architectures() -> None:
+    # apt: "arch+=i386" adds to, "arch-=i386" removes from the default set (the
+    # image's own). Read as "arch=i386", the suite was polled for i386 alone and no
+    # entry ever matched the amd64 packages: its fixes were silently never seen.
+    files: dict[str, str | None] = {"etc/apt/sources.list": (
+        "deb [arch-=i386] http://x.example/debian bookworm-security main\n"
+        "deb [arch+=i386 signed-by=/k.gpg] http://y.example/debian bookworm-security main\n"
+        "deb [arch=arm64] http://z.example/debian bookworm-security main\n")}
+    sources, problems = image_sources(files)
+    assert problems == []
+    assert [s.architectures for s in sources] == [(), (), ("arm64",)]
+    assert sources[1].signed_by == "/k.gpg"  # type: ignore[union-attr]
+
+
+def test_a_one_line_source_may_be_separated_by_tabs() -> None:
+    # apt splits a sources.list line on any whitespace.
+    files: dict[str, str | None] = {"etc/apt/sources.list":
+                                    "deb\thttp://x.example/debian\tbookworm-security\tmain\n"}
+    sources, problems = image_sources(files)
+    assert problems == []
+    assert sources == [AptSuite("http://x.example/debian", "bookworm-security", ("main",),
+                                origins=("etc/apt/sources.list:1",))]
