@@ -19,6 +19,8 @@ from orchestrator.core.pkgsources import is_security_suite
 # Preferred first: the smallest download.
 PACKAGES_NAMES = ("Packages.xz", "Packages.gz", "Packages")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_SUITE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~/-]{0,99}$")  # "bookworm-security"
+_ONE_LINE = re.compile(r"^[^\x00-\x1f\x7f-\x9f]{1,200}$")
 
 
 class IndexFormatError(OrchestratorError):
@@ -108,14 +110,17 @@ def parse_release(text: str) -> ReleaseInfo:
             raise IndexFormatError(f"not a Release file: bad SHA256 line for {name!r}")
         files[name] = IndexFile(name, digest, int(size))
 
-    def field_of(key: str) -> str | None:
+    def field_of(key: str, form: re.Pattern[str] = _ONE_LINE) -> str | None:
+        # What the mirror says goes into cause lines, terminals and the provenance: a
+        # value with a line break or a control character is not taken as said.
         value = release.get(key)
         if value is None:
             return None
-        return str(value).strip() or None
+        text = str(value).strip()
+        return text if form.match(text) else None
 
-    return ReleaseInfo(field_of("Suite"), field_of("Codename"), field_of("Date"),
-                       field_of("Label"), field_of("Origin"),
+    return ReleaseInfo(field_of("Suite", _SUITE), field_of("Codename", _SUITE),
+                       field_of("Date"), field_of("Label"), field_of("Origin"),
                        (field_of("Acquire-By-Hash") or "").lower() == "yes", files)
 
 

@@ -82,3 +82,19 @@ def test_apkindex_blocks() -> None:
     assert parse_apkindex(text, {"musl"}) == [IndexEntry("musl", "1.2.5-r0", None)]
     with pytest.raises(IndexFormatError):
         parse_apkindex("<html>\nnot: an index\n")
+
+
+def test_a_release_cannot_smuggle_lines_or_escapes_into_the_suite() -> None:
+    # The suite a Release names goes into the cause line ("package fix: … (SUITE)"),
+    # plan/status/explain output, history and the provenance. A mirror's continuation
+    # line or terminal escape must not forge lines there: such a name is not a suite.
+    release = parse_release(
+        "Codename: trixie\n injected: line\n"
+        "Suite: stable\x1b[2J\n"
+        "Date: Sat, 29 Nov 2026 10:00:00 UTC\n forged\n"
+        f"SHA256:\n {HEX} 10 main/binary-amd64/Packages\n")
+    assert (release.codename, release.suite, release.date) == (None, None, None)
+    fine = parse_release("Codename: bookworm-security\nSuite: stable-security\n"
+                         f"SHA256:\n {HEX} 10 main/binary-amd64/Packages\n")
+    assert (fine.codename, fine.suite, fine.security) == \
+        ("bookworm-security", "stable-security", True)
