@@ -35,9 +35,12 @@ def newer(ecosystem: str, candidate: str, installed: str) -> bool:
 
 
 def comparable(ecosystem: str, text: str) -> bool:
-    """Whether ``text`` can be ordered in ``ecosystem`` (``compare`` raises otherwise):
-    an index may offer anything. apk orders any text, as far as it parses."""
-    return ecosystem != "deb" or deb_valid(text)
+    """Whether ``text`` is a version of ``ecosystem``: an index may offer anything.
+    dpkg's ordering raises on the others; apk's orders any text as far as it parses
+    ("3.3.2-r0" followed by a terminal escape sorts as 3.3.2-r0), so it is asked too."""
+    if ecosystem == "deb":
+        return deb_valid(text)
+    return apk_valid(text) if ecosystem == "apk" else False
 
 
 # --- Debian ------------------------------------------------------------------------------

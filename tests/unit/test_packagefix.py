@@ -276,3 +276,22 @@ def test_a_version_an_index_garbles_is_no_fix_and_breaks_no_other() -> None:
     assert [f.version for f in report.fixes["os"]] == ["7.88.1-10+deb12u12"]
     assert report.fixes["os"][0].suite == "bookworm-security"
     assert [f.version for f in report.fixes["python"]] == ["2.5.0-1+deb12u1"]
+
+
+def test_an_apk_version_with_anything_after_it_is_no_fix() -> None:
+    # apk compares "3.3.2-r0<ESC>[2J" as 3.3.2-r0 (as far as it parses): it was a fix,
+    # its text went into cause lines and the key. apk itself calls it invalid.
+    apk = "apk http://dl-cdn.alpinelinux.org/alpine/v3.20/main"
+    installed = InstalledPackage("apk", "openssl", "3.3.1-r0", "x86_64", None,
+                                 "/lib/apk/db/installed", "os", "")
+    layer = LayerPackages("os", "upstream:alpine", [installed], (apk,))
+
+    def offered(version: str) -> IndexSnapshot:
+        return IndexSnapshot(apk, "v3.20/main", False, None, "sha256:" + "c" * 64,
+                             "http://x", {"openssl": (IndexEntry("openssl", version,
+                                                                 "x86_64"),)})
+
+    assert find_fixes([layer], {apk: offered("3.3.2-r0\x1b[2J")},
+                      FixPolicy(only="all")).fixes == {}
+    [fix] = find_fixes([layer], {apk: offered("3.3.2-r0")}, FixPolicy(only="all")).fixes["os"]
+    assert fix.version == "3.3.2-r0"
