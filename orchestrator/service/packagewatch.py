@@ -75,6 +75,9 @@ class PackageWatch:
         self.view = FixView()
         self.windows: dict[str, float] = {}  # layer -> when its first pending fix was seen
         self.triggered: dict[str, frozenset[tuple[str, str]]] = {}  # layer -> pins asked for
+        # layer -> when the window it was triggered for opened: kept with the open
+        # windows, so a restart before that build ran triggers it again at once.
+        self.triggered_at: dict[str, float] = {}
         self.not_applied: dict[str, list[dict[str, Any]]] = {}  # layer -> the last report
         self.stuck_since: dict[str, float] = {}  # layer -> when a fix was first not applied
         # (layer, pin) -> the index snapshot a build did not take it from, and whether
@@ -311,7 +314,7 @@ class PackageWatch:
     def _update_windows(self) -> None:
         now = time.time()
         pending = self.view.pending_layers()
-        before = dict(self.windows)
+        before = (dict(self.windows), dict(self.triggered_at))
         for lid, fixes in pending.items():
             pins = frozenset(f.pin for f in fixes)
             if lid in self.triggered and pins <= self.triggered[lid]:
@@ -323,7 +326,8 @@ class PackageWatch:
         for lid in list(self.triggered):
             if lid not in pending:
                 del self.triggered[lid]
-        if self.windows != before:
+                self.triggered_at.pop(lid, None)
+        if (self.windows, self.triggered_at) != before:
             self._keep_windows()
 
     def _release(self) -> None:
@@ -333,7 +337,7 @@ class PackageWatch:
                             if self._polling else None)
 
     def _keep_windows(self) -> None:
-        store, windows = self._store, dict(self.windows)
+        store, windows = self._store, {**self.triggered_at, **self.windows}
         if store is None:
             return
 
@@ -407,7 +411,7 @@ class PackageWatch:
             self.bus.publish("package_fix_deferred", {"layer": lid, "error": str(exc)},
                              "warning")
             return
-        self.windows.pop(lid, None)
+        self.triggered_at[lid] = self.windows.pop(lid, time.time())
         self._keep_windows()
         self.bus.publish("package_fix", {
             "layer": lid, "reason": cause, "fixes": [fix_json(f) for f in fixes],

@@ -385,6 +385,38 @@ async def test_the_window_and_the_index_states_survive_a_restart(
         await again.close()
 
 
+async def test_a_restart_between_the_trigger_and_the_build_does_not_reopen_the_window(
+        harness: tuple[Harness, Repo]) -> None:
+    # The window closed and the rebuild was queued, then the daemon restarted before
+    # it ran (a deploy, a crash). The restarted watch did not know it had triggered:
+    # the queued build kept the old key (its fixes were not released) and a fresh
+    # window opened, so every restart within a window put the fix off by another.
+    it, repo = harness
+    await it.poll()
+    repo.publish({"curl": "1.1-1"})
+    await it.poll()
+    opened = it.watch.windows["os"]
+    await asyncio.sleep(0.35)
+    await it.watch._fire_due()
+    assert len(it.triggered) == 1
+    await it.watch.close()
+    triggered: list[tuple[list[str], str]] = []
+
+    async def trigger(layers: list[str], cause: str) -> dict[str, Any]:
+        triggered.append((layers, cause))
+        return {}
+
+    again = PackageWatch(it.loaded, it.state, EventBus(), Metrics(), trigger=trigger,
+                         busy=it.watch.busy, phase=lambda: "ready", on_change=lambda: None)
+    await again.start(polling=False)
+    try:
+        assert again.windows == {"os": opened}
+        await again._fire_due()
+        assert [layers for layers, _ in triggered] == [["os"]]
+    finally:
+        await again.close()
+
+
 async def test_lint_suggests_the_upgrade_step_for_a_fix_waiting_on_the_upstream(
         tmp_path: Path, served: tuple[Repo, Server]) -> None:  # noqa: F811
     repo, server = served
