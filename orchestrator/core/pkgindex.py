@@ -170,26 +170,38 @@ def _entry(fields: Mapping[str, str]) -> IndexEntry | None:
                       source if source != name else None, fields.get("sha256") or None)
 
 
-def parse_apkindex(text: str, wanted: Collection[str] | None = None) -> list[IndexEntry]:
+def parse_apkindex(text: str | Iterable[str], wanted: Collection[str] | None = None
+                   ) -> list[IndexEntry]:
     """Alpine's APKINDEX (the text inside APKINDEX.tar.gz): ``P:`` name, ``V:``
     version, ``A:`` arch, ``o:`` origin. ``C:`` is a checksum of the package's
-    control data, not of its file, so no sha256 is given."""
-    out = []
-    for block in re.split(r"\n\s*\n", text):
-        fields: dict[str, str] = {}
-        for line in block.splitlines():
-            key, sep, value = line.partition(":")
-            if sep and len(key) == 1 and key not in fields:
-                fields[key] = value.strip()
-        if not fields and not block.strip():
-            continue
+    control data, not of its file, so no sha256 is given. ``text``: the whole text,
+    or its lines streamed (only the entries wanted are kept)."""
+    out: list[IndexEntry] = []
+    fields: dict[str, str] = {}
+    head = ""  # the block's start, for the error
+
+    def flush() -> None:
         name, version = fields.get("P"), fields.get("V")
         if not name or not version:
-            raise IndexFormatError(f"not an APKINDEX: a block without P: or V: "
-                                   f"({block[:60]!r})")
+            raise IndexFormatError(f"not an APKINDEX: a block without P: or V: ({head!r})")
         if wanted is not None and name not in wanted:
-            continue
+            return
         origin = fields.get("o") or None
         out.append(IndexEntry(name, version, fields.get("A") or None,
                               origin if origin != name else None))
+
+    for line in text.splitlines() if isinstance(text, str) else text:
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            if head:
+                flush()
+            fields, head = {}, ""
+            continue
+        if len(head) < 60:
+            head = (head + "\n" + line if head else line)[:60]
+        key, sep, value = line.partition(":")
+        if sep and len(key) == 1 and key not in fields:
+            fields[key] = value.strip()
+    if head:
+        flush()
     return out

@@ -60,6 +60,7 @@ from orchestrator.registry.upstream import Backoff, jittered
 MAX_RELEASE_BYTES = 16 << 20
 MAX_INDEX_BYTES = 256 << 20  # one compressed Packages file or APKINDEX.tar.gz
 MAX_UNPACKED_BYTES = 2 << 30  # what one may decompress to
+MAX_LINE_BYTES = 1 << 20
 POLL_TIMEOUT_S = 600.0  # a whole poll, downloads included
 
 
@@ -461,8 +462,17 @@ class _Capped(io.RawIOBase):
         return len(chunk)
 
 
+def _lines(stream: IO[bytes]) -> Iterator[str]:
+    """The stream's lines, decoded; a line longer than ``MAX_LINE_BYTES`` is garbage
+    (a file of one 2 GiB line would otherwise be one 2 GiB string)."""
+    while line := stream.readline(MAX_LINE_BYTES + 1):
+        if len(line) > MAX_LINE_BYTES:
+            raise IndexFormatError(f"a line longer than {MAX_LINE_BYTES} bytes")
+        yield line.decode("utf-8", errors="replace")
+
+
 @contextlib.contextmanager
-def _text_lines(path: Path) -> Iterator[io.TextIOWrapper]:
+def _text_lines(path: Path) -> Iterator[Iterator[str]]:
     with contextlib.ExitStack() as stack:
         raw = stack.enter_context(path.open("rb"))
         head = raw.read(6)
@@ -472,9 +482,7 @@ def _text_lines(path: Path) -> Iterator[io.TextIOWrapper]:
             inner = stack.enter_context(lzma.open(raw))
         elif head.startswith(b"\x1f\x8b"):
             inner = stack.enter_context(gzip.GzipFile(fileobj=raw))  # type: ignore[arg-type]
-        capped = io.BufferedReader(_Capped(inner, MAX_UNPACKED_BYTES), 1 << 16)
-        yield stack.enter_context(io.TextIOWrapper(capped, encoding="utf-8",
-                                                   errors="replace"))
+        yield _lines(io.BufferedReader(_Capped(inner, MAX_UNPACKED_BYTES), 1 << 16))
 
 
 def _read_packages(path: Path, wanted: Collection[str]) -> list[list[str | None]]:
@@ -495,9 +503,9 @@ def _read_apkindex(path: Path, wanted: Collection[str]) -> list[list[str | None]
                         raise IndexFormatError("APKINDEX too large")
                     handle = tar.extractfile(member)
                     assert handle is not None
-                    text = handle.read().decode("utf-8", errors="replace")
+                    # Streamed, as a Packages file is: only the names asked about stay.
                     return [[e.name, e.version, e.arch, e.source, e.sha256]
-                            for e in parse_apkindex(text, wanted)]
+                            for e in parse_apkindex(_lines(handle), wanted)]
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise IndexFormatError(f"not an APKINDEX.tar.gz: {exc}") from exc
     raise IndexFormatError("not an APKINDEX.tar.gz: no APKINDEX inside")

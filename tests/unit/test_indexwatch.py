@@ -431,3 +431,44 @@ async def test_a_304_to_a_question_that_was_not_conditional_is_a_failure(
     server.not_modified.add("InRelease")
     first = await watch.poll(suite(server), WANTED, ["amd64"])
     assert isinstance(first, IndexFailure) and "304" in first.message
+
+
+def test_a_huge_apkindex_is_read_as_a_stream(tmp_path: Path) -> None:
+    # An APKINDEX.tar.gz may be 256 MiB and unpack to 2 GiB: it was read whole into
+    # memory, then decoded and split (several times that): a mirror could take the
+    # daemon down. Only the packages asked about are kept, as for Packages files.
+    from orchestrator.registry.indexwatch import _read_apkindex
+
+    stanza = "C:Q1abc=\nP:filler{}\nV:1.0-r0\nA:x86_64\nS:100\nI:200\nT:{}\n\n"
+    body = "".join(stanza.format(n, "x" * 600) for n in range(20_000))
+    body += "P:openssl\nV:3.3.2-r0\nA:x86_64\n\n"
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=1) as tar:
+        data = body.encode()
+        info = tarfile.TarInfo("APKINDEX")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    path = tmp_path / "APKINDEX.tar.gz"
+    path.write_bytes(raw.getvalue())
+    assert len(data) > 12_000_000
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        rows = _read_apkindex(path, {"openssl"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rows == [["openssl", "3.3.2-r0", "x86_64", None, None]]
+    assert peak < 2_000_000, peak
+
+
+def test_an_index_of_one_endless_line_is_garbage(tmp_path: Path) -> None:
+    # Read line by line, a file without line breaks was one string as big as the file.
+    from orchestrator.core.pkgindex import IndexFormatError
+    from orchestrator.registry.indexwatch import MAX_LINE_BYTES, _read_packages
+
+    path = tmp_path / "Packages.gz"
+    path.write_bytes(gzip.compress(b"Package: x" + b"y" * (MAX_LINE_BYTES + 10), 1))
+    with pytest.raises(IndexFormatError, match="longer than"):
+        _read_packages(path, {"openssl"})
