@@ -122,10 +122,10 @@ class Decider:
         bases, pins = await self._bases(layer, base.ref, context, args)
         inputs = Inputs(context.dockerfile, context.files, args, base.digest, bases=bases,
                         platforms=layer.platforms, secrets=layer.secrets)
-        inputs, fixes = self._with_packages(layer_id, inputs, previous)
+        due = is_due(previous.built_at if previous else None, layer.rebuild_every_s, time.time())
+        inputs, fixes = self._with_packages(layer_id, inputs, previous, anyway=forced or due)
         key = build_key(inputs)
         found = None if forced else await self.lookup(names.repo, key)
-        due = is_due(previous.built_at if previous else None, layer.rebuild_every_s, time.time())
         decision = decide(layer_id, inputs, previous.inputs if previous else None,
                           image_found=found is not None, forced=forced, due=due,
                           parent_is_upstream=layer.upstream is not None)
@@ -137,11 +137,14 @@ class Decider:
             job.fixes, job.fix_indexes = fixes, tuple(self.packages.indexes(fixes))
         return job
 
-    def _with_packages(self, layer_id: str, inputs: Inputs, previous: LayerRecord | None
-                       ) -> tuple[Inputs, tuple[Fix, ...]]:
+    def _with_packages(self, layer_id: str, inputs: Inputs, previous: LayerRecord | None,
+                       *, anyway: bool = False) -> tuple[Inputs, tuple[Fix, ...]]:
         """The key's package pins (``core.packagefix.key_pins``), and the fixes a build
         under them takes in. Pins stay while the other inputs do, so a fix that was
-        built against keeps its key whether or not the image got it."""
+        built against keeps its key whether or not the image got it. ``anyway``: the
+        layer rebuilds whatever its key (forced, scheduled); its apt-get runs again,
+        so it takes its pending fixes along even in their window, and the new content
+        gets a new key."""
         before = previous.inputs.packages if previous is not None else ()
         # By key, not by value: what the key does not tell apart is the same input.
         changed = previous is None or \
@@ -151,7 +154,7 @@ class Decider:
         pins = key_pins(before, found, other_inputs_changed=changed)
         if changed or view is None:
             return replace(inputs, packages=pins), found
-        if not view.takes(layer_id):  # its window is open: the fixes wait for it
+        if not view.takes(layer_id) and not anyway:  # its window is open: the fixes wait
             return replace(inputs, packages=before), ()
         # A fix a build did not take, tried again against a changed index (retry_pin).
         pins = tuple(sorted({**dict(pins), **dict(view.retries.get(layer_id, ()))}.items()))

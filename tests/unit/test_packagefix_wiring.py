@@ -75,10 +75,11 @@ def view_for(installed_version: str, pins: tuple[tuple[str, str], ...] = ()) -> 
 
 
 def with_packages(view: FixView | None, previous: LayerRecord | None,
-                  inputs: Inputs = INPUTS) -> tuple[Inputs, tuple[Any, ...]]:
+                  inputs: Inputs = INPUTS, *, anyway: bool = False
+                  ) -> tuple[Inputs, tuple[Any, ...]]:
     it = Decider.__new__(Decider)
     it.packages = view
-    return it._with_packages("os", inputs, previous)
+    return it._with_packages("os", inputs, previous, anyway=anyway)
 
 
 def record(inputs: Inputs) -> LayerRecord:
@@ -532,6 +533,18 @@ def test_a_fix_in_its_window_waits_unless_the_layer_builds_anyway() -> None:
     # The window closed (released): the fix is pinned, so os is stale.
     released = replace(waiting, released=frozenset({"os"}))
     assert with_packages(released, record(INPUTS))[0].packages == inputs.packages
+
+
+def test_a_forced_or_scheduled_rebuild_in_the_window_takes_the_fix_into_its_key() -> None:
+    # `build --force os` (or its rebuild_every coming due) while a fix waits in its
+    # window: the build runs apt-get without the step cache, so the new image gets
+    # the fixed version, but it was keyed with the old pins: the new content went
+    # under the old key, which README says it never does ("a layer rebuilt meanwhile
+    # for any other reason takes its pending fixes along (they are in its key)").
+    waiting = replace(view_for("7.88.1-10"), released=frozenset())
+    inputs, taken = with_packages(waiting, record(INPUTS), anyway=True)
+    assert inputs.packages == (("deb:curl:amd64", "7.88.1-10+deb12u12"),) and len(taken) == 1
+    assert build_key(inputs) != build_key(INPUTS)
 
 
 def test_status_shows_indexes_windows_and_what_was_not_applied() -> None:
