@@ -295,3 +295,19 @@ def test_an_apk_version_with_anything_after_it_is_no_fix() -> None:
                       FixPolicy(only="all")).fixes == {}
     [fix] = find_fixes([layer], {apk: offered("3.3.2-r0")}, FixPolicy(only="all")).fixes["os"]
     assert fix.version == "3.3.2-r0"
+
+
+@pytest.mark.xfail(strict=True, reason="open: Release NotAutomatic/ButAutomaticUpgrades "
+                   "(backports) is not read; apt never upgrades to such a suite by default")
+def test_a_backports_version_apt_would_not_install_is_not_the_fix() -> None:
+    # only = "all" with bookworm-backports in the sources (common): the backports
+    # version is the newest, so it is "the fix"; apt installs the security one, the
+    # key pins the backports one, every backports change retries it ("the mirror may
+    # lag"), and a later security fix stays covered by that pin.
+    backports = "apt http://deb.debian.org/debian bookworm-backports"
+    offered = {**SNAPSHOTS, backports: index(backports, "bookworm-backports", False,
+                                             curl="8.11.1-1~bpo12+1")}
+    layer = LayerPackages("os", "upstream:debian", [deb("curl", "7.88.1-10", "os")],
+                          (MAIN, SECURITY, backports))
+    [fix] = find_fixes([layer], offered, FixPolicy(only="all")).fixes["os"]
+    assert fix.version == "7.88.1-10+deb12u12"
