@@ -196,7 +196,10 @@ class IndexWatch:
         if not arches:
             raise IndexFetchError("no architecture to read the index for")
         base = _suite_url(source)
-        candidates = [state.url] if state.url else [base + "InRelease", base + "Release"]
+        # The one that answered last first; the other when it is gone (a repository
+        # republished without InRelease, or newly signed inline).
+        candidates = list(dict.fromkeys([*filter(None, [state.url]), base + "InRelease",
+                                         base + "Release"]))
         # More package names wanted than were kept: the Packages files must be read
         # again, so the Release is asked for unconditionally.
         conditional = not self._more_wanted(state, wanted)
@@ -208,7 +211,7 @@ class IndexWatch:
             if status == 304:
                 _check_not_modified(url, validators)
                 return False
-            if status == 404 and url.endswith("/InRelease") and url != candidates[-1]:
+            if status == 404 and url != candidates[-1]:
                 continue
             _check_status(url, status, headers)
             state.url = url

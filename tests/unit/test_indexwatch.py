@@ -472,3 +472,19 @@ def test_an_index_of_one_endless_line_is_garbage(tmp_path: Path) -> None:
     path.write_bytes(gzip.compress(b"Package: x" + b"y" * (MAX_LINE_BYTES + 10), 1))
     with pytest.raises(IndexFormatError, match="longer than"):
         _read_packages(path, {"openssl"})
+
+
+async def test_a_repository_that_stops_signing_inline_is_read_from_its_release(
+        served: tuple[Repo, Server], watch: IndexWatch) -> None:
+    # The client remembers which of InRelease/Release answered and asks only that one.
+    # An internal repository that drops InRelease (republished unsigned, or signed
+    # detached) then answered 404 on every poll, forever: the state is kept across
+    # restarts too. A 404 from the remembered one asks the other.
+    repo, server = served
+    repo.publish({"openssl": "1"})
+    assert isinstance(await watch.poll(suite(server), WANTED, ["amd64"]), IndexSnapshot)
+    await asyncio.sleep(0.01)
+    repo.publish({"openssl": "2"}, inrelease=False)
+    found = await watch.poll(suite(server), WANTED, ["amd64"])
+    assert isinstance(found, IndexSnapshot) and found.entries["openssl"][0].version == "2"
+    assert found.url.endswith("/dists/bookworm-security/Release")
