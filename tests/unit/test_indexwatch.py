@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import hashlib
 import io
+import os
 import shutil
 import socket
 import subprocess
@@ -86,9 +87,11 @@ class Repo:
         (build / "DEBIAN" / "control").write_text(
             f"Package: {name}\nVersion: {version}\nArchitecture: amd64\nSource: {name}-src\n"
             "Maintainer: Test <test@example.org>\nDescription: a test package\n more text\n")
+        # A fixed date: the same package published again is the same bytes (its
+        # Packages entry, hash included, must not change with the clock's second).
         subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(build),
                         str(pool / f"{name}_{version}_amd64.deb")], check=True,
-                       capture_output=True)
+                       capture_output=True, env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"})
         shutil.rmtree(build)
 
 
