@@ -5,6 +5,12 @@ A Debian suite's ``InRelease`` (or ``Release``) lists every index file of the
 suite with its SHA256 and size; ``Packages`` lists each binary package's
 name, version, architecture, source and file digest. ``InRelease`` is a
 clear-signed ``Release``: the signature is stripped and not checked here.
+
+A Release may say ``NotAutomatic: yes`` (experimental) and also
+``ButAutomaticUpgrades: yes`` (backports): apt then gives the suite's versions a
+default priority of 1 or 100 instead of 500 (apt_preferences(5)), so it never
+installs or upgrades to them by itself, except, with ``ButAutomaticUpgrades``, a
+package whose installed version has no higher priority (one installed from there).
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ PACKAGES_NAMES = ("Packages.xz", "Packages.gz", "Packages")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SUITE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~/-]{0,99}$")  # "bookworm-security"
 _ONE_LINE = re.compile(r"^[^\x00-\x1f\x7f-\x9f]{1,200}$")
+# apt's default priorities of a suite's versions (apt-pkg/policy.cc, apt_preferences(5)).
+PRIORITY_DEFAULT = 500
+PRIORITY_BUT_AUTOMATIC_UPGRADES = 100  # also what the installed version has
+PRIORITY_NOT_AUTOMATIC = 1
 
 
 class IndexFormatError(OrchestratorError):
@@ -51,10 +61,26 @@ class IndexSnapshot:
     url: str  # where it was read
     entries: Mapping[str, tuple[IndexEntry, ...]]  # by package name
     changed_at: float = 0.0
+    # The Release's NotAutomatic/ButAutomaticUpgrades (never set for apk).
+    not_automatic: bool = False
+    but_automatic_upgrades: bool = False
 
     @property
     def ecosystem(self) -> str:
         return "apk" if self.source.startswith("apk ") else "deb"
+
+    @property
+    def priority(self) -> int:
+        """The priority apt gives this suite's versions when no preferences say
+        otherwise."""
+        return release_priority(self.not_automatic, self.but_automatic_upgrades)
+
+
+def release_priority(not_automatic: bool, but_automatic_upgrades: bool) -> int:
+    # As apt's policy does: ButAutomaticUpgrades is looked at before NotAutomatic.
+    if but_automatic_upgrades:
+        return PRIORITY_BUT_AUTOMATIC_UPGRADES
+    return PRIORITY_NOT_AUTOMATIC if not_automatic else PRIORITY_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -73,6 +99,8 @@ class ReleaseInfo:
     origin: str | None
     by_hash: bool  # Acquire-By-Hash: files also under by-hash/SHA256/<hex>
     files: Mapping[str, IndexFile] = field(default_factory=dict)
+    not_automatic: bool = False  # "NotAutomatic: yes"
+    but_automatic_upgrades: bool = False  # "ButAutomaticUpgrades: yes"
 
     @property
     def security(self) -> bool:
@@ -121,7 +149,16 @@ def parse_release(text: str) -> ReleaseInfo:
 
     return ReleaseInfo(field_of("Suite", _SUITE), field_of("Codename", _SUITE),
                        field_of("Date"), field_of("Label"), field_of("Origin"),
-                       (field_of("Acquire-By-Hash") or "").lower() == "yes", files)
+                       (field_of("Acquire-By-Hash") or "").lower() == "yes", files,
+                       _flag(field_of("NotAutomatic")),
+                       _flag(field_of("ButAutomaticUpgrades")))
+
+
+def _flag(value: str | None) -> bool:
+    """A yes/no field read as apt reads it (StringToBool); anything else is "no"."""
+    if value is None:
+        return False
+    return value.lower() in ("yes", "true", "with", "on", "enable", "1")
 
 
 def parse_packages(lines: Iterable[str], wanted: Collection[str] | None = None

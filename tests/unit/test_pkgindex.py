@@ -64,6 +64,25 @@ def test_release_lists_files_and_says_whether_it_is_a_security_suite() -> None:
     assert not parse_release(f"Suite: bookworm\nSHA256:\n {HEX} 1 main/x\n").security
 
 
+@pytest.mark.parametrize(("fields", "flags", "priority"), [
+    ("", (False, False), 500),
+    ("NotAutomatic: yes\n", (True, False), 1),  # experimental
+    ("NotAutomatic: yes\nButAutomaticUpgrades: yes\n", (True, True), 100),  # backports
+    ("NotAutomatic: Yes\nButAutomaticUpgrades: no\n", (True, False), 1),
+    ("NotAutomatic: no\n", (False, False), 500),
+    ("NotAutomatic: maybe\n", (False, False), 500),  # apt: an unknown value leaves it unset
+    ("NotAutomatic: yes\n forged: line\n", (False, False), 500),
+])
+def test_a_release_says_whether_apt_installs_from_it_by_itself(
+        fields: str, flags: tuple[bool, bool], priority: int) -> None:
+    from orchestrator.core.pkgindex import release_priority
+
+    release = parse_release(f"Suite: bookworm-backports\n{fields}"
+                            f"SHA256:\n {HEX} 10 main/binary-amd64/Packages\n")
+    assert (release.not_automatic, release.but_automatic_upgrades) == flags
+    assert release_priority(*flags) == priority
+
+
 @pytest.mark.parametrize("text", [
     "<html><body>502 Bad Gateway</body></html>",
     "Suite: bookworm\n",  # no file list
