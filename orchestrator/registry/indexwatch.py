@@ -89,6 +89,9 @@ class IndexState:
     entries: dict[str, list[list[str | None]]] = field(default_factory=dict)  # per file
     checked_at: float | None = None
     changed_at: float | None = None
+    # The Release's NotAutomatic/ButAutomaticUpgrades (backports, experimental).
+    not_automatic: bool = False
+    but_automatic_upgrades: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
@@ -96,7 +99,13 @@ class IndexState:
     @classmethod
     def from_json(cls, text: str) -> IndexState:
         data = json.loads(text)
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        state = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        if "not_automatic" not in data and state.source.startswith("apt "):
+            # Kept before the Release's flags were: the next poll asks for the Release
+            # unconditionally (one small request), or a backports suite would pass for
+            # an ordinary one until its Release changed.
+            state.validators = {}
+        return state
 
     def snapshot(self) -> IndexSnapshot | None:
         if self.digest is None or self.url is None:
@@ -110,7 +119,8 @@ class IndexState:
         return IndexSnapshot(self.source, self.suite or "", self.security, self.date,
                              self.digest, self.url,
                              {name: tuple(found) for name, found in sorted(by_name.items())},
-                             self.changed_at or 0.0)
+                             self.changed_at or 0.0, self.not_automatic,
+                             self.but_automatic_upgrades)
 
 
 @dataclass(frozen=True)
@@ -230,6 +240,11 @@ class IndexWatch:
         state.date = release.date
         state.suite = release.codename or release.suite or source.suite
         state.security = release.security or source.security
+        # Whether apt installs from the suite by itself changes what counts as a fix,
+        # even when no Packages file changed.
+        flags = (release.not_automatic, release.but_automatic_upgrades)
+        changed = flags != (state.not_automatic, state.but_automatic_upgrades)
+        state.not_automatic, state.but_automatic_upgrades = flags
         more = self._more_wanted(state, wanted)
         # Names asked about only grow: a name no layer installs any more costs nothing.
         keep = wanted | set(state.wanted)
@@ -243,7 +258,6 @@ class IndexWatch:
             raise IndexFetchError(f"{state.url} lists no Packages file for "
                               f"{', '.join(source.components or ('(flat)',))} on "
                               f"{', '.join(arches)}")
-        changed = False
         for index_file in files:
             key = index_file.path.rsplit("/", 1)[0] if "/" in index_file.path else "."
             if state.files.get(key) == index_file.sha256 and not more:

@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import hashlib
 import io
+import json
 import os
 import shutil
 import socket
@@ -45,7 +46,8 @@ class Repo:
 
     def publish(self, packages: dict[str, str], *, component: str = "main",
                 extra_components: dict[str, dict[str, str]] | None = None,
-                inrelease: bool = True, by_hash: bool = True) -> None:
+                inrelease: bool = True, by_hash: bool = True,
+                release_fields: dict[str, str] | None = None) -> None:
         dists = self.root / "dists" / self.suite
         shutil.rmtree(self.root / "pool", ignore_errors=True)
         shutil.rmtree(dists, ignore_errors=True)
@@ -71,6 +73,8 @@ class Repo:
                    "-o", "APT::FTPArchive::Release::Label=Debian-Security"]
         if by_hash:
             options += ["-o", "APT::FTPArchive::Release::Acquire-By-Hash=yes"]
+        for key, value in (release_fields or {}).items():
+            options += ["-o", f"APT::FTPArchive::Release::{key}={value}"]
         release = subprocess.run(["apt-ftparchive", *options, "release", "."], cwd=dists,
                                  check=True, capture_output=True).stdout
         (dists / "Release").write_bytes(release)
@@ -300,6 +304,63 @@ async def test_state_survives_a_restart_as_json(served: tuple[Repo, Server],
         result = await again.poll(suite(server), WANTED, ["amd64"])
     assert isinstance(result, IndexUnchanged) and result.snapshot == first
     assert server.count() == 1
+
+
+BACKPORTS = {"NotAutomatic": "yes", "ButAutomaticUpgrades": "yes"}
+
+
+async def test_a_backports_release_says_apt_does_not_install_from_it_by_itself(
+        served: tuple[Repo, Server], watch: IndexWatch) -> None:
+    repo, server = served
+    repo.suite = "bookworm-backports"
+    repo.publish({"openssl": "3.4.0-1~bpo12+1"}, release_fields=BACKPORTS)
+    first = await watch.poll(suite(server, "bookworm-backports"), WANTED, ["amd64"])
+    assert isinstance(first, IndexSnapshot)
+    assert (first.not_automatic, first.but_automatic_upgrades, first.priority) == \
+        (True, True, 100)
+    # The suite turns into an ordinary one, its packages unchanged: a changed snapshot.
+    await asyncio.sleep(0.01)
+    repo.publish({"openssl": "3.4.0-1~bpo12+1"})
+    server.hits.clear()
+    plain = await watch.poll(suite(server, "bookworm-backports"), WANTED, ["amd64"])
+    assert isinstance(plain, IndexSnapshot)
+    assert (plain.not_automatic, plain.but_automatic_upgrades, plain.priority) == \
+        (False, False, 500)
+    assert plain.entries == first.entries
+    assert server.count("Packages.xz") == 0  # only the Release was read again
+
+
+async def test_a_state_kept_before_the_release_flags_loads_and_reads_them_again(
+        served: tuple[Repo, Server], watch: IndexWatch, tmp_path: Path) -> None:
+    # packages.db holds states written by the version before: no not_automatic or
+    # but_automatic_upgrades. They load (as an ordinary suite), and the next poll reads
+    # the Release again even though the validators say it is unchanged.
+    repo, server = served
+    repo.suite = "bookworm-backports"
+    repo.publish({"openssl": "3.4.0-1~bpo12+1"}, release_fields=BACKPORTS)
+    source = suite(server, "bookworm-backports")
+    first = await watch.poll(source, WANTED, ["amd64"])
+    assert isinstance(first, IndexSnapshot)
+    data = json.loads(watch.states[source.id].to_json())
+    del data["not_automatic"], data["but_automatic_upgrades"]
+    old = IndexState.from_json(json.dumps(data))
+    loaded = old.snapshot()
+    assert loaded is not None and loaded.entries == first.entries
+    assert (loaded.not_automatic, loaded.but_automatic_upgrades, loaded.priority) == \
+        (False, False, 500)
+    server.hits.clear()
+    async with IndexWatch(tmp_path / "w2", states={source.id: old}) as again:
+        result = await again.poll(source, WANTED, ["amd64"])
+        assert isinstance(result, IndexSnapshot)  # the flags changed what it means
+        assert (result.not_automatic, result.but_automatic_upgrades) == (True, True)
+        assert server.count("/InRelease") == 1 and server.count("Packages.xz") == 0
+        server.hits.clear()
+        # From then on, conditional again.
+        assert isinstance(await again.poll(source, WANTED, ["amd64"]), IndexUnchanged)
+        assert server.count() == 1
+    # A state written now keeps the flags across a restart.
+    kept = IndexState.from_json(watch.states[source.id].to_json())
+    assert kept.validators and kept.not_automatic and kept.but_automatic_upgrades
 
 
 async def test_a_poller_backs_off_and_reports_then_recovers(
