@@ -12,6 +12,15 @@ packages; otherwise the fix waits on the upstream's refresh.
 security suite (``bookworm-security``) or one that an advisory names as the fix;
 ``"all"`` any newer version. Versions compare by each distribution's own rules
 (``core.pkgversion``). Only indexes the layer's own image names are consulted.
+
+Either way, only a version apt would upgrade to by itself is a fix: a suite whose
+Release says ``NotAutomatic`` (experimental, backports) offers none, except with
+``ButAutomaticUpgrades`` (backports) for a package installed from that suite, and a
+suite of apt's default priority wins over a newer version from one of lower
+priority (apt_preferences(5)). dpkg does not record where a version came from:
+the suite that offers exactly the installed version says so; where none does, the
+package is not taken as installed from backports (apt would upgrade it, as its
+installed version's priority ties; we do not guess).
 """
 
 from __future__ import annotations
@@ -22,10 +31,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from orchestrator.core.packages import InstalledPackage
-from orchestrator.core.pkgindex import IndexEntry, IndexSnapshot
+from orchestrator.core.pkgindex import (
+    PRIORITY_BUT_AUTOMATIC_UPGRADES,
+    PRIORITY_DEFAULT,
+    IndexEntry,
+    IndexSnapshot,
+)
 from orchestrator.core.pkgversion import comparable, compare
 
 UPSTREAM = "upstream:"
+_INSTALLED_PRIORITY = PRIORITY_BUT_AUTOMATIC_UPGRADES  # apt: the version dpkg's status lists
 SEVERITIES = ("unknown", "negligible", "low", "medium", "high", "critical")
 WATCHED_ECOSYSTEMS = ("deb", "apk")
 
@@ -209,9 +224,11 @@ def best_fix(package: InstalledPackage, snapshots: Iterable[IndexSnapshot], poli
         return None  # a hand-written package database: nothing to order it against
     applying = [a for a in advisories if comparable(eco, a.fixed)
                 and compare(eco, a.fixed, package.version) > 0]  # the installed one is affected
+    offered = [s for s in snapshots if s.ecosystem == eco]
+    came_from = [s for s in offered if _offers(s, package.name, package.version, package.arch)]
     best: tuple[IndexEntry, IndexSnapshot] | None = None
-    for snapshot in snapshots:
-        if snapshot.ecosystem != eco:
+    for snapshot in offered:
+        if not _upgrades_from(snapshot, came_from):
             continue
         for entry in snapshot.entries.get(package.name, ()):
             if not _same_arch(entry.arch, package.arch):
@@ -236,8 +253,29 @@ def best_fix(package: InstalledPackage, snapshots: Iterable[IndexSnapshot], poli
                snapshot.digest, tuple(sorted({a.id for a in named})), severity)
 
 
+def _offers(snapshot: IndexSnapshot, name: str, version: str, arch: str | None) -> bool:
+    return any(e.version == version and _same_arch(e.arch, arch)
+               for e in snapshot.entries.get(name, ()))
+
+
+def _upgrades_from(snapshot: IndexSnapshot, came_from: Sequence[IndexSnapshot]) -> bool:
+    """Whether apt would upgrade to a newer version ``snapshot`` offers, by itself: its
+    versions' priority is at least the installed version's (100 from dpkg's status,
+    or more from a suite that offers it too: ``came_from``). A NotAutomatic suite's 1
+    never is; a ButAutomaticUpgrades suite's 100 only where the indexes show the
+    installed version came from that suite itself (see the module's note)."""
+    installed = max([_INSTALLED_PRIORITY, *(s.priority for s in came_from)])
+    if snapshot.priority < installed:
+        return False
+    return snapshot.priority >= PRIORITY_DEFAULT or \
+        any(s.source == snapshot.source for s in came_from)
+
+
 def _better(eco: str, new: tuple[IndexEntry, IndexSnapshot],
             old: tuple[IndexEntry, IndexSnapshot]) -> bool:
+    # apt's candidate: the highest priority, then the newest version.
+    if new[1].priority != old[1].priority:
+        return new[1].priority > old[1].priority
     order = compare(eco, new[0].version, old[0].version)
     return order > 0 or (order == 0 and new[1].security and not old[1].security)
 
@@ -255,9 +293,8 @@ def origins(packages: Iterable[InstalledPackage], snapshots: Iterable[IndexSnaps
     offered = list(snapshots)
     out: dict[tuple[str, str, str], str] = {}
     for package in packages:
-        found = [s for s in offered if s.ecosystem == package.ecosystem and any(
-            e.version == package.version and _same_arch(e.arch, package.arch)
-            for e in s.entries.get(package.name, ()))]
+        found = [s for s in offered if s.ecosystem == package.ecosystem and
+                 _offers(s, package.name, package.version, package.arch)]
         if found:
             out[package.key] = sorted(found, key=lambda s: (not s.security, s.suite))[0].suite
     return out

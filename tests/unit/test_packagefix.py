@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from typing import cast
+
 import pytest
 
 from orchestrator.core.packagefix import (
@@ -297,17 +301,115 @@ def test_an_apk_version_with_anything_after_it_is_no_fix() -> None:
     assert fix.version == "3.3.2-r0"
 
 
-@pytest.mark.xfail(strict=True, reason="open: Release NotAutomatic/ButAutomaticUpgrades "
-                   "(backports) is not read; apt never upgrades to such a suite by default")
-def test_a_backports_version_apt_would_not_install_is_not_the_fix() -> None:
+BACKPORTS = "apt http://deb.debian.org/debian bookworm-backports"
+
+
+def backports(*, not_automatic: bool = True, but_automatic_upgrades: bool = True,
+              **versions: str | tuple[str, ...]) -> IndexSnapshot:
+    """bookworm-backports as its Release says: NotAutomatic and ButAutomaticUpgrades."""
+    entries = {name: tuple(IndexEntry(name, v, "amd64")
+                           for v in ((found,) if isinstance(found, str) else found))
+               for name, found in versions.items()}
+    return dataclasses.replace(index(BACKPORTS, "bookworm-backports", False), entries=entries,
+                               not_automatic=not_automatic,
+                               but_automatic_upgrades=but_automatic_upgrades)
+
+
+@pytest.mark.parametrize("but_automatic_upgrades", [True, False])
+def test_a_backports_version_apt_would_not_install_is_not_the_fix(
+        but_automatic_upgrades: bool) -> None:
     # only = "all" with bookworm-backports in the sources (common): the backports
-    # version is the newest, so it is "the fix"; apt installs the security one, the
-    # key pins the backports one, every backports change retries it ("the mirror may
-    # lag"), and a later security fix stays covered by that pin.
-    backports = "apt http://deb.debian.org/debian bookworm-backports"
-    offered = {**SNAPSHOTS, backports: index(backports, "bookworm-backports", False,
-                                             curl="8.11.1-1~bpo12+1")}
+    # version is the newest, so it was "the fix"; apt installs the security one, the
+    # key pinned the backports one, every backports change retried it ("the mirror may
+    # lag"), and a later security fix stayed covered by that pin.
+    offered = {**SNAPSHOTS, BACKPORTS: backports(
+        curl="8.11.1-1~bpo12+1", but_automatic_upgrades=but_automatic_upgrades)}
     layer = LayerPackages("os", "upstream:debian", [deb("curl", "7.88.1-10", "os")],
-                          (MAIN, SECURITY, backports))
+                          (MAIN, SECURITY, BACKPORTS))
     [fix] = find_fixes([layer], offered, FixPolicy(only="all")).fixes["os"]
-    assert fix.version == "7.88.1-10+deb12u12"
+    assert (fix.version, fix.suite) == ("7.88.1-10+deb12u12", "bookworm-security")
+    # Backports alone offers nothing apt would upgrade to.
+    alone = LayerPackages("os", "upstream:debian", [deb("curl", "7.88.1-10", "os")],
+                          (BACKPORTS,))
+    assert find_fixes([alone], offered, FixPolicy(only="all")).fixes == {}
+
+
+def test_a_package_installed_from_backports_follows_backports() -> None:
+    # ButAutomaticUpgrades: apt upgrades a package whose installed version came from
+    # backports (both priority 100, the newer wins). The index showing the installed
+    # version is what says where it came from.
+    installed = deb("curl", "8.11.1-1~bpo12+1", "os")
+    layer = LayerPackages("os", "upstream:debian", [installed], (MAIN, SECURITY, BACKPORTS))
+    offered = {**SNAPSHOTS, BACKPORTS: backports(curl=("8.11.1-1~bpo12+1",
+                                                       "8.11.1-1~bpo12+2"))}
+    [fix] = find_fixes([layer], offered, FixPolicy(only="all")).fixes["os"]
+    assert fix.reason() == \
+        "package fix: curl 8.11.1-1~bpo12+1 -> 8.11.1-1~bpo12+2 (bookworm-backports)"
+    assert (fix.index, fix.pin) == (BACKPORTS, ("deb:curl:amd64", "8.11.1-1~bpo12+2"))
+    # NotAutomatic without ButAutomaticUpgrades (experimental): priority 1, never.
+    experimental = {**offered, BACKPORTS: dataclasses.replace(
+        offered[BACKPORTS], but_automatic_upgrades=False)}
+    assert find_fixes([layer], experimental, FixPolicy(only="all")).fixes == {}
+    # Backports moved on and no longer lists the installed version: nothing says where
+    # it came from, so it is not taken as installed from there (conservative).
+    moved_on = {**SNAPSHOTS, BACKPORTS: backports(curl="8.11.1-1~bpo12+2")}
+    assert find_fixes([layer], moved_on, FixPolicy(only="all")).fixes == {}
+    # A suite of default priority offering the installed version too: apt gives it
+    # 500, which backports' 100 does not beat.
+    also_main = {**offered, MAIN: index(MAIN, "bookworm", False, curl="8.11.1-1~bpo12+1")}
+    assert find_fixes([layer], also_main, FixPolicy(only="all")).fixes == {}
+
+
+def test_a_default_priority_suite_wins_over_a_newer_backports_version() -> None:
+    # apt's candidate is the highest priority, then the newest: installed from
+    # backports, a security update (500) is what apt takes, not backports' newer (100).
+    installed = deb("curl", "8.11.1-1~bpo12+1", "os")
+    layer = LayerPackages("os", "upstream:debian", [installed], (SECURITY, BACKPORTS))
+    offered = {SECURITY: index(SECURITY, "bookworm-security", True, curl="8.11.1-2+deb12u1"),
+               BACKPORTS: backports(curl=("8.11.1-1~bpo12+1", "8.11.1-3~bpo12+1"))}
+    for policy in (FixPolicy(only="all"), FixPolicy()):
+        [fix] = find_fixes([layer], offered, policy).fixes["os"]
+        assert (fix.version, fix.suite) == ("8.11.1-2+deb12u1", "bookworm-security")
+
+
+def test_only_security_is_unaffected_by_backports_in_the_sources() -> None:
+    with_backports = {**SNAPSHOTS, BACKPORTS: backports(curl="8.11.1-1~bpo12+1",
+                                                        libexpat1="2.6.4-1~bpo12+1")}
+    sources = (MAIN, SECURITY, BACKPORTS)
+    assert find_fixes(chain(sources=sources), with_backports, FixPolicy()) == \
+        find_fixes(chain(), SNAPSHOTS, FixPolicy())
+    # An advisory's fixed version that backports' newer version also satisfies: the
+    # security suite's is still the one apt installs, and the one named.
+    advisory = Advisory("DSA-6001-1", "deb", "curl", "7.88.1-10+deb12u12", "high")
+    [fix] = find_fixes(chain(sources=sources), with_backports, FixPolicy(),
+                       [advisory]).fixes["os"]
+    assert (fix.version, fix.suite, fix.advisories) == \
+        ("7.88.1-10+deb12u12", "bookworm-security", ("DSA-6001-1",))
+
+
+def test_an_index_state_kept_before_the_release_flags_loads_as_an_ordinary_suite() -> None:
+    # packages.db keeps each index's state as JSON; the version before this one wrote
+    # no not_automatic/but_automatic_upgrades. Such a state still loads (default False:
+    # an ordinary suite, until the next poll reads its Release again).
+    from orchestrator.build.packagefixes import read_snapshots
+    from orchestrator.build.packagestore import PackageStore
+
+    old = json.dumps({
+        "source": BACKPORTS, "url": "http://deb.debian.org/debian/dists/bookworm-backports/"
+        "InRelease", "validators": {"http://x/InRelease": ["\"etag\"", None]},
+        "digest": "sha256:" + "e" * 64, "date": "Sat, 29 Nov 2026 10:00:00 UTC",
+        "suite": "bookworm-backports", "security": False,
+        "files": {"main/binary-amd64": "f" * 64}, "wanted": ["curl"],
+        "entries": {"main/binary-amd64": [["curl", "8.11.1-1~bpo12+1", "amd64", None,
+                                           None]]},
+        "checked_at": 1.0, "changed_at": 1.0}, separators=(",", ":"), sort_keys=True)
+
+    class Store:
+        def index_states(self) -> dict[str, str]:
+            return {BACKPORTS: old}
+
+    [(source, snapshot)] = read_snapshots(cast(PackageStore, Store())).items()
+    assert source == BACKPORTS
+    assert (snapshot.not_automatic, snapshot.but_automatic_upgrades, snapshot.priority) == \
+        (False, False, 500)
+    assert snapshot.entries["curl"] == (IndexEntry("curl", "8.11.1-1~bpo12+1", "amd64"),)
