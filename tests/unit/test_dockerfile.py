@@ -20,7 +20,7 @@ SHA_B = "sha256:" + "b" * 64
 SHA_C = "sha256:" + "c" * 64
 
 MULTI_STAGE = """\
-# syntax=docker/dockerfile:1
+# syntax=docker/dockerfile:1@sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee
 ARG GO_VERSION=1.22
 ARG RUNTIME=debian:bookworm-slim
 
@@ -357,7 +357,7 @@ def test_parent_style_literal() -> None:
 
 
 def test_base_image_rules() -> None:
-    good = "# syntax=docker/dockerfile:1\nARG BASE_IMAGE\nFROM --platform=linux/amd64 $BASE_IMAGE\n"
+    good = f"# syntax={SYNTAX_PIN}\nARG BASE_IMAGE\nFROM --platform=linux/amd64 $BASE_IMAGE\n"
     assert base_image_problem(analyze(good)) is None
     assert base_image_problem(analyze("ARG BASE_IMAGE=x\nFROM ${BASE_IMAGE} AS build\n")) is None
     assert "first FROM" in (base_image_problem(analyze("ARG BASE_IMAGE\nFROM alpine\n")) or "")
@@ -414,3 +414,26 @@ def test_stage_names_in_another_case_are_refused() -> None:
     assert "in another case" in (other_case.uses[0].problem or "")
     assert analyze("FROM a:1 AS s0\nFROM b:1\nCOPY --from=s0 / /\n").problems() == []
 
+
+
+SYNTAX_PIN = "docker/dockerfile:1@sha256:" + "e" * 64
+
+
+@pytest.mark.parametrize("text,args", [
+    ("# syntax=docker/dockerfile:1\nFROM scratch\n", {}),
+    ("#syntax = docker/dockerfile:1.7-labs\n# escape=\\\nFROM scratch\n", {}),
+    ("FROM scratch\n", {"BUILDKIT_SYNTAX": "docker/dockerfile:1"}),
+])
+def test_a_frontend_image_named_by_tag_is_refused(text: str, args: dict[str, str]) -> None:
+    """BuildKit builds a Dockerfile with ``# syntax=IMAGE`` (or the BUILDKIT_SYNTAX
+    build arg) through that frontend image, pulled by its tag when the build runs:
+    an image the build uses that nothing pinned and the key does not cover."""
+    notes = analyze(text, args).notes
+    assert any("frontend" in note and "@sha256:" in note for note in notes), notes
+
+
+def test_a_frontend_image_pinned_by_digest_is_in_the_dockerfile_bytes() -> None:
+    assert analyze(f"# syntax={SYNTAX_PIN}\nFROM scratch\n").notes == ()
+    assert analyze("FROM scratch\n", {"BUILDKIT_SYNTAX": SYNTAX_PIN}).notes == ()
+    # Not a directive (after an instruction or a comment): only a comment.
+    assert analyze("# a comment\n# syntax=docker/dockerfile:1\nFROM scratch\n").notes == ()

@@ -36,7 +36,13 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Literal
 
-from orchestrator.core.dockerfile.syntax import DockerfileError, Instruction, escape_of, parse
+from orchestrator.core.dockerfile.syntax import (
+    DockerfileError,
+    Instruction,
+    directives,
+    escape_of,
+    parse,
+)
 from orchestrator.core.dockerfile.words import WordError, expand, unquote
 from orchestrator.core.imageref import Reference, parse_reference
 from orchestrator.core.platforms import split as split_platform
@@ -244,6 +250,7 @@ def _analyze(text: str, build_args: frozenset[tuple[str, str]], platform: str,
             labels += [(unquote(k, escape), unquote(v, escape))
                        for k, v in zip(ins.args[0::2], ins.args[1::2], strict=False)]
     notes += _heredoc_traps(instructions)
+    notes += _frontend_by_tag(text, args)
     if not stages and not notes:
         notes.append("no FROM instruction")
     stages = [replace(s, base=_check_collision(s.base, stage_index)) for s in stages]
@@ -378,6 +385,25 @@ def _mount_uses(ins: Instruction, current: int,
                 continue
             out += _stage_or_image(use, found.lower(), current, stage_index)
     return out
+
+
+def _frontend_by_tag(text: str, build_args: Mapping[str, str]) -> list[str]:
+    """BuildKit hands a Dockerfile with a ``# syntax=IMAGE`` directive (or the
+    BUILDKIT_SYNTAX build arg, which wins) to that frontend image, pulled by
+    its name when the build runs: pinned by digest it is in the key through
+    the Dockerfile's bytes (or the args), by a tag it is an unpinned input."""
+    if "BUILDKIT_SYNTAX" in build_args:
+        where, image = "the build arg BUILDKIT_SYNTAX", build_args["BUILDKIT_SYNTAX"]
+    elif "syntax" in directives(text):
+        line, image = directives(text)["syntax"]
+        where = f"line {line}: # syntax={image}"
+    else:
+        return []
+    if "@sha256:" in image:
+        return []
+    return [f"{where}: BuildKit builds through this frontend image, pulled by its tag "
+            "when the build runs, so nothing pins it and the build key does not cover "
+            f"it; pin it by digest (# syntax={image.split('@')[0]}@sha256:…) or remove it"]
 
 
 def _heredoc_traps(instructions: list[Instruction]) -> list[str]:
