@@ -437,3 +437,16 @@ def test_a_frontend_image_pinned_by_digest_is_in_the_dockerfile_bytes() -> None:
     assert analyze("FROM scratch\n", {"BUILDKIT_SYNTAX": SYNTAX_PIN}).notes == ()
     # Not a directive (after an instruction or a comment): only a comment.
     assert analyze("# a comment\n# syntax=docker/dockerfile:1\nFROM scratch\n").notes == ()
+
+
+def test_a_directive_after_a_check_directive_is_refused() -> None:
+    """``# check=`` is a directive to BuildKit 0.14 and later only: older parsers
+    (Docker 20.10's, buildah's, the one analysing here) stop at it and read the
+    ``# escape=`` below as a comment. Then one engine sees a FROM the other reads
+    as the end of a RUN: here BuildKit 0.14 builds on alpine:latest, unpinned."""
+    text = "# check=skip=all\n# escape=`\nFROM scratch\nRUN echo \\\nFROM alpine:latest\n"
+    analysis = analyze(text)
+    assert analysis.notes or "docker.io/library/alpine:latest" in [
+        r.normalized() for r in analysis.external_refs()]
+    assert any("check" in note and "escape" in note for note in analysis.notes)
+    assert analyze("# escape=`\n# check=skip=all\nFROM scratch\n").notes == ()

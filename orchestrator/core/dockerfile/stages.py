@@ -251,6 +251,7 @@ def _analyze(text: str, build_args: frozenset[tuple[str, str]], platform: str,
                        for k, v in zip(ins.args[0::2], ins.args[1::2], strict=False)]
     notes += _heredoc_traps(instructions)
     notes += _frontend_by_tag(text, args)
+    notes += _after_check(text)
     if not stages and not notes:
         notes.append("no FROM instruction")
     stages = [replace(s, base=_check_collision(s.base, stage_index)) for s in stages]
@@ -404,6 +405,24 @@ def _frontend_by_tag(text: str, build_args: Mapping[str, str]) -> list[str]:
     return [f"{where}: BuildKit builds through this frontend image, pulled by its tag "
             "when the build runs, so nothing pins it and the build key does not cover "
             f"it; pin it by digest (# syntax={image.split('@')[0]}@sha256:…) or remove it"]
+
+
+def _after_check(text: str) -> list[str]:
+    """``# check=`` is a directive to BuildKit 0.14 and later only; older parsers
+    (Docker 20.10's, buildah's, the one under this analysis) stop at it, so a
+    directive below it (``escape``: which lines continue; ``syntax``: the
+    frontend) is read by some engines and not others."""
+    found = directives(text)
+    if "check" not in found:
+        return []
+    line = found["check"][0]
+    later = sorted((n, name) for name, (n, _) in found.items() if n > line)
+    if not later:
+        return []
+    return [f"line {n}: the {name} directive comes after the check directive on line "
+            f"{line}: BuildKit 0.14 and later read it, older engines (Docker 20.10, "
+            "buildah) take it for a comment and read the file differently; put "
+            "# check= last among the directives" for n, name in later]
 
 
 def _heredoc_traps(instructions: list[Instruction]) -> list[str]:
