@@ -450,3 +450,20 @@ def test_a_directive_after_a_check_directive_is_refused() -> None:
         r.normalized() for r in analysis.external_refs()]
     assert any("check" in note and "escape" in note for note in analysis.notes)
     assert analyze("# escape=`\n# check=skip=all\nFROM scratch\n").notes == ()
+
+
+@pytest.mark.parametrize("trigger", [
+    "ONBUILD COPY --from=alpine:3.20 /etc/os-release /",
+    "onbuild RUN --mount=type=bind,from=busybox:1.36,target=/b true",
+    "ONBUILD ADD --from=alpine:3.20 / /",
+])
+def test_an_onbuild_trigger_that_names_an_image_is_refused(trigger: str) -> None:
+    """An ONBUILD trigger runs in the build of every image made FROM this one:
+    the image its --from names is pulled there by its tag, pinned by nothing and
+    in no key (the parser drops a trigger's flags, so nothing saw it)."""
+    notes = analyze(f"FROM scratch\n{trigger}\n").notes
+    assert any(note.startswith("line 2: ") and "ONBUILD" in note for note in notes), notes
+
+
+def test_an_onbuild_trigger_without_an_image_is_fine() -> None:
+    assert analyze("FROM scratch\nONBUILD COPY . /app\nONBUILD RUN make\n").notes == ()

@@ -252,6 +252,7 @@ def _analyze(text: str, build_args: frozenset[tuple[str, str]], platform: str,
     notes += _heredoc_traps(instructions)
     notes += _frontend_by_tag(text, args)
     notes += _after_check(text)
+    notes += _onbuild_images(instructions)
     if not stages and not notes:
         notes.append("no FROM instruction")
     stages = [replace(s, base=_check_collision(s.base, stage_index)) for s in stages]
@@ -423,6 +424,23 @@ def _after_check(text: str) -> list[str]:
             f"{line}: BuildKit 0.14 and later read it, older engines (Docker 20.10, "
             "buildah) take it for a comment and read the file differently; put "
             "# check= last among the directives" for n, name in later]
+
+
+def _onbuild_images(instructions: list[Instruction]) -> list[str]:
+    """ONBUILD triggers that name an image (``--from``, a mount's ``from=``): they
+    run in the build of each image made FROM this one, which pulls that image by
+    its name, pinned by nothing and in no key. (BuildKit's parser keeps no flags
+    for a trigger: they are read from its text.)"""
+    out: list[str] = []
+    for ins in instructions:
+        words = ins.text.split()[1:] if ins.keyword == "ONBUILD" else []
+        if words and words[0].upper() != "FROM" and _uses_an_image(words[0].upper(),
+                                                                   words[1:]):
+            out.append(f"line {ins.line}: ONBUILD {words[0].upper()} names an image or "
+                       "stage with --from/from=: the trigger runs in the builds of the "
+                       "images made FROM this one, where nothing pins it; do that step "
+                       "in those Dockerfiles instead")
+    return out
 
 
 def _heredoc_traps(instructions: list[Instruction]) -> list[str]:
