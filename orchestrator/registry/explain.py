@@ -26,7 +26,7 @@ from orchestrator.core.attestation import Attached, Judgement, SbomChoice, choos
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.imageref import ImageRef, parse_reference, parse_repository
 from orchestrator.core.platforms import from_machine
-from orchestrator.core.redact import public_url, redact_text
+from orchestrator.core.redact import public_url, redact_text, redact_value
 from orchestrator.registry.artifacts import read_artifact, referrers
 from orchestrator.registry.client import RegistryClient
 from orchestrator.registry.index import INDEX_TYPES, platform_manifests
@@ -198,20 +198,24 @@ async def level_of(client: RegistryClient, repo: ImageRef, digest: str,
                         "finished": c.summary.finished.isoformat() if c.summary.finished
                         else None}
                        for c in verdict.conflicts if c.summary is not None]
-    level.layer, level.reason = summary.layer, summary.reason
+    level.layer = redact_text(summary.layer)
+    level.reason = redact_text(summary.reason) if summary.reason else None
     level.cause = redact_text(summary.cause) if summary.cause else None
     level.build_id = summary.build_id
     level.started = summary.started.isoformat() if summary.started else None
     level.finished = summary.finished.isoformat() if summary.finished else None
-    level.builder = ", ".join(f"{k} {v}" for k, v in summary.builder_versions.items())
+    level.builder = redact_text(", ".join(f"{k} {v}"
+                                          for k, v in summary.builder_versions.items()))
     level.signature = verdict.chosen.status
     level.upstreams = {name: {"uri": public_url(dep.uri) if dep.uri else None,
                               "digest": dict(dep.digest)}
                        for name, dep in summary.upstreams.items()}
-    level.packages = [
+    # A package index's URL may be a private mirror's, with its user:password@.
+    level.packages = redact_value([
         {"suite": dep.name.removeprefix(provenance.PACKAGES_PREFIX), "uri": dep.uri,
          "digest": dict(dep.digest), **dict(dep.annotations)}
-        for dep in summary.dependencies if dep.name.startswith(provenance.PACKAGES_PREFIX)]
+        for dep in summary.dependencies if dep.name.startswith(provenance.PACKAGES_PREFIX)],
+        keys=False)
     sbom = choose_sbom(await sboms(client, repo, digest, summary.sbom_digest), digest,
                        summary.sbom_digest)
     if sbom.document is not None:

@@ -113,6 +113,19 @@ def _payload(event: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]] |
     return None
 
 
+def _failure(exc: BaseException, url: str, shown: str) -> str:
+    """An attempt's error without the target's URL, whose path or query may hold a
+    token: aiohttp quotes the whole URL in some errors (an answer it cannot parse)."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        text = f"{exc.status}, message={exc.message!r}"
+    elif isinstance(exc, aiohttp.InvalidURL):
+        text = "invalid URL"
+    else:
+        text = str(exc)
+    text = text.replace(url, shown)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 @dataclass
 class _Sender:
     """One target's delivery: its settings, its task and what it did since start."""
@@ -324,7 +337,7 @@ class Webhooks:
                 if 300 <= resp.status < 400:
                     why += " (redirects are not followed)"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            ok, why = False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            ok, why = False, _failure(exc, sender.target.url, sender.label)
         attempts = row["attempts"] + 1
         if ok:
             await self.state.outbox.delivered(row["id"])

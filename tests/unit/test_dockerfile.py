@@ -20,7 +20,7 @@ SHA_B = "sha256:" + "b" * 64
 SHA_C = "sha256:" + "c" * 64
 
 MULTI_STAGE = """\
-# syntax=docker/dockerfile:1
+# syntax=docker/dockerfile:1@sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee
 ARG GO_VERSION=1.22
 ARG RUNTIME=debian:bookworm-slim
 
@@ -357,7 +357,7 @@ def test_parent_style_literal() -> None:
 
 
 def test_base_image_rules() -> None:
-    good = "# syntax=docker/dockerfile:1\nARG BASE_IMAGE\nFROM --platform=linux/amd64 $BASE_IMAGE\n"
+    good = f"# syntax={SYNTAX_PIN}\nARG BASE_IMAGE\nFROM --platform=linux/amd64 $BASE_IMAGE\n"
     assert base_image_problem(analyze(good)) is None
     assert base_image_problem(analyze("ARG BASE_IMAGE=x\nFROM ${BASE_IMAGE} AS build\n")) is None
     assert "first FROM" in (base_image_problem(analyze("ARG BASE_IMAGE\nFROM alpine\n")) or "")
@@ -414,3 +414,56 @@ def test_stage_names_in_another_case_are_refused() -> None:
     assert "in another case" in (other_case.uses[0].problem or "")
     assert analyze("FROM a:1 AS s0\nFROM b:1\nCOPY --from=s0 / /\n").problems() == []
 
+
+
+SYNTAX_PIN = "docker/dockerfile:1@sha256:" + "e" * 64
+
+
+@pytest.mark.parametrize("text,args", [
+    ("# syntax=docker/dockerfile:1\nFROM scratch\n", {}),
+    ("#syntax = docker/dockerfile:1.7-labs\n# escape=\\\nFROM scratch\n", {}),
+    ("FROM scratch\n", {"BUILDKIT_SYNTAX": "docker/dockerfile:1"}),
+])
+def test_a_frontend_image_named_by_tag_is_refused(text: str, args: dict[str, str]) -> None:
+    """BuildKit builds a Dockerfile with ``# syntax=IMAGE`` (or the BUILDKIT_SYNTAX
+    build arg) through that frontend image, pulled by its tag when the build runs:
+    an image the build uses that nothing pinned and the key does not cover."""
+    notes = analyze(text, args).notes
+    assert any("frontend" in note and "@sha256:" in note for note in notes), notes
+
+
+def test_a_frontend_image_pinned_by_digest_is_in_the_dockerfile_bytes() -> None:
+    assert analyze(f"# syntax={SYNTAX_PIN}\nFROM scratch\n").notes == ()
+    assert analyze("FROM scratch\n", {"BUILDKIT_SYNTAX": SYNTAX_PIN}).notes == ()
+    # Not a directive (after an instruction or a comment): only a comment.
+    assert analyze("# a comment\n# syntax=docker/dockerfile:1\nFROM scratch\n").notes == ()
+
+
+def test_a_directive_after_a_check_directive_is_refused() -> None:
+    """``# check=`` is a directive to BuildKit 0.14 and later only: older parsers
+    (Docker 20.10's, buildah's, the one analysing here) stop at it and read the
+    ``# escape=`` below as a comment. Then one engine sees a FROM the other reads
+    as the end of a RUN: here BuildKit 0.14 builds on alpine:latest, unpinned."""
+    text = "# check=skip=all\n# escape=`\nFROM scratch\nRUN echo \\\nFROM alpine:latest\n"
+    analysis = analyze(text)
+    assert analysis.notes or "docker.io/library/alpine:latest" in [
+        r.normalized() for r in analysis.external_refs()]
+    assert any("check" in note and "escape" in note for note in analysis.notes)
+    assert analyze("# escape=`\n# check=skip=all\nFROM scratch\n").notes == ()
+
+
+@pytest.mark.parametrize("trigger", [
+    "ONBUILD COPY --from=alpine:3.20 /etc/os-release /",
+    "onbuild RUN --mount=type=bind,from=busybox:1.36,target=/b true",
+    "ONBUILD ADD --from=alpine:3.20 / /",
+])
+def test_an_onbuild_trigger_that_names_an_image_is_refused(trigger: str) -> None:
+    """An ONBUILD trigger runs in the build of every image made FROM this one:
+    the image its --from names is pulled there by its tag, pinned by nothing and
+    in no key (the parser drops a trigger's flags, so nothing saw it)."""
+    notes = analyze(f"FROM scratch\n{trigger}\n").notes
+    assert any(note.startswith("line 2: ") and "ONBUILD" in note for note in notes), notes
+
+
+def test_an_onbuild_trigger_without_an_image_is_fine() -> None:
+    assert analyze("FROM scratch\nONBUILD COPY . /app\nONBUILD RUN make\n").notes == ()

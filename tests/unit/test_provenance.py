@@ -591,3 +591,38 @@ def test_the_sbom_is_the_one_the_statement_names() -> None:
     assert choose_sbom([documents[2]], D_IMAGE, None).document is None
     disagree = choose_sbom(documents, D_IMAGE, None)
     assert disagree.document is None and "different packages" in (disagree.problem or "")
+
+
+def test_explain_shows_no_credential_from_a_statement_an_older_version_pushed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A statement pushed before redaction (or by anyone who can push) may carry a
+    mirror's ``user:password@`` in a package index, its annotations or the builder:
+    ``explain`` shows none of them."""
+    import asyncio
+
+    from orchestrator.core.attestation import Attached
+    from orchestrator.core.imageref import parse_repository
+    from orchestrator.registry import explain as papers
+
+    statement = build_statement(facts())
+    secret = "https://ci:hunter2@deb.example/debian"
+    statement["predicate"]["buildDefinition"]["resolvedDependencies"].append(
+        {"name": "packages:bookworm-security", "uri": secret,
+         "digest": {"sha256": "8" * 64}, "annotations": {"source": secret}})
+    statement["predicate"]["runDetails"]["builder"]["version"] = {"buildah": secret}
+    statement["predicate"]["buildDefinition"]["internalParameters"]["reason"] = secret
+    summary = read_statement(encode_statement(statement))
+
+    async def found(*_: Any) -> list[Attached]:
+        return [Attached("sha256:" + "a" * 64, summary, "unsigned")]
+
+    async def no_sboms(*_: Any) -> list[tuple[str, bytes]]:
+        return []
+
+    monkeypatch.setattr(papers, "statements", found)
+    monkeypatch.setattr(papers, "sboms", no_sboms)
+    level, _ = asyncio.run(papers.level_of(None, parse_repository("r/base/python"),  # type: ignore[arg-type]
+                                           D_IMAGE, None))
+    shown = json.dumps(level.as_json()) + papers.render([level])
+    assert "deb.example/debian" in shown
+    assert "hunter2" not in shown

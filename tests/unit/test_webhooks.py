@@ -355,3 +355,30 @@ def test_status_names_a_target_that_owes_deliveries() -> None:
     assert "ops              3 pending, 5 delivered; last error 4s ago: HTTP 302 (redirects " \
            "are not followed)" in text
     assert "quiet" not in text
+
+
+async def test_a_garbled_answer_is_reported_without_the_urls_path(
+        hooks_factory: Callable[..., Webhooks], tmp_path: Path) -> None:
+    """A URL's path may hold a token (that is why targets are labelled by host and
+    port); aiohttp quotes the whole URL in the error of an answer it cannot parse,
+    which went into status, the outbox row and the log."""
+    async def garble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.write(b"garbage\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garble, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        url = f"http://127.0.0.1:{port}/services/T0KEN-in-the-path?sig=q"
+        hooks = hooks_factory(NotifyTarget(url, ("image_published",), SECRET),
+                              policy=DeliveryPolicy(base_delay_s=30.0))
+        await hooks.record("build_finished", published(1))
+        await eventually(lambda: rows(tmp_path)[0]["attempts"], what="the attempt")
+        error = hooks.status()[0]["last_error"]
+        assert error and error.startswith("ClientResponseError: 400") and "T0KEN" not in error
+        assert "T0KEN" not in (rows(tmp_path)[0]["last_error"] or "")
+    finally:
+        server.close()
+        await server.wait_closed()

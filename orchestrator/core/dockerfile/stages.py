@@ -36,7 +36,13 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Literal
 
-from orchestrator.core.dockerfile.syntax import DockerfileError, Instruction, escape_of, parse
+from orchestrator.core.dockerfile.syntax import (
+    DockerfileError,
+    Instruction,
+    directives,
+    escape_of,
+    parse,
+)
 from orchestrator.core.dockerfile.words import WordError, expand, unquote
 from orchestrator.core.imageref import Reference, parse_reference
 from orchestrator.core.platforms import split as split_platform
@@ -244,6 +250,9 @@ def _analyze(text: str, build_args: frozenset[tuple[str, str]], platform: str,
             labels += [(unquote(k, escape), unquote(v, escape))
                        for k, v in zip(ins.args[0::2], ins.args[1::2], strict=False)]
     notes += _heredoc_traps(instructions)
+    notes += _frontend_by_tag(text, args)
+    notes += _after_check(text)
+    notes += _onbuild_images(instructions)
     if not stages and not notes:
         notes.append("no FROM instruction")
     stages = [replace(s, base=_check_collision(s.base, stage_index)) for s in stages]
@@ -377,6 +386,60 @@ def _mount_uses(ins: Instruction, current: int,
                                    "here; name a stage whose FROM uses the ARG"))
                 continue
             out += _stage_or_image(use, found.lower(), current, stage_index)
+    return out
+
+
+def _frontend_by_tag(text: str, build_args: Mapping[str, str]) -> list[str]:
+    """BuildKit hands a Dockerfile with a ``# syntax=IMAGE`` directive (or the
+    BUILDKIT_SYNTAX build arg, which wins) to that frontend image, pulled by
+    its name when the build runs: pinned by digest it is in the key through
+    the Dockerfile's bytes (or the args), by a tag it is an unpinned input."""
+    if "BUILDKIT_SYNTAX" in build_args:
+        where, image = "the build arg BUILDKIT_SYNTAX", build_args["BUILDKIT_SYNTAX"]
+    elif "syntax" in directives(text):
+        line, image = directives(text)["syntax"]
+        where = f"line {line}: # syntax={image}"
+    else:
+        return []
+    if "@sha256:" in image:
+        return []
+    return [f"{where}: BuildKit builds through this frontend image, pulled by its tag "
+            "when the build runs, so nothing pins it and the build key does not cover "
+            f"it; pin it by digest (# syntax={image.split('@')[0]}@sha256:…) or remove it"]
+
+
+def _after_check(text: str) -> list[str]:
+    """``# check=`` is a directive to BuildKit 0.14 and later only; older parsers
+    (Docker 20.10's, buildah's, the one under this analysis) stop at it, so a
+    directive below it (``escape``: which lines continue; ``syntax``: the
+    frontend) is read by some engines and not others."""
+    found = directives(text)
+    if "check" not in found:
+        return []
+    line = found["check"][0]
+    later = sorted((n, name) for name, (n, _) in found.items() if n > line)
+    if not later:
+        return []
+    return [f"line {n}: the {name} directive comes after the check directive on line "
+            f"{line}: BuildKit 0.14 and later read it, older engines (Docker 20.10, "
+            "buildah) take it for a comment and read the file differently; put "
+            "# check= last among the directives" for n, name in later]
+
+
+def _onbuild_images(instructions: list[Instruction]) -> list[str]:
+    """ONBUILD triggers that name an image (``--from``, a mount's ``from=``): they
+    run in the build of each image made FROM this one, which pulls that image by
+    its name, pinned by nothing and in no key. (BuildKit's parser keeps no flags
+    for a trigger: they are read from its text.)"""
+    out: list[str] = []
+    for ins in instructions:
+        words = ins.text.split()[1:] if ins.keyword == "ONBUILD" else []
+        if words and words[0].upper() != "FROM" and _uses_an_image(words[0].upper(),
+                                                                   words[1:]):
+            out.append(f"line {ins.line}: ONBUILD {words[0].upper()} names an image or "
+                       "stage with --from/from=: the trigger runs in the builds of the "
+                       "images made FROM this one, where nothing pins it; do that step "
+                       "in those Dockerfiles instead")
     return out
 
 

@@ -66,10 +66,9 @@ class Instruction:
         return out
 
 
-def escape_of(text: str) -> str:
-    """The escape (and line continuation) character a ``# escape=`` directive sets."""
-    escape = DEFAULT_ESCAPE
-    seen: set[str] = set()
+def directives(text: str) -> dict[str, tuple[int, str]]:
+    """The parser directives at the top of ``text``: name -> (line, value)."""
+    found: dict[str, tuple[int, str]] = {}
     for number, line in enumerate(text.split("\n")):
         if number == 0:
             line = line.removeprefix("\ufeff")
@@ -80,12 +79,16 @@ def escape_of(text: str) -> str:
         if not match or match.group(1).lower() not in _KNOWN_DIRECTIVES:
             break
         name = match.group(1).lower()
-        if name in seen:
+        if name in found:
             break  # the parser refuses the file; parse() says so
-        seen.add(name)
-        if name == "escape" and match.group(2) in ("\\", "`"):
-            escape = match.group(2)
-    return escape
+        found[name] = (number + 1, match.group(2))
+    return found
+
+
+def escape_of(text: str) -> str:
+    """The escape (and line continuation) character a ``# escape=`` directive sets."""
+    value = directives(text).get("escape", (0, DEFAULT_ESCAPE))[1]
+    return value if value in ("\\", "`") else DEFAULT_ESCAPE
 
 
 def parse(text: str) -> list[Instruction]:
