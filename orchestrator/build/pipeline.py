@@ -197,6 +197,15 @@ class Pipeline:
     # -- one layer -------------------------------------------------------------
 
     async def step(self, layer_id: str, parent: LayerResult | None) -> LayerResult:
+        # Announced before deciding: a free slot waits for it rather than go to a
+        # lower-ranked layer that decided faster.
+        self.slots.expect(layer_id, self.priority.get(layer_id, 0.0))
+        try:
+            return await self._step(layer_id, parent)
+        finally:
+            self.slots.withdraw(layer_id)
+
+    async def _step(self, layer_id: str, parent: LayerResult | None) -> LayerResult:
         started = time.perf_counter()
         job = await self.decider.decide(layer_id, parent)
         decided = time.perf_counter() - started
@@ -241,7 +250,7 @@ class Pipeline:
         tried: list[str] = []
         parent = job.parent
         while True:
-            async with self.slots.take(self.priority.get(job.layer.id, 0.0)), \
+            async with self.slots.take(self.priority.get(job.layer.id, 0.0), job.layer.id), \
                     self.pool.lease(prefer=parent.builder if parent else None,
                                     exclude=tried) as member:
                 if self.superseded(self._lineage(job.layer.id)):  # a change arrived meanwhile

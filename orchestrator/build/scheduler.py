@@ -119,27 +119,47 @@ def critical_paths(order: Sequence[str], parents: Mapping[str, str | None],
 class PrioritySlots:
     """A semaphore whose waiters are served highest priority first (ties: first
     come), not first come first served: a ready layer that heads a long chain
-    takes the next free slot before a leaf that has waited longer."""
+    takes the next free slot before a leaf that has waited longer.
 
-    def __init__(self, slots: int) -> None:
+    Layers made ready by one parent's end arrive one by one, each after its own
+    decide step; while slots are free, the first to arrive would take them. So a
+    layer announces itself (:meth:`expect`) before it decides, and a free slot is
+    not given to a waiter while a layer still deciding outranks it, unless more
+    slots are free than such layers, and never for longer than ``hold_s`` (a
+    layer that neither arrives nor withdraws cannot stall the run)."""
+
+    def __init__(self, slots: int, *, hold_s: float = 0.5) -> None:
         self._free = slots
         self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
+        self._deciding: dict[str, float] = {}  # layer -> priority, not arrived yet
+        self._hold_s = hold_s
+        self._held_since: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def expect(self, name: str, priority: float) -> None:
+        """``name`` is deciding and may ask for a slot soon."""
+        self._deciding[name] = priority
+
+    def withdraw(self, name: str) -> None:
+        """``name`` will not ask (it needs no build, or failed before)."""
+        if self._deciding.pop(name, None) is not None:
+            self._hand_out()
 
     @contextlib.asynccontextmanager
-    async def take(self, priority: float) -> AsyncIterator[None]:
-        await self._acquire(priority)
+    async def take(self, priority: float, name: str | None = None) -> AsyncIterator[None]:
+        await self._acquire(priority, name)
         try:
             yield
         finally:
             self._release()
 
-    async def _acquire(self, priority: float) -> None:
-        if self._free > 0 and not self._waiting:
-            self._free -= 1
-            return
+    async def _acquire(self, priority: float, name: str | None) -> None:
+        if name is not None:
+            self._deciding.pop(name, None)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (-priority, next(self._arrivals), waiter))
+        self._hand_out()
         try:
             await waiter
         except asyncio.CancelledError:
@@ -148,9 +168,36 @@ class PrioritySlots:
             raise
 
     def _release(self) -> None:
-        while self._waiting:
-            _, _, waiter = heapq.heappop(self._waiting)
-            if not waiter.done():  # a cancelled waiter is skipped
-                waiter.set_result(None)
-                return
         self._free += 1
+        self._hand_out()
+
+    def _hand_out(self) -> None:
+        """Free slots to the best waiters, keeping one for each deciding layer
+        that outranks them (for at most ``hold_s``)."""
+        loop = asyncio.get_running_loop()
+        while self._free > 0 and self._waiting:
+            negative, _, waiter = self._waiting[0]
+            if waiter.done():  # a cancelled waiter is skipped
+                heapq.heappop(self._waiting)
+                continue
+            above = sum(1 for p in self._deciding.values() if p > -negative)
+            if above >= self._free:
+                now = loop.time()
+                if self._held_since is None:
+                    self._held_since = now
+                if now - self._held_since < self._hold_s - 1e-3:  # timers may fire early
+                    if self._timer is None:
+                        self._timer = loop.call_at(self._held_since + self._hold_s,
+                                                   self._on_timer)
+                    return
+            heapq.heappop(self._waiting)
+            self._free -= 1
+            waiter.set_result(None)
+        self._held_since = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._hand_out()

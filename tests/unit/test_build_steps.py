@@ -81,6 +81,43 @@ async def test_a_cancelled_waiter_never_holds_a_slot() -> None:
             pass
 
 
+async def test_a_free_slot_waits_for_a_higher_ranked_layer_still_deciding() -> None:
+    """A parent's end makes a leaf and a chain's head ready; the leaf decides
+    first. With one free slot the chain's head gets it; with two, both start."""
+    async def build(slots: PrioritySlots, served: list[str], name: str, priority: float,
+                    decide_s: float) -> None:
+        slots.expect(name, priority)
+        await asyncio.sleep(decide_s)
+        async with slots.take(priority, name):
+            served.append(name)
+            await asyncio.sleep(0.05)
+
+    for free, expected in ((1, ["chain", "leaf"]), (2, ["leaf", "chain"])):
+        slots = PrioritySlots(free)
+        served: list[str] = []
+        async with asyncio.timeout(1):
+            await asyncio.gather(build(slots, served, "leaf", 1.0, 0.0),
+                                 build(slots, served, "chain", 9.0, 0.05))
+        assert served == expected, free
+
+
+async def test_a_layer_that_withdraws_or_never_arrives_does_not_stall_the_slot() -> None:
+    slots = PrioritySlots(1, hold_s=0.2)
+    slots.expect("up-to-date", 9.0)
+    slots.expect("lost", 8.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    taker = asyncio.create_task(slots.take(1.0, "leaf").__aenter__())
+    await asyncio.sleep(0.01)
+    assert not taker.done()  # held for the higher-ranked layers deciding
+    slots.withdraw("up-to-date")
+    await asyncio.sleep(0.01)
+    assert not taker.done()  # "lost" still outranks it
+    async with asyncio.timeout(1):
+        await taker  # "lost" never comes: the hold ends after hold_s
+    assert 0.15 < loop.time() - started < 0.5
+
+
 # -- publish: papers, then the key tag, then the human tags ------------------------
 
 class RecordingRegistry:
